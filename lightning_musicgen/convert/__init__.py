@@ -1,0 +1,1 @@
+"""Official weights in transformers' layout -> lightning_musicgen checkpoints."""
