@@ -35,5 +35,11 @@ demo: $(VENV)/.stamp-demo
 	$(PY) -m lightning_musicgen --help
 	@echo "demo: the package installs and its CLI runs; data, codec and LM steps arrive with their issues."
 
+# slurm: a real single-node SLURM (munge, slurmctld, slurmd; localhost, 2 CPUs) for the cluster
+# tests and `submit`. Installs the Debian packages on first use; instant when already running.
+.PHONY: slurm-up
+slurm-up:
+	bash lightning_musicgen/cluster/slurm_local.sh
+
 clean:
 	rm -rf $(VENV) runs wandb lightning_logs
