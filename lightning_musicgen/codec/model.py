@@ -1,0 +1,230 @@
+"""CompressionModel: SEANet encoder + RVQ + SEANet decoder (EnCodec), and its checkpoint format.
+
+Converted / exported checkpoint (one torch file, see docs/codec.md):
+
+    {"format": "lightning_musicgen.codec", "version": 1,
+     "config": CodecConfig.to_dict(), "num_codebooks": K_used_by_default,
+     "state_dict": CompressionModel.state_dict()}
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from lightning_musicgen.codec.quantization import QuantizedResult, ResidualVectorQuantizer
+from lightning_musicgen.codec.seanet import SEANetDecoder, SEANetEncoder
+
+CHECKPOINT_FORMAT = "lightning_musicgen.codec"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class CodecConfig:
+    """Every hyperparameter of a CompressionModel (defaults: MusicGen's EnCodec 32 kHz)."""
+    sample_rate: int = 32000
+    channels: int = 1
+    dimension: int = 128
+    n_filters: int = 64
+    n_residual_layers: int = 1
+    ratios: tuple[int, ...] = (8, 5, 4, 4)
+    kernel_size: int = 7
+    last_kernel_size: int = 7
+    residual_kernel_size: int = 3
+    dilation_base: int = 2
+    compress: int = 2
+    lstm_layers: int = 2
+    true_skip: bool = True
+    causal: bool = False
+    norm: str = "weight_norm"
+    pad_mode: str = "reflect"
+    trim_right_ratio: float = 1.0
+    n_q: int = 4
+    bins: int = 2048
+    decay: float = 0.99
+    kmeans_init: bool = True
+    kmeans_iters: int = 10
+    threshold_ema_dead_code: float = 2.0
+    q_dropout: bool = False
+
+    def __post_init__(self):
+        self.ratios = tuple(int(r) for r in self.ratios)
+        for name in ("sample_rate", "channels", "dimension", "n_filters", "n_q", "bins"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"codec config: {name} must be positive, got {getattr(self, name)}")
+        if not self.ratios or any(r <= 0 for r in self.ratios):
+            raise ValueError(f"codec config: ratios must be positive integers, got {list(self.ratios)}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CodecConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"codec config: unknown key(s) {unknown}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ratios"] = list(self.ratios)
+        return d
+
+
+class CompressionModel(nn.Module):
+    """EnCodec-style neural audio codec: wav[B, C, T] <-> codes[B, K, F] at `frame_rate` Hz.
+
+    Attributes: `sample_rate`, `channels`, `frame_rate`, `hop_length`, `num_codebooks` (settable,
+    1..total_codebooks, for variable bandwidth), `total_codebooks`, `cardinality`.
+    """
+
+    def __init__(self, config: CodecConfig | None = None, **overrides):
+        super().__init__()
+        if config is None:
+            config = CodecConfig(**overrides)
+        elif overrides:
+            config = CodecConfig.from_dict({**config.to_dict(), **overrides})
+        self.config = config
+        seanet = dict(channels=config.channels, dimension=config.dimension, n_filters=config.n_filters,
+                      n_residual_layers=config.n_residual_layers, ratios=config.ratios,
+                      kernel_size=config.kernel_size, last_kernel_size=config.last_kernel_size,
+                      residual_kernel_size=config.residual_kernel_size, dilation_base=config.dilation_base,
+                      compress=config.compress, lstm_layers=config.lstm_layers, true_skip=config.true_skip,
+                      causal=config.causal, norm=config.norm, pad_mode=config.pad_mode)
+        self.encoder = SEANetEncoder(**seanet)
+        self.decoder = SEANetDecoder(**seanet, trim_right_ratio=config.trim_right_ratio)
+        self.quantizer = ResidualVectorQuantizer(
+            config.dimension, config.n_q, config.bins, config.decay, config.kmeans_init,
+            config.kmeans_iters, config.threshold_ema_dead_code, config.q_dropout)
+        self._num_codebooks = config.n_q
+
+    # -- attributes of the public contract -------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def channels(self) -> int:
+        return self.config.channels
+
+    @property
+    def hop_length(self) -> int:
+        return math.prod(self.config.ratios)
+
+    @property
+    def frame_rate(self) -> float:
+        """Codes per second (50.0 for the 32 kHz model)."""
+        return self.config.sample_rate / self.hop_length
+
+    @property
+    def cardinality(self) -> int:
+        return self.config.bins
+
+    @property
+    def total_codebooks(self) -> int:
+        return self.config.n_q
+
+    @property
+    def num_codebooks(self) -> int:
+        return self._num_codebooks
+
+    @num_codebooks.setter
+    def num_codebooks(self, n: int) -> None:
+        if not 1 <= int(n) <= self.config.n_q:
+            raise ValueError(f"num_codebooks must be in [1, {self.config.n_q}], got {n}")
+        self._num_codebooks = int(n)
+
+    @property
+    def bitrate(self) -> float:
+        """Bits per second at the current number of codebooks."""
+        return self.frame_rate * self.quantizer.bits_per_frame(self.num_codebooks)
+
+    def num_frames(self, num_samples: int) -> int:
+        return math.ceil(num_samples / self.hop_length)
+
+    # -- inference -------------------------------------------------------------------------------
+    def _check_wav(self, wav: torch.Tensor) -> None:
+        if wav.dim() != 3 or wav.shape[1] != self.channels:
+            raise ValueError(f"expected wav [B, {self.channels}, T], got shape {list(wav.shape)}")
+
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav[B, C, T] -> codes LongTensor[B, num_codebooks, ceil(T / hop_length)]."""
+        self._check_wav(wav)
+        with parametrize.cached():
+            z = self.encoder(wav)
+        return self.quantizer.encode(z, self.num_codebooks)
+
+    def decode_latent(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes[B, K, F] -> quantized latent[B, dimension, F]."""
+        if codes.dim() != 3:
+            raise ValueError(f"expected codes [B, K, F], got shape {list(codes.shape)}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.cardinality):
+            raise ValueError(f"codes must be in [0, {self.cardinality}), got [{int(codes.min())}, "
+                             f"{int(codes.max())}]")
+        return self.quantizer.decode(codes)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes[B, K, F] (K <= total_codebooks) -> wav[B, C, F * hop_length]."""
+        z = self.decode_latent(codes)
+        with parametrize.cached():
+            return self.decoder(z)
+
+    # -- training --------------------------------------------------------------------------------
+    def forward(self, wav: torch.Tensor, n_q: int | None = None) -> tuple[torch.Tensor, QuantizedResult]:
+        """Training pass: (reconstruction[B, C, T] trimmed to the input length, quantizer result)."""
+        self._check_wav(wav)
+        z = self.encoder(wav)
+        q = self.quantizer(z, n_q)
+        y = self.decoder(q.quantized.to(z.dtype))
+        return y[..., : wav.shape[-1]], q
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def to_checkpoint_dict(self) -> dict[str, Any]:
+        """The converted/exported checkpoint format (a plain dict of tensors and builtins)."""
+        return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": self.config.to_dict(),
+                "num_codebooks": self.num_codebooks,
+                "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
+
+    @classmethod
+    def from_checkpoint_dict(cls, d: dict[str, Any], source: str = "checkpoint") -> "CompressionModel":
+        if d.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{source}: not a {CHECKPOINT_FORMAT} checkpoint (format={d.get('format')!r})")
+        model = cls(CodecConfig.from_dict(d["config"]))
+        model.load_state_dict(d["state_dict"])
+        model.num_codebooks = d.get("num_codebooks", model.total_codebooks)
+        return model
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.to_checkpoint_dict(), path)
+        return path
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, use_ema: bool = True) -> "CompressionModel":
+        """Load a converted checkpoint, or a CodecModule Lightning checkpoint (EMA weights if any)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: codec checkpoint not found")
+        try:  # our own files: Lightning checkpoints hold plain containers, but be lenient on pickles
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise ValueError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(ckpt, dict):
+            raise ValueError(f"{path}: not a codec checkpoint")
+        if ckpt.get("format") == CHECKPOINT_FORMAT:
+            return cls.from_checkpoint_dict(ckpt, str(path))
+        if "codec_config" in ckpt and "state_dict" in ckpt:  # a CodecModule checkpoint
+            prefix = "generator_ema." if use_ema and any(k.startswith("generator_ema.") for k in ckpt["state_dict"]) \
+                else "generator."
+            state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+            model = cls(CodecConfig.from_dict(ckpt["codec_config"]))
+            model.load_state_dict(state)
+            return model
+        for value in ckpt.values():  # e.g. a MusicGen converted checkpoint embedding a codec
+            if isinstance(value, dict) and value.get("format") == CHECKPOINT_FORMAT:
+                return cls.from_checkpoint_dict(value, str(path))
+        raise ValueError(f"{path}: neither a {CHECKPOINT_FORMAT} file nor a CodecModule checkpoint")
