@@ -18,7 +18,7 @@ def _configs(melody: bool):
     t5 = T5Config(vocab_size=30522, d_model=24, d_kv=8, num_heads=3, d_ff=48, num_layers=1, num_decoder_layers=1)
     enc = EncodecConfig(sampling_rate=32000, audio_channels=1, num_filters=4, num_residual_layers=1,
                         upsampling_ratios=[8, 5, 4, 4], codebook_size=CARD, hidden_size=8, num_lstm_layers=1,
-                        target_bandwidths=[2.2], codebook_dim=8)
+                        target_bandwidths=[0.8], codebook_dim=8)
     dec_kw = dict(vocab_size=CARD, hidden_size=DIM, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
                   num_codebooks=K, pad_token_id=CARD, bos_token_id=CARD, decoder_start_token_id=CARD)
     if melody:
@@ -61,7 +61,12 @@ def test_musicgen_logits_match_transformers(tmp_path, tokenizer):
     from lightning_musicgen.convert.musicgen import convert_musicgen
     hf, folder = _save(tmp_path, False, tokenizer)
     out = convert_musicgen(folder, tmp_path / "musicgen.pt")
-    lm, cond, _, cfg = load_musicgen(out, load_codec_model=False)
+    lm, cond, codec, cfg = load_musicgen(out)
+    assert (codec.num_codebooks, codec.cardinality, codec.sample_rate) == (K, CARD, 32000)
+    wav = torch.randn(1, 1, 3200)
+    with torch.no_grad():  # the embedded codec is transformers' audio encoder
+        ref_codes = hf.audio_encoder.encode(wav, bandwidth=0.8).audio_codes[0]
+        assert torch.equal(codec.encode(wav), ref_codes)
     assert cfg["conditioner"]["fuse"] == "cross" and cfg["lm"]["pattern_kwargs"]["delays"] == [0, 1, 2, 3]
     seq_in = _decoder_input(len(TEXTS), 12)
     tokens = tokenizer(TEXTS, padding=True, return_tensors="pt")

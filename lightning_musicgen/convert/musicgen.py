@@ -65,20 +65,9 @@ def _load_tokenizer(folder: Path, tokenizer: str | None):
                          "pass --tokenizer PATH (e.g. a t5-base folder)") from exc
 
 
-def _convert_codec(audio_encoder, tmp: Path) -> Path | None:
-    """EnCodec submodel -> a CompressionModel checkpoint file via the EnCodec converter."""
-    try:
-        from lightning_musicgen.convert.encodec import convert_encodec
-    except ImportError:
-        return None
-    folder = tmp / "audio_encoder"
-    audio_encoder.save_pretrained(folder)
-    out = convert_encodec(folder, tmp / "codec.ckpt")
-    return Path(out or tmp / "codec.ckpt")
-
-
 def convert_musicgen(folder: Path, out: Path, tokenizer: str | None = None) -> Path:
     """Convert a `save_pretrained` folder of MusicGen or MusicGen-melody into `out`."""
+    from lightning_musicgen.convert.encodec import encodec_from_transformers
     from lightning_musicgen.lm.checkpoint import save_musicgen
     from lightning_musicgen.lm.conditioners import build_condition_provider
     from lightning_musicgen.lm.model import MusicGenLM
@@ -127,8 +116,13 @@ def convert_musicgen(folder: Path, out: Path, tokenizer: str | None = None) -> P
         if text_hidden != dec.hidden_size and not has_proj:
             raise SystemExit(f"error: {folder}: text width {text_hidden} != decoder width {dec.hidden_size} "
                              "without enc_to_dec_proj")
-        codec_file = _convert_codec(hf.audio_encoder, tmp)
+        try:
+            codec = encodec_from_transformers(hf.audio_encoder)
+        except ValueError as exc:
+            raise SystemExit(f"error: {folder}: audio encoder: {exc}") from exc
+        stereo = getattr(dec, "audio_channels", 1) == 2
+        codec.num_codebooks = dec.num_codebooks // 2 if stereo else dec.num_codebooks  # what the LM models
         meta = {"source": str(folder), "model_type": kind, "sample_rate": hf.config.audio_encoder.sampling_rate,
                 "frame_rate": getattr(hf.config.audio_encoder, "frame_rate", None),
                 "audio_channels": getattr(dec, "audio_channels", 1)}
-        return save_musicgen(out, lm, conditioner, conditioner_config, codec_file, meta)
+        return save_musicgen(out, lm, conditioner, conditioner_config, codec, meta)

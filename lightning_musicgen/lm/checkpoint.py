@@ -5,7 +5,7 @@ Converted format (one `torch.save` file, written by `convert --from-hf` and `sav
      "lm": {"config": MusicGenLM kwargs, "state_dict": ...},
      "conditioner": {"config": build_condition_provider config, "state_dict": ...,
                      "text_encoder_config": dict | None, "tokenizer_files": {name: bytes} | None},
-     "codec": {"file": bytes of a CompressionModel checkpoint} | {"path": str} | None,
+     "codec": CompressionModel.to_checkpoint_dict() | {"path": str} | None,
      "meta": {...}}
 A MusicGenModule checkpoint carries the same "lm"/"conditioner" configs in `checkpoint["musicgen"]`
 and the weights in its `state_dict` ("lm." / "conditioner." prefixes; EMA weights if kept).
@@ -13,7 +13,6 @@ and the weights in its `state_dict` ("lm." / "conditioner." prefixes; EMA weight
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -33,9 +32,13 @@ def conditioner_payload(conditioner: ConditionProvider, config: dict) -> dict:
 
 
 def save_musicgen(path: str | os.PathLike, lm: MusicGenLM, conditioner: ConditionProvider, conditioner_config: dict,
-                  codec_file: str | os.PathLike | None = None, meta: dict | None = None) -> Path:
-    """Write the converted single-file format; `codec_file` (a CompressionModel checkpoint) is embedded."""
-    codec = {"file": Path(codec_file).read_bytes()} if codec_file is not None else None
+                  codec=None, meta: dict | None = None) -> Path:
+    """Write the converted single-file format. `codec`: a CompressionModel (embedded, so
+    `CompressionModel.from_checkpoint(path)` also reads it), a checkpoint path (referenced), or None."""
+    if codec is not None and not isinstance(codec, (str, os.PathLike)):
+        codec = codec.to_checkpoint_dict()
+    elif codec is not None:
+        codec = {"path": str(codec)}
     payload = {"format": FORMAT, "version": 1, "lm": {"config": lm.config, "state_dict": lm.state_dict()},
                "conditioner": conditioner_payload(conditioner, conditioner_config),
                "codec": codec, "meta": dict(meta or {})}
@@ -46,18 +49,15 @@ def save_musicgen(path: str | os.PathLike, lm: MusicGenLM, conditioner: Conditio
 
 
 def load_codec(spec: dict | None):
-    """{"file": bytes} or {"path": str} -> CompressionModel (None when no codec is recorded)."""
+    """An embedded codec checkpoint dict or {"path": str} -> CompressionModel (None if no codec)."""
     if not spec:
         return None
     from lightning_musicgen.codec import CompressionModel
-    if "path" in spec and spec["path"]:
+    if spec.get("path"):
         if not Path(spec["path"]).is_file():
             raise FileNotFoundError(f"codec checkpoint {spec['path']}: missing")
         return CompressionModel.from_checkpoint(spec["path"])
-    with tempfile.TemporaryDirectory() as tmp:
-        f = Path(tmp, "codec.ckpt")
-        f.write_bytes(spec["file"])
-        return CompressionModel.from_checkpoint(str(f))
+    return CompressionModel.from_checkpoint_dict(spec, "embedded codec")
 
 
 def _strip(state: dict, prefix: str) -> dict:
@@ -101,6 +101,8 @@ def load_musicgen(path: str | os.PathLike, device: str | torch.device = "cpu", l
     for m in (lm, conditioner, codec):
         if m is not None:
             m.to(device).eval()
-    cfg = {"lm": lm_part["config"], "conditioner": cond_part["config"], "codec": codec_spec and
-           {k: v for k, v in codec_spec.items() if k != "file"}, "meta": meta}
+    codec_info = None
+    if codec_spec:
+        codec_info = {"path": codec_spec["path"]} if codec_spec.get("path") else {"config": codec_spec.get("config")}
+    cfg = {"lm": lm_part["config"], "conditioner": cond_part["config"], "codec": codec_info, "meta": meta}
     return lm, conditioner, codec, cfg
