@@ -1,0 +1,256 @@
+"""LightningDataModules over WebDataset shards: `AudioDataModule` (wav crops) and `TokenDataModule` (codes).
+
+Resume: `state_dict()` (saved by Lightning in every checkpoint) holds the epoch counter and the number of
+batches of that epoch already trained (read from the trainer's progress, so the batch Lightning prefetched
+but did not train on is not counted). After `load_state_dict()` the next train iterator restarts that epoch
+with the same seeds and fast-forwards past the trained batches (replaying the random draws, not decoding),
+so the resumed run sees exactly the batches the uninterrupted run would have seen, provided
+num_workers, batch_size, world size and the shard list are unchanged and no sample failed to decode in the
+skipped part (a corrupt sample shifts later batches of that epoch by one sample).
+
+Skipped (corrupt) samples: `datamodule.skipped_samples` is the running total for this process; the
+`SkippedSamplesLogger` callback logs it as `train/skipped_samples`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from lightning.pytorch import Callback, LightningDataModule
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.utils.data import DataLoader
+
+from lightning_musicgen.data.pipeline import AudioCrops, CodeCrops, TrainStream, ValidStream
+from lightning_musicgen.data.shards import expand_shards
+from lightning_musicgen.data.text import TextAugment
+
+
+class _TrackedLoader(DataLoader):
+    """A DataLoader that tells its datamodule when an epoch starts and what each batch reports."""
+
+    def __init__(self, dataset, datamodule=None, train: bool = True, **kwargs):
+        super().__init__(dataset, batch_size=None, **kwargs)
+        self._datamodule, self._train = datamodule, train
+
+    def __iter__(self):
+        dm = self._datamodule
+        if dm is not None and self._train:
+            dm._start_epoch(self.dataset)
+        for batch in super().__iter__():
+            if dm is not None:
+                dm._observe(batch, self._train)
+            yield batch
+
+
+class _ShardDataModule(LightningDataModule):
+    """Shared machinery: shard expansion, rank/world wiring, loaders, resume state, skip counting."""
+
+    def __init__(self, train_shards, val_shards, batch_size: int, val_batch_size: int | None,
+                 num_workers: int, shuffle_buffer: int, epoch_steps: int, seed: int,
+                 prefetch_factor: int | None, pin_memory: bool):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: must be >= 1")
+        if epoch_steps < 1:
+            raise ValueError(f"epoch_steps={epoch_steps}: must be >= 1")
+        self.train_shards, self.val_shards = train_shards, val_shards
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.num_workers, self.shuffle_buffer = num_workers, shuffle_buffer
+        self.epoch_steps, self.seed = epoch_steps, seed
+        self.prefetch_factor, self.pin_memory = prefetch_factor, pin_memory
+        self._epoch = -1            # epoch currently (or last) iterated
+        self._yielded = 0           # batches handed out in that epoch (used when no trainer is attached)
+        self._resume: dict | None = None
+        self._skipped_done = 0      # skipped samples of finished epochs
+        self._skipped_now: dict[int, int] = {}  # worker slot -> cumulative count in this epoch
+        self._train_stream: TrainStream | None = None
+        self._val_stream: ValidStream | None = None
+
+    # -- subclasses provide the decoder ------------------------------------------------------------
+    def _decoder(self, train: bool):
+        raise NotImplementedError
+
+    def _rank_world(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+    def setup(self, stage: str | None = None) -> None:
+        rank, world = self._rank_world()
+        if stage in (None, "fit") and self.train_shards is not None:
+            urls = expand_shards(self.train_shards)
+            self._train_stream = TrainStream(urls, self._decoder(True), self.batch_size, self.epoch_steps,
+                                             seed=self.seed, shuffle_buffer=self.shuffle_buffer,
+                                             rank=rank, world_size=world)
+        if stage in (None, "fit", "validate") and self.val_shards is not None:
+            urls = expand_shards(self.val_shards)
+            self._val_stream = ValidStream(urls, self._decoder(False), self.val_batch_size,
+                                           rank=rank, world_size=world)
+
+    def _loader(self, dataset, train: bool) -> DataLoader:
+        kwargs: dict[str, Any] = {"num_workers": self.num_workers, "pin_memory": self.pin_memory}
+        if self.num_workers > 0:
+            # workers must be restarted each epoch: they receive the epoch counter with the dataset
+            kwargs.update(persistent_workers=False, prefetch_factor=self.prefetch_factor or 2)
+        return _TrackedLoader(dataset, datamodule=self, train=train, **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        if self._train_stream is None:
+            self.setup("fit")
+        if self._train_stream is None:
+            raise ValueError("train_shards is not set: no training data")
+        return self._loader(self._train_stream, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        if self._val_stream is None:
+            self.setup("validate")
+        if self._val_stream is None:
+            return []
+        return self._loader(self._val_stream, train=False)
+
+    # -- epoch / resume bookkeeping ----------------------------------------------------------------
+    def _start_epoch(self, stream: TrainStream) -> None:
+        self._skipped_done += sum(self._skipped_now.values())
+        self._skipped_now = {}
+        if self._resume is not None:
+            self._epoch, skip = self._resume["epoch"], self._resume["batches_in_epoch"]
+            self._resume = None
+        else:
+            self._epoch, skip = self._epoch + 1, 0
+        stream.epoch, stream.skip_batches = self._epoch, skip
+        self._yielded = skip
+
+    def _observe(self, batch: dict, train: bool) -> None:
+        if train:
+            self._yielded += 1
+        slot_counts: dict[int, int] = {}
+        for meta in batch.get("meta", []):
+            slot = meta.get("worker")
+            if slot is not None:
+                slot_counts[slot] = max(slot_counts.get(slot, 0), int(meta.get("skipped_samples", 0)))
+        if train:
+            for slot, count in slot_counts.items():
+                self._skipped_now[slot] = max(self._skipped_now.get(slot, 0), count)
+
+    @property
+    def skipped_samples(self) -> int:
+        """Corrupt/undecodable training samples skipped so far by this process (all epochs)."""
+        return self._skipped_done + sum(self._skipped_now.values())
+
+    def _trained_batches(self) -> int:
+        if self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        return self._yielded
+
+    def state_dict(self) -> dict:
+        if self._resume is not None:  # restored but not started yet: keep it as is
+            return dict(self._resume)
+        epoch, done = self._epoch, self._trained_batches()
+        if epoch < 0 or done >= self.epoch_steps:
+            epoch, done = epoch + 1, 0
+        return {"epoch": epoch, "batches_in_epoch": done, "seed": self.seed,
+                "skipped_samples": self.skipped_samples, "num_workers": self.num_workers,
+                "batch_size": self.batch_size, "epoch_steps": self.epoch_steps}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if not state_dict:
+            return
+        self._resume = {"epoch": int(state_dict["epoch"]), "batches_in_epoch": int(state_dict["batches_in_epoch"])}
+        self._skipped_done, self._skipped_now = int(state_dict.get("skipped_samples", 0)), {}
+        for name in ("seed", "num_workers", "batch_size", "epoch_steps"):
+            if name in state_dict and state_dict[name] != getattr(self, name):
+                import warnings
+                warnings.warn(f"resuming data with {name}={getattr(self, name)} (checkpoint: {state_dict[name]}): "
+                              "the batch sequence will differ from the interrupted run")
+
+
+class AudioDataModule(_ShardDataModule):
+    """Random audio crops from WebDataset shards for codec and LM training.
+
+    Batches: `{"wav": float[B, C, T], "mask": bool[B, T] (True = real audio), "text": list[str],
+    "meta": list[dict]}` with T = segment_duration * sample_rate (valid: val_segment_duration).
+
+    Args:
+        train_shards / val_shards: a shard directory (uses its index.json), index.json, glob, brace
+            pattern, list, or `pipe:` command (see `shards.expand_shards`).
+        sample_rate, channels: output format; shards at another rate/channel count are converted.
+        segment_duration: crop length in seconds (None: whole files, padded to the longest of the batch).
+        min_segment_ratio: a train crop starts in [0, duration - ratio * segment], so it holds at least that
+            fraction of real audio when the file is long enough.
+        val_segment_duration: crop length of validation (None: same as segment_duration; validation crops
+            start at 0).
+        batch_size / val_batch_size: per process.
+        num_workers, prefetch_factor, pin_memory: DataLoader options (workers are not persistent: they get the
+            epoch counter when they start).
+        shuffle_buffer: samples held for shuffling per worker.
+        epoch_steps: train batches per epoch (per process); the train stream itself is endless.
+        seed: seeds shard choice, shuffling, crop positions and caption dropout together with node rank,
+            worker id and epoch.
+        merge_text_p, drop_desc_p, drop_other_p, word_dropout: caption augmentation at train time
+            (`data.text.TextAugment`). Word dropout defaults to 0 because MusicGen's text conditioner applies
+            its own (0.3); enable it here only if the conditioner's is off.
+        normalize_loudness, loudness_target: scale each crop to `loudness_target` LUFS (BS.1770).
+    """
+
+    def __init__(self, train_shards: Any = None, val_shards: Any = None, sample_rate: int = 32000,
+                 channels: int = 1, segment_duration: float | None = 30.0, min_segment_ratio: float = 0.8,
+                 val_segment_duration: float | None = None, batch_size: int = 8,
+                 val_batch_size: int | None = None, num_workers: int = 2, shuffle_buffer: int = 256,
+                 epoch_steps: int = 1000, seed: int = 0, merge_text_p: float = 0.25, drop_desc_p: float = 0.5,
+                 drop_other_p: float = 0.5, word_dropout: float = 0.0, normalize_loudness: bool = False,
+                 loudness_target: float = -14.0, prefetch_factor: int | None = 2, pin_memory: bool = False):
+        super().__init__(train_shards, val_shards, batch_size, val_batch_size, num_workers, shuffle_buffer,
+                         epoch_steps, seed, prefetch_factor, pin_memory)
+        if sample_rate <= 0 or channels not in (1, 2):
+            raise ValueError(f"sample_rate={sample_rate}, channels={channels}: need a positive rate and 1 or 2 channels")
+        self.sample_rate, self.channels = sample_rate, channels
+        self.segment_duration, self.min_segment_ratio = segment_duration, min_segment_ratio
+        self.val_segment_duration = val_segment_duration
+        self.text = TextAugment(merge_text_p, drop_desc_p, drop_other_p, word_dropout)
+        self.normalize_loudness, self.loudness_target = normalize_loudness, loudness_target
+        self._decoder(True)  # validate options now, not in a worker
+
+    def _decoder(self, train: bool) -> AudioCrops:
+        seg = self.segment_duration if train else (self.val_segment_duration or self.segment_duration)
+        return AudioCrops(self.sample_rate, self.channels, seg, self.min_segment_ratio, self.text,
+                          self.normalize_loudness, self.loudness_target)
+
+
+class TokenDataModule(_ShardDataModule):
+    """Crops of pre-computed codec tokens (written by `python -m lightning_musicgen tokenize`).
+
+    Batches: `{"codes": long[B, K, F], "mask": bool[B, F], "text": list[str], "meta": list[dict]}` with
+    F = segment_duration * frame_rate; padded positions hold 0 and mask False. Each meta carries the
+    codec's `frame_rate`, `num_codebooks`, `cardinality`, `sample_rate`. Options as `AudioDataModule`.
+    """
+
+    def __init__(self, train_shards: Any = None, val_shards: Any = None, segment_duration: float | None = 30.0,
+                 min_segment_ratio: float = 0.8, val_segment_duration: float | None = None,
+                 batch_size: int = 8, val_batch_size: int | None = None, num_workers: int = 2,
+                 shuffle_buffer: int = 256, epoch_steps: int = 1000, seed: int = 0, merge_text_p: float = 0.25,
+                 drop_desc_p: float = 0.5, drop_other_p: float = 0.5, word_dropout: float = 0.0,
+                 prefetch_factor: int | None = 2, pin_memory: bool = False):
+        super().__init__(train_shards, val_shards, batch_size, val_batch_size, num_workers, shuffle_buffer,
+                         epoch_steps, seed, prefetch_factor, pin_memory)
+        self.segment_duration, self.min_segment_ratio = segment_duration, min_segment_ratio
+        self.val_segment_duration = val_segment_duration
+        self.text = TextAugment(merge_text_p, drop_desc_p, drop_other_p, word_dropout)
+
+    def _decoder(self, train: bool) -> CodeCrops:
+        seg = self.segment_duration if train else (self.val_segment_duration or self.segment_duration)
+        return CodeCrops(seg, self.min_segment_ratio, self.text)
+
+
+class SkippedSamplesLogger(Callback):
+    """Log the datamodule's `skipped_samples` as `train/skipped_samples` every `every_n_steps` steps."""
+
+    def __init__(self, every_n_steps: int = 50):
+        self.every_n_steps = every_n_steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "skipped_samples"):
+            return
+        if trainer.global_step % self.every_n_steps == 0:
+            pl_module.log("train/skipped_samples", float(dm.skipped_samples), on_step=True, on_epoch=False,
+                          rank_zero_only=True)

@@ -1,0 +1,313 @@
+"""Streaming crops from WebDataset shards: a resampled endless train stream and a deterministic valid stream.
+
+Train stream (`TrainStream`): every (node rank, dataloader worker) draws shards with replacement and crop
+positions/captions from its own generator seeded by `(seed, rank, worker, epoch)`; samples pass through a
+shuffle buffer; the worker assembles whole batches. Worker w of W produces the global batches i with
+i % W == w of the epoch, which the DataLoader returns in order 0, 1, 2, ... so the batch sequence depends
+only on (seed, rank, epoch, num_workers). Skipping the first `skip_batches` batches (resume) replays the
+same random draws but does not decode audio, so it costs only the tar reads.
+
+Valid stream (`ValidStream`): each sample exactly once, in shard order, split over (rank, worker) slots
+(whole shards when there are at least as many shards as slots, else every n-th sample), cropped from the
+start, deterministic captions.
+
+Decoders turn a raw sample into a tensor: `AudioCrops` (FLAC/wav/ogg/mp3 blobs -> wav crops) and
+`CodeCrops` (`codes.npy` -> code crops). A sample that fails to decode, has no audio, or has non-finite
+values is skipped and counted; the count travels in each item's `meta["skipped_samples"]` (per worker,
+cumulative) and the datamodule sums it.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from lightning_musicgen.audio.io import AudioReadError, convert_channels, read_audio, resample
+from lightning_musicgen.data.shards import AUDIO_EXTS, iter_tar_samples
+from lightning_musicgen.data.text import TextAugment
+
+
+class CorruptSample(Exception):
+    """A sample that cannot be used (undecodable, empty, non-finite, missing members)."""
+
+
+def _meta_of(sample: dict) -> dict:
+    try:
+        meta = json.loads(sample["json"])
+    except KeyError:
+        raise CorruptSample(f"{sample.get('__key__')}: no json member") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptSample(f"{sample.get('__key__')}: invalid json ({exc})") from None
+    if not isinstance(meta, dict):
+        raise CorruptSample(f"{sample.get('__key__')}: json is not an object")
+    return meta
+
+
+class AudioCrops:
+    """Decode audio samples into fixed-length crops [C, T] with a validity length.
+
+    Train: the crop start is uniform in [0, max(0, duration - segment * min_segment_ratio)], so at least
+    `min_segment_ratio` of the crop is real audio whenever the file is that long; shorter files and
+    crops that run past the end are zero-padded (the mask marks the real part).
+    Valid: crops start at 0. `segment_duration=None` keeps whole files (padded to the batch's longest).
+    """
+
+    def __init__(self, sample_rate: int = 32000, channels: int = 1, segment_duration: float | None = 30.0,
+                 min_segment_ratio: float = 0.8, text: TextAugment | None = None,
+                 normalize_loudness: bool = False, loudness_target: float = -14.0):
+        if segment_duration is not None and segment_duration <= 0:
+            raise ValueError(f"segment_duration={segment_duration}: must be > 0 (or None for whole files)")
+        if not 0.0 <= min_segment_ratio <= 1.0:
+            raise ValueError(f"min_segment_ratio={min_segment_ratio}: must be in [0, 1]")
+        self.sample_rate, self.channels = sample_rate, channels
+        self.segment_duration, self.min_segment_ratio = segment_duration, min_segment_ratio
+        self.text = text or TextAugment()
+        self.normalize_loudness, self.loudness_target = normalize_loudness, loudness_target
+
+    def plan(self, sample: dict, rng: np.random.Generator | None) -> dict:
+        """Cheap part (no decoding): metadata, crop position and caption. rng=None -> validation."""
+        meta = _meta_of(sample)
+        u = float(rng.random()) if rng is not None else 0.0
+        text = self.text.sample(meta, rng) if rng is not None else TextAugment.deterministic(meta)
+        return {"meta": meta, "u": u, "text": text}
+
+    def _audio_member(self, sample: dict) -> bytes:
+        for ext in AUDIO_EXTS:
+            if ext in sample:
+                return sample[ext]
+        raise CorruptSample(f"{sample.get('__key__')}: no audio member ({'/'.join(AUDIO_EXTS)})")
+
+    def load(self, sample: dict, plan: dict) -> dict:
+        blob, meta, seg = self._audio_member(sample), plan["meta"], self.segment_duration
+        duration = meta.get("duration")
+        try:
+            if seg is not None and isinstance(duration, (int, float)) and duration > 0:
+                start = plan["u"] * max(0.0, duration - seg * self.min_segment_ratio)
+                wav, sr = read_audio(io.BytesIO(blob), start=start, duration=seg)
+            else:  # unknown duration: decode everything, then crop
+                wav, sr = read_audio(io.BytesIO(blob))
+                duration = wav.shape[-1] / sr
+                start = 0.0
+                if seg is not None:
+                    start = plan["u"] * max(0.0, duration - seg * self.min_segment_ratio)
+                    first = int(round(start * sr))
+                    wav = wav[:, first:first + int(round(seg * sr))]
+        except AudioReadError as exc:
+            raise CorruptSample(str(exc)) from None
+        if wav.shape[-1] == 0:
+            raise CorruptSample(f"{sample.get('__key__')}: no audio samples")
+        if not torch.isfinite(wav).all():
+            raise CorruptSample(f"{sample.get('__key__')}: non-finite audio samples")
+        wav = resample(convert_channels(wav, self.channels), sr, self.sample_rate)
+        if self.normalize_loudness:
+            from lightning_musicgen.audio.loudness import normalize_loudness
+            wav = normalize_loudness(wav, self.sample_rate, self.loudness_target)
+        if seg is not None:
+            wav = wav[:, :int(round(seg * self.sample_rate))]
+        info = {**meta, "key": sample.get("__key__"), "shard": sample.get("__url__"),
+                "start": round(start, 4), "duration": duration}
+        return {"x": wav, "length": wav.shape[-1], "text": plan["text"], "meta": info}
+
+    def collate(self, items: list[dict]) -> dict:
+        target = (int(round(self.segment_duration * self.sample_rate)) if self.segment_duration is not None
+                  else max(it["length"] for it in items))
+        wav = torch.zeros(len(items), self.channels, target)
+        mask = torch.zeros(len(items), target, dtype=torch.bool)
+        for i, it in enumerate(items):
+            wav[i, :, :it["length"]] = it["x"]
+            mask[i, :it["length"]] = True
+        return {"wav": wav, "mask": mask, "text": [it["text"] for it in items],
+                "meta": [it["meta"] for it in items]}
+
+
+class CodeCrops:
+    """Decode token samples (`codes.npy`: int [K, F]) into crops of `segment_duration` seconds of frames.
+
+    Same crop rule as `AudioCrops`, in frames; padding positions hold 0 and mask False.
+    """
+
+    def __init__(self, segment_duration: float | None = 30.0, min_segment_ratio: float = 0.8,
+                 text: TextAugment | None = None):
+        self.segment_duration, self.min_segment_ratio = segment_duration, min_segment_ratio
+        self.text = text or TextAugment()
+        self.num_codebooks: int | None = None
+
+    plan = AudioCrops.plan
+
+    def load(self, sample: dict, plan: dict) -> dict:
+        meta = plan["meta"]
+        if "codes.npy" not in sample:
+            raise CorruptSample(f"{sample.get('__key__')}: no codes.npy member")
+        try:
+            codes = np.load(io.BytesIO(sample["codes.npy"]), allow_pickle=False)
+        except Exception as exc:
+            raise CorruptSample(f"{sample.get('__key__')}: unreadable codes ({exc})") from None
+        frame_rate = meta.get("frame_rate")
+        if codes.ndim != 2 or codes.shape[1] == 0 or not frame_rate:
+            raise CorruptSample(f"{sample.get('__key__')}: codes shape {codes.shape} / frame_rate {frame_rate}")
+        frames, start = codes.shape[1], 0
+        if self.segment_duration is not None:
+            seg = int(round(self.segment_duration * frame_rate))
+            max_start = max(0, frames - int(round(seg * self.min_segment_ratio)))
+            start = min(int(plan["u"] * (max_start + 1)), max_start)
+            codes = codes[:, start:start + seg]
+        x = torch.from_numpy(codes.astype(np.int64))
+        info = {**meta, "key": sample.get("__key__"), "shard": sample.get("__url__"),
+                "start": round(start / frame_rate, 4)}
+        return {"x": x, "length": x.shape[-1], "text": plan["text"], "meta": info, "frame_rate": frame_rate}
+
+    def collate(self, items: list[dict]) -> dict:
+        k = items[0]["x"].shape[0]
+        if any(it["x"].shape[0] != k for it in items):
+            raise ValueError("token shards mix different numbers of codebooks")
+        target = (int(round(self.segment_duration * items[0]["frame_rate"])) if self.segment_duration is not None
+                  else max(it["length"] for it in items))
+        codes = torch.zeros(len(items), k, target, dtype=torch.long)
+        mask = torch.zeros(len(items), target, dtype=torch.bool)
+        for i, it in enumerate(items):
+            codes[i, :, :it["length"]] = it["x"]
+            mask[i, :it["length"]] = True
+        return {"codes": codes, "mask": mask, "text": [it["text"] for it in items],
+                "meta": [it["meta"] for it in items]}
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+class _Counter:
+    """Skipped-sample bookkeeping of one worker."""
+
+    def __init__(self, slot: int):
+        self.slot, self.skipped, self.errors = slot, 0, []
+
+    def add(self, exc: Exception) -> None:
+        self.skipped += 1
+        if len(self.errors) < 20:
+            self.errors.append(str(exc).splitlines()[0][:300] if str(exc) else repr(exc))
+
+
+class TrainStream(IterableDataset):
+    """Endless, resampled training batches; one "epoch" is `epoch_batches` batches (see module docstring).
+
+    `epoch` and `skip_batches` are set by the datamodule before each new iterator (they reach the workers
+    because the DataLoader pickles the dataset when it starts them).
+    """
+
+    def __init__(self, urls: list[str], decoder, batch_size: int, epoch_batches: int, seed: int = 0,
+                 shuffle_buffer: int = 256, rank: int = 0, world_size: int = 1):
+        if not urls:
+            raise ValueError("train stream: empty shard list")
+        if batch_size < 1 or epoch_batches < 1:
+            raise ValueError(f"batch_size={batch_size}, epoch_steps={epoch_batches}: both must be >= 1")
+        self.urls, self.decoder, self.batch_size = list(urls), decoder, batch_size
+        self.epoch_batches, self.seed, self.shuffle_buffer = epoch_batches, seed, shuffle_buffer
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.skip_batches = 0, 0
+
+    def __len__(self) -> int:
+        return self.epoch_batches
+
+    def _samples(self, rng: np.random.Generator, counter: _Counter) -> Iterator[dict]:
+        empty_run = 0
+        while True:
+            url = self.urls[int(rng.integers(len(self.urls)))]
+            got = 0
+            for sample in iter_tar_samples(url, counter.add):
+                got += 1
+                yield sample
+            empty_run = 0 if got else empty_run + 1
+            if empty_run > 2 * len(self.urls) + 10:
+                raise RuntimeError(f"no readable samples in the train shards (last tried {url}; "
+                                   f"errors: {counter.errors[-1:] or 'empty shards'})")
+
+    def _shuffled(self, rng: np.random.Generator, counter: _Counter) -> Iterator[dict]:
+        buffer: list[dict] = []
+        for sample in self._samples(rng, counter):
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(sample)
+                if len(buffer) < self.shuffle_buffer:
+                    continue
+            i = int(rng.integers(len(buffer)))
+            buffer[i], buffer[-1] = buffer[-1], buffer[i]
+            yield buffer.pop()
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = _worker()
+        rng = np.random.default_rng([self.seed, self.rank, worker, self.epoch])
+        counter = _Counter(self.rank * num_workers + worker)
+        stream = self._shuffled(rng, counter) if self.shuffle_buffer > 1 else self._samples(rng, counter)
+        for batch_index in range(worker, self.epoch_batches, num_workers):
+            replay = batch_index < self.skip_batches
+            items = []
+            while len(items) < self.batch_size:
+                sample = next(stream)
+                try:
+                    plan = self.decoder.plan(sample, rng)
+                    items.append(None if replay else self.decoder.load(sample, plan))
+                except CorruptSample as exc:
+                    counter.add(exc)
+            if replay:
+                continue
+            for it in items:
+                it["meta"].update(worker=counter.slot, skipped_samples=counter.skipped, epoch=self.epoch)
+            yield self.decoder.collate(items)
+
+
+class ValidStream(IterableDataset):
+    """Every sample exactly once, deterministically (see module docstring)."""
+
+    def __init__(self, urls: list[str], decoder, batch_size: int, rank: int = 0, world_size: int = 1):
+        if not urls:
+            raise ValueError("validation stream: empty shard list")
+        self.urls, self.decoder, self.batch_size = list(urls), decoder, batch_size
+        self.rank, self.world_size = rank, world_size
+
+    def _my_samples(self, counter: _Counter, slot: int, slots: int) -> Iterator[dict]:
+        if len(self.urls) >= slots:
+            for url in self.urls[slot::slots]:
+                yield from iter_tar_samples(url, counter.add)
+        else:
+            index = 0
+            for url in self.urls:
+                for sample in iter_tar_samples(url, counter.add):
+                    if index % slots == slot:
+                        yield sample
+                    index += 1
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = _worker()
+        slots, slot = self.world_size * num_workers, self.rank * num_workers + worker
+        counter = _Counter(slot)
+        items = []
+        for sample in self._my_samples(counter, slot, slots):
+            try:
+                items.append(self.decoder.load(sample, self.decoder.plan(sample, None)))
+            except CorruptSample as exc:
+                counter.add(exc)
+            if len(items) == self.batch_size:
+                yield self._finish(items, counter)
+                items = []
+        if items:
+            yield self._finish(items, counter)
+
+    def _finish(self, items: list[dict], counter: _Counter) -> dict:
+        for it in items:
+            it["meta"].update(worker=counter.slot, skipped_samples=counter.skipped)
+        return self.decoder.collate(items)
+
+
+def batches_per_worker(epoch_batches: int, num_workers: int) -> list[int]:
+    """How many of an epoch's batches each worker produces (for docs/tests)."""
+    num_workers = max(1, num_workers)
+    return [len(range(w, epoch_batches, num_workers)) for w in range(num_workers)]
+
+
+def realtime_factor(seconds_of_audio: float, wall_seconds: float) -> float:
+    return seconds_of_audio / wall_seconds if wall_seconds > 0 else math.inf

@@ -1,0 +1,196 @@
+"""WebDataset shards: naming, atomic writing, the index file, and shard-list expansion.
+
+A shard is a plain tar of samples `KEY.flac` + `KEY.json` (audio shards) or `KEY.codes.npy` + `KEY.json`
+(token shards). Each shard directory holds `index.json` (samples, total duration, per-shard counts) that
+datamodules use for epoch sizing, and `report.tsv` listing the inputs that were skipped and why.
+"""
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import re
+import tarfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import braceexpand
+
+INDEX_NAME = "index.json"
+REPORT_NAME = "report.tsv"
+SHARD_FORMAT = "lightning_musicgen.shards/1"
+AUDIO_EXTS = ("flac", "wav", "ogg", "opus", "mp3")
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def sample_key(index: int, name: str) -> str:
+    """A WebDataset key: no dots (the key ends at the first dot of a member name) and no slashes."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[:80]
+    return f"{index:08d}_{stem}" if stem else f"{index:08d}"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to `path.tmp-PID` then rename: a reader never sees a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode())
+
+
+class AtomicShardWriter:
+    """Write one tar shard under a temporary name; `close()` renames it into place.
+
+    Used as a context manager: if the body raises (or the process is killed) the final name never
+    appears, so a resumed run sees the shard as missing and rewrites it from scratch.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self._file = open(self.tmp, "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w|", format=tarfile.USTAR_FORMAT)
+        self.count = 0
+
+    def write(self, key: str, files: dict[str, bytes]) -> None:
+        """Add one sample: `files` maps extensions (`flac`, `json`, `codes.npy`) to bytes."""
+        if "." in key or "/" in key:
+            raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
+        now = time.time()
+        for ext, data in files.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), now, 0o444
+            self._tar.addfile(info, io.BytesIO(data))
+        self.count += 1
+
+    def close(self) -> None:
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        try:
+            self._tar.close()
+        except Exception:
+            pass
+        self._file.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "AtomicShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_index(shard_dir: str | os.PathLike, shards: list[dict], skipped: list[dict], **info) -> dict:
+    """Write `index.json` (+ `report.tsv` of skipped inputs) for a finished shard directory."""
+    shard_dir = Path(shard_dir)
+    reasons: dict[str, int] = {}
+    for s in skipped:
+        reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+    index = {
+        "format": SHARD_FORMAT, **info,
+        "samples": sum(s["samples"] for s in shards),
+        "duration": round(sum(s["duration"] for s in shards), 3),
+        "skipped": len(skipped), "skipped_by_reason": reasons,
+        "shards": [{k: s[k] for k in ("name", "samples", "duration")} for s in shards],
+    }
+    lines = ["path\treason\tdetail"] + [f"{s['path']}\t{s['reason']}\t{s.get('detail', '')}" for s in skipped]
+    atomic_write_bytes(shard_dir / REPORT_NAME, ("\n".join(lines) + "\n").encode())
+    atomic_write_json(shard_dir / INDEX_NAME, index)
+    return index
+
+
+def read_index(path: str | os.PathLike) -> dict:
+    """Read a shard directory's `index.json` (path to the file or to its directory)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / INDEX_NAME
+    try:
+        index = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no shard index (run `prepare` to create it)") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid shard index ({exc})") from None
+    if index.get("format") != SHARD_FORMAT:
+        raise ValueError(f"{path}: not a shard index (format={index.get('format')!r})")
+    return index
+
+
+def expand_shards(spec: str | os.PathLike | Iterable[str]) -> list[str]:
+    """Shard URLs from a spec: a list, a directory (its index.json, else its *.tar), an index.json,
+    a glob, a brace pattern (`shard-{000000..000009}.tar`), or `pipe:CMD` (object storage through a CLI,
+    e.g. `pipe:aws s3 cp s3://bucket/shard-{000000..000009}.tar -`). Comma/space separated lists work.
+    Local files must exist: a missing one is a one-line error naming it."""
+    if spec is None:
+        return []
+    if not isinstance(spec, (str, os.PathLike)):
+        return [url for item in spec for url in expand_shards(item)]
+    spec = str(spec).strip()
+    if spec.startswith("pipe:") or re.match(r"^[a-z][a-z0-9+]*://", spec):
+        return list(braceexpand.braceexpand(spec))  # remote: existence is checked on read
+    if "," in spec and not os.path.exists(spec) and "{" not in spec:
+        return expand_shards([s for s in spec.split(",") if s.strip()])
+    path = Path(spec)
+    if path.is_dir():
+        if (path / INDEX_NAME).exists():
+            return expand_shards(path / INDEX_NAME)
+        found = sorted(str(p) for p in path.glob("*.tar"))
+        if not found:
+            raise FileNotFoundError(f"{path}: no *.tar shards in this directory")
+        return found
+    if path.name == INDEX_NAME or (path.suffix == ".json" and path.exists()):
+        index = read_index(path)
+        return [str(path.parent / s["name"]) for s in index["shards"]]
+    urls: list[str] = []
+    for pattern in braceexpand.braceexpand(spec):
+        if glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise FileNotFoundError(f"{pattern}: no shard matches this pattern")
+            urls += matches
+        elif not os.path.exists(pattern):
+            raise FileNotFoundError(f"{pattern}: shard not found")
+        else:
+            urls.append(pattern)
+    return urls
+
+
+def shard_index_for(urls: list[str]) -> dict | None:
+    """The index.json next to local shards, if there is one (for epoch sizing and sample rates)."""
+    if not urls or urls[0].startswith("pipe:") or "://" in urls[0]:
+        return None
+    path = Path(urls[0]).parent / INDEX_NAME
+    try:
+        return read_index(path)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def iter_tar_samples(url: str, on_error) -> Iterator[dict]:
+    """Samples (`{"__key__", "__url__", ext: bytes}`) of one shard; errors go to `on_error(exc)` and end
+    the shard (a truncated tar keeps the samples read before the damage)."""
+    import webdataset as wds
+
+    def handler(exc: Exception) -> bool:
+        on_error(exc)
+        return False  # stop this shard: after a tar error the stream position is unreliable
+
+    yield from wds.tariterators.tarfile_samples([{"url": url}], handler=handler)
