@@ -1,0 +1,40 @@
+"""A W&B logger whose run id survives SLURM requeues and restarts."""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from typing import Optional
+
+from lightning.pytorch.loggers import WandbLogger
+
+
+def stable_run_id(explicit: Optional[str] = None, environ: Optional[dict] = None) -> str:
+    """The W&B run id of this job: `explicit`, else `$WANDB_RUN_ID`, else one derived from the
+    SLURM job (array-aware; a requeued job keeps its id), else a fresh random id.
+
+    Checkpoints go to `save_dir/project/<id>/checkpoints`, so a stable id also lets
+    `--ckpt_path last` find the previous attempt's `last.ckpt`."""
+    env = os.environ if environ is None else environ
+    if explicit:
+        return explicit
+    if env.get("WANDB_RUN_ID"):
+        return env["WANDB_RUN_ID"]
+    job = env.get("SLURM_JOB_ID")
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    if job:
+        cluster = re.sub(r"[^A-Za-z0-9]+", "-", env.get("SLURM_CLUSTER_NAME", "slurm")).strip("-") or "slurm"
+        return f"{cluster}-{job}"
+    return secrets.token_hex(4)
+
+
+class ResumableWandbLogger(WandbLogger):
+    """`WandbLogger` with a run id fixed when the logger is built (see `stable_run_id`) and
+    `resume="allow"`: a requeued or restarted job continues the same W&B run and its checkpoint
+    folder. Offline runs are uploaded later with `wandb sync runs/wandb/offline-run-*`.
+    Every other argument is WandbLogger's."""
+
+    def __init__(self, id: Optional[str] = None, version: Optional[str] = None, **kwargs):
+        kwargs.pop("resume", None)
+        super().__init__(id=stable_run_id(version or id), resume="allow", **kwargs)
