@@ -161,12 +161,14 @@ class CoarseFirstPattern(Pattern):
 
 class MusicLMPattern(Pattern):
     """MusicLM-style grouped flattening: codebooks in groups of `group_by`; each group is
-    flattened over all frames before the next group starts (K*T steps)."""
+    flattened over all frames before the next group starts (K*T steps). Default group_by: 2
+    (1 for an odd number of codebooks)."""
 
     name = "musiclm"
 
-    def __init__(self, n_q: int, group_by: int = 2):
+    def __init__(self, n_q: int, group_by: int | None = None):
         super().__init__(n_q)
+        group_by = (2 if n_q % 2 == 0 else 1) if group_by is None else group_by
         if group_by < 1 or n_q % group_by:
             raise ValueError(f"{self.name} pattern: group_by={group_by} must divide n_q={n_q}")
         self.group_by = group_by

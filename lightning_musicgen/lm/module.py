@@ -1,0 +1,168 @@
+"""MusicGenModule: trains `MusicGenLM` (+ its conditioner) with Lightning.
+
+Batches are either audio `{"wav", "mask", "text", "meta"}` (AudioDataModule; encoded here by a
+frozen CompressionModel under no_grad) or tokens `{"codes", "mask", "text", "meta"}`
+(TokenDataModule, pre-tokenized shards). AdamW (betas 0.9/0.95, weight decay 0.1) with linear
+warmup + cosine decay stepped per step; gradient clipping comes from the trainer config
+(`gradient_clip_val: 1.0`); optional EMA of the LM weights (used by `load_musicgen`).
+
+Logged: `train/loss`, `train/ce_q{k}`, `val/loss`, `val/ce_q{k}`, `lm/ppl_q{k}` (train),
+`val/ppl_q{k}`, `lm/tokens_per_s`.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+
+import torch
+from lightning.pytorch import LightningModule
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from lightning_musicgen.lm.conditioners import ConditionProvider, build_condition_provider
+from lightning_musicgen.lm.model import MusicGenLM
+from lightning_musicgen.optim import adamw_warmup_cosine
+
+
+class MusicGenModule(LightningModule):
+    """LightningModule around `MusicGenLM` and a `ConditionProvider`.
+
+    Args:
+        lm: MusicGenLM keyword arguments (dim, num_heads, num_layers, n_q, card, pattern, ...).
+        conditioner: `build_condition_provider` config: {"text": {"name": "t5-base", ...},
+            "melody": {...} | null, "fuse": "cross" | "prepend", "cfg_dropout": 0.3, ...}. The text
+            conditioner's `dim` defaults to the LM width.
+        codec_checkpoint: CompressionModel checkpoint (CodecModule or converted) used to encode wav
+            batches; not needed with token batches. It stays frozen and out of the state dict.
+        lr, betas, weight_decay, warmup_steps, total_steps (default: trainer.max_steps), min_lr_ratio:
+            AdamW + warmup-cosine.
+        ema_decay: keep an exponential moving average of the LM weights (None: off).
+    """
+
+    def __init__(self, lm: dict | None = None, conditioner: dict | None = None, codec_checkpoint: str | None = None,
+                 lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.1,
+                 warmup_steps: int = 4000, total_steps: int | None = None, min_lr_ratio: float = 0.0,
+                 ema_decay: float | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        lm_kwargs = dict(lm or {})
+        self.lm = MusicGenLM(**lm_kwargs)
+        cond_config = dict(conditioner or {"text": {"name": "t5-base"}})
+        if cond_config.get("text"):
+            cond_config["text"] = {"dim": self.lm.dim, **cond_config["text"]}
+        if cond_config.get("melody"):
+            cond_config["melody"] = {"dim": self.lm.dim, **cond_config["melody"]}
+        self.conditioner_config = cond_config
+        self.conditioner: ConditionProvider = build_condition_provider(cond_config)
+        if self.conditioner.cross_attention != self.lm.cross_attention:
+            raise ValueError(f"conditioner fuse={cond_config.get('fuse', 'cross')!r} does not match "
+                             f"lm.cross_attention={self.lm.cross_attention}")
+        self.codec_checkpoint = codec_checkpoint
+        self._codec = None  # not a submodule: frozen, never saved, never trained
+        self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
+        self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
+        self.ema = None
+        if ema_decay:
+            self.ema = AveragedModel(self.lm, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            self.ema.requires_grad_(False)
+        self._step_start, self._warned_melody = None, False
+
+    # ---- codec -------------------------------------------------------------------------------
+    @property
+    def codec(self):
+        if self._codec is None:
+            if not self.codec_checkpoint:
+                raise ValueError("model.init_args.codec_checkpoint: needed to encode audio batches (or use token shards)")
+            from lightning_musicgen.codec import CompressionModel
+            codec = CompressionModel.from_checkpoint(self.codec_checkpoint)
+            codec.num_codebooks = min(codec.total_codebooks, self.lm.n_q)
+            if (codec.num_codebooks, codec.cardinality) != (self.lm.n_q, self.lm.card):
+                raise ValueError(f"codec {self.codec_checkpoint}: {codec.num_codebooks} x {codec.cardinality} codes "
+                                 f"!= LM n_q={self.lm.n_q} x card={self.lm.card}")
+            self._codec = codec.eval().requires_grad_(False)
+        if self._codec.sample_rate and next(self._codec.parameters()).device != self.device:
+            self._codec.to(self.device)
+        return self._codec
+
+    @torch.no_grad()
+    def tokens(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch -> (codes [B, K, F], frame mask [B, F])."""
+        if "codes" in batch:
+            codes, mask = batch["codes"], batch.get("mask")
+            if codes.shape[1] != self.lm.n_q:
+                raise ValueError(f"token batch has {codes.shape[1]} codebooks, the LM models {self.lm.n_q}")
+            if mask is None:
+                mask = torch.ones(codes.shape[0], codes.shape[-1], dtype=torch.bool, device=codes.device)
+            return codes, mask.bool()
+        wav = batch["wav"]
+        codec = self.codec
+        with torch.autocast(wav.device.type, enabled=False):
+            codes = codec.encode(wav.float())
+        F = codes.shape[-1]
+        lengths = batch["mask"].sum(-1) if "mask" in batch else torch.full((wav.shape[0],), wav.shape[-1])
+        frames = torch.ceil(lengths.float() / codec.hop_length).long().clamp(max=F)
+        mask = torch.arange(F, device=codes.device)[None, :] < frames.to(codes.device)[:, None]
+        return codes, mask
+
+    def conditions(self, batch: dict):
+        melody = None
+        if self.conditioner.melody is not None:
+            if "wav" in batch:
+                melody = batch["wav"]  # chroma of the training crop itself
+            elif not self._warned_melody:
+                warnings.warn("melody conditioner with token batches: no waveform, training with the null melody")
+                self._warned_melody = True
+        return self.conditioner(list(batch["text"]), melody=melody)
+
+    # ---- steps -------------------------------------------------------------------------------
+    def _shared_step(self, batch: dict, stage: str) -> torch.Tensor:
+        codes, mask = self.tokens(batch)
+        conditions = self.conditions(batch)
+        loss, per_codebook = self.lm.loss(codes, conditions, mask)
+        B = codes.shape[0]
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=B, on_step=on_step, on_epoch=not on_step,
+                 sync_dist=not on_step)
+        for k, ce in enumerate(per_codebook):
+            self.log(f"{stage}/ce_q{k}", ce, batch_size=B, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
+            ppl_group = "lm" if stage == "train" else "val"
+            self.log(f"{ppl_group}/ppl_q{k}", torch.exp(ce.detach()), batch_size=B, on_step=on_step,
+                     on_epoch=not on_step, sync_dist=not on_step)
+        self._tokens_in_step = int(mask.sum()) * codes.shape[1]
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.lm)
+        if self._step_start is not None:
+            seconds = time.perf_counter() - self._step_start
+            self.log("lm/tokens_per_s", self._tokens_in_step / max(seconds, 1e-9), batch_size=1, on_step=True)
+
+    # ---- optimizer -----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        total = self.total_steps or (self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else None)
+        if not total:
+            raise ValueError("model.init_args.total_steps: set it (or trainer.max_steps) for the cosine schedule")
+        warmup = min(self.warmup_steps, total)
+        return adamw_warmup_cosine(self, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay,
+                                   warmup_steps=warmup, total_steps=total, min_lr_ratio=self.min_lr_ratio)
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        text = self.conditioner.text
+        checkpoint["musicgen"] = {
+            "lm": {"config": self.lm.config},
+            "conditioner": {"config": self.conditioner_config,
+                            "text_encoder_config": text.encoder_config() if text is not None else None,
+                            "tokenizer_files": text.tokenizer_files() if text is not None else None},
+            "codec_checkpoint": self.codec_checkpoint,
+            "ema_state_dict": self.ema.module.state_dict() if self.ema is not None else None,
+        }
