@@ -98,7 +98,7 @@ class EuclideanCodebook(nn.Module):
         """k-means on the first batch (rank 0's, broadcast to the others)."""
         centroids, counts = kmeans(x, self.bins, self.kmeans_iters)
         self.embed.copy_(centroids)
-        self.embed_avg.copy_(centroids)
+        self.embed_avg.copy_(centroids * counts[:, None])  # EMA sums consistent with embed = avg / size
         self.cluster_size.copy_(counts)
         self.inited.fill_(1.0)
         _broadcast(self.embed, self.embed_avg, self.cluster_size)
@@ -209,11 +209,13 @@ class ResidualVectorQuantizer(nn.Module):
             codes, stats, commit = [], [], x.new_zeros(())
             for layer in self.layers[:n_q]:
                 q, idx, st = layer(residual)
-                commit = commit + F.mse_loss(residual, q.detach())
-                q = residual + (q - residual).detach()  # straight-through
-                residual = residual - q.detach()
+                q = q.detach()
+                commit = commit + F.mse_loss(residual, q)
+                residual = residual - q
                 quantized_out = quantized_out + q
                 codes.append(idx.view(b, f))
                 stats.append(st)
+            # one straight-through estimator for the sum: the gradient reaches z exactly once
+            quantized_out = x + (quantized_out - x).detach()
             quantized = quantized_out.view(b, f, d).transpose(1, 2)
         return QuantizedResult(quantized, torch.stack(codes, dim=1), commit / n_q, n_q, stats)

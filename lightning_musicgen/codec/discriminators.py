@@ -1,0 +1,128 @@
+"""Discriminators for codec training: multi-scale STFT (EnCodec's default) and multi-period (HiFi-GAN).
+
+Every discriminator maps wav[B, C, T] to (list of logits, list of per-layer feature lists), one
+entry per sub-discriminator. STFTs run in fp32 even under bf16 autocast.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.parametrizations import weight_norm
+
+
+def _same_padding(kernel: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> tuple[int, int]:
+    return ((kernel[0] - 1) * dilation[0] // 2, (kernel[1] - 1) * dilation[1] // 2)
+
+
+class STFTDiscriminator(nn.Module):
+    """2-D conv net on the complex STFT (real and imaginary parts as channels), layout [B, 2C, T, F]."""
+
+    def __init__(self, channels: int = 1, filters: int = 32, n_fft: int = 1024, hop_length: int = 256,
+                 win_length: int = 1024, max_filters: int = 1024, filters_scale: int = 1,
+                 kernel_size: tuple[int, int] = (3, 9), dilations: tuple[int, ...] = (1, 2, 4),
+                 stride: tuple[int, int] = (1, 2)):
+        super().__init__()
+        self.n_fft, self.hop_length, self.win_length = n_fft, hop_length, win_length
+        self.register_buffer("window", torch.hann_window(win_length), persistent=False)
+        kernel_size, stride = tuple(kernel_size), tuple(stride)
+        convs = [weight_norm(nn.Conv2d(2 * channels, filters, kernel_size, padding=_same_padding(kernel_size)))]
+        in_ch = filters
+        for i, d in enumerate(dilations):
+            out_ch = min(filters_scale ** (i + 1) * filters, max_filters)
+            convs.append(weight_norm(nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, dilation=(d, 1),
+                                               padding=_same_padding(kernel_size, (d, 1)))))
+            in_ch = out_ch
+        out_ch = min(filters_scale ** (len(dilations) + 1) * filters, max_filters)
+        square = (kernel_size[0], kernel_size[0])
+        convs.append(weight_norm(nn.Conv2d(in_ch, out_ch, square, padding=_same_padding(square))))
+        self.convs = nn.ModuleList(convs)
+        self.conv_post = weight_norm(nn.Conv2d(out_ch, 1, square, padding=_same_padding(square)))
+
+    def spectrogram(self, wav: torch.Tensor) -> torch.Tensor:
+        b, c, t = wav.shape
+        with torch.autocast(wav.device.type, enabled=False):
+            spec = torch.stft(wav.float().reshape(b * c, t), self.n_fft, self.hop_length, self.win_length,
+                              window=self.window, normalized=True, center=True, return_complex=True)
+        spec = torch.view_as_real(spec).reshape(b, c, *spec.shape[1:], 2)      # [B, C, F, T, 2]
+        return spec.permute(0, 1, 4, 3, 2).reshape(b, 2 * c, spec.shape[3], spec.shape[2])  # [B, 2C, T, F]
+
+    def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        z = self.spectrogram(wav)
+        feats = []
+        for conv in self.convs:
+            z = F.leaky_relu(conv(z), 0.2)
+            feats.append(z)
+        return self.conv_post(z), feats
+
+
+class MultiScaleSTFTDiscriminator(nn.Module):
+    """EnCodec's MS-STFT discriminator: one STFTDiscriminator per FFT size (hop = n_fft / 4)."""
+
+    def __init__(self, channels: int = 1, filters: int = 32, n_ffts: tuple[int, ...] = (1024, 2048, 512, 256, 128),
+                 **kwargs):
+        super().__init__()
+        self.discriminators = nn.ModuleList(
+            STFTDiscriminator(channels, filters, n_fft=n, hop_length=n // 4, win_length=n, **kwargs) for n in n_ffts)
+
+    def forward(self, wav: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+        logits, feats = [], []
+        for disc in self.discriminators:
+            lg, ft = disc(wav)
+            logits.append(lg)
+            feats.append(ft)
+        return logits, feats
+
+
+class PeriodDiscriminator(nn.Module):
+    """HiFi-GAN period discriminator: the waveform folded into [T / p, p] and 2-D convs along time."""
+
+    def __init__(self, period: int, channels: int = 1, hidden: tuple[int, ...] = (32, 64, 128, 256),
+                 kernel_size: int = 5, stride: int = 3):
+        super().__init__()
+        self.period = period
+        convs, in_ch = [], channels
+        for i, h in enumerate(hidden):
+            convs.append(weight_norm(nn.Conv2d(in_ch, h, (kernel_size, 1), (stride if i < len(hidden) - 1 else 1, 1),
+                                               padding=((kernel_size - 1) // 2, 0))))
+            in_ch = h
+        self.convs = nn.ModuleList(convs)
+        self.conv_post = weight_norm(nn.Conv2d(in_ch, 1, (3, 1), padding=(1, 0)))
+
+    def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        b, c, t = wav.shape
+        pad = (-t) % self.period
+        if pad:
+            wav = F.pad(wav, (0, pad), mode="reflect" if pad < t else "constant")
+        z = wav.view(b, c, -1, self.period)
+        feats = []
+        for conv in self.convs:
+            z = F.leaky_relu(conv(z), 0.1)
+            feats.append(z)
+        return self.conv_post(z), feats
+
+
+class MultiPeriodDiscriminator(nn.Module):
+    """HiFi-GAN's MPD (periods 2, 3, 5, 7, 11): an alternative to the MS-STFT discriminator."""
+
+    def __init__(self, channels: int = 1, periods: tuple[int, ...] = (2, 3, 5, 7, 11),
+                 hidden: tuple[int, ...] = (32, 64, 128, 256)):
+        super().__init__()
+        self.discriminators = nn.ModuleList(PeriodDiscriminator(p, channels, tuple(hidden)) for p in periods)
+
+    def forward(self, wav: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+        logits, feats = [], []
+        for disc in self.discriminators:
+            lg, ft = disc(wav)
+            logits.append(lg)
+            feats.append(ft)
+        return logits, feats
+
+
+def build_discriminator(kind: str, channels: int, **kwargs) -> nn.Module:
+    """'msstftd' (EnCodec) or 'mpd' (HiFi-GAN multi-period)."""
+    if kind == "msstftd":
+        return MultiScaleSTFTDiscriminator(channels, **kwargs)
+    if kind == "mpd":
+        return MultiPeriodDiscriminator(channels, **kwargs)
+    raise ValueError(f"discriminator must be 'msstftd' or 'mpd', got {kind!r}")

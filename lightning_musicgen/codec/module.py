@@ -1,0 +1,253 @@
+"""CodecModule: adversarial training of a CompressionModel (EnCodec recipe) with manual optimisation.
+
+One training step (one batch of wav[B, C, T]):
+1. the generator reconstructs y (the RVQ updates its EMA codebooks on the way);
+2. after `adversarial_warmup_steps`, the discriminator takes a hinge-loss step on (x, y.detach());
+3. the generator losses L1 (time), multi-scale mel, hinge adversarial and feature matching are
+   combined by the gradient balancer (on d loss / d y), the commitment loss is added as is, and the
+   generator takes an Adam step; optional EMA of the generator weights follows.
+
+`trainer.global_step` counts batches: the discriminator's optimizer is stepped directly (not through
+Lightning's counter). Gradients are clipped here (`gradient_clip_val`), so the trainer's must be null.
+Supported precisions: 32-true and bf16-mixed (STFTs and losses always run in fp32).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_only
+
+from lightning_musicgen.codec.discriminators import build_discriminator
+from lightning_musicgen.codec.losses import (Balancer, MelDistance, MultiScaleMelLoss, feature_matching_loss,
+                                             hinge_discriminator_loss, hinge_generator_loss, si_snr)
+from lightning_musicgen.codec.model import CodecConfig, CompressionModel
+from lightning_musicgen.optim import WarmupCosineLR
+
+DEFAULT_WEIGHTS = {"adv": 4.0, "feat": 4.0, "l1": 0.1, "msspec": 2.0}
+
+
+class CodecModule(LightningModule):
+    """Trains a CompressionModel (`self.generator`) against an MS-STFT (or multi-period) discriminator.
+
+    Args:
+        codec: the CompressionModel hyperparameters (defaults: MusicGen's EnCodec 32 kHz).
+        discriminator: 'msstftd' (EnCodec) or 'mpd' (HiFi-GAN multi-period); `discriminator_kwargs`
+            go to its constructor (e.g. filters, n_ffts).
+        loss_weights: balanced losses {adv, feat, l1, msspec}; a missing or 0 weight disables one.
+        commitment_weight: weight of the RVQ commitment loss (added outside the balancer).
+        balance_grads, balancer_total_norm, balancer_ema_decay: the gradient balancer.
+        lr, disc_lr, betas: Adam (EnCodec: 3e-4, betas (0.5, 0.9)); `warmup_steps`, `total_steps` and
+            `min_lr_ratio` shape both learning rates (default: constant).
+        adversarial_warmup_steps: batches trained on reconstruction losses only before the
+            discriminator starts; `disc_every`: discriminator step every N batches.
+        gradient_clip_val: max gradient norm for each network (None: no clipping).
+        ema_decay: keep an EMA of the generator (`generator_ema`) used for validation and export.
+        log_audio_every_n_steps, log_audio_samples: reconstructions sent to the logger by rank 0.
+    """
+
+    def __init__(self, codec: CodecConfig | None = None, discriminator: str = "msstftd",
+                 discriminator_kwargs: dict[str, Any] | None = None,
+                 loss_weights: dict[str, float] | None = None, commitment_weight: float = 1.0,
+                 balance_grads: bool = True, balancer_total_norm: float = 1.0,
+                 balancer_ema_decay: float = 0.999, lr: float = 3e-4, disc_lr: float | None = None,
+                 betas: tuple[float, float] = (0.5, 0.9), warmup_steps: int = 0, total_steps: int | None = None,
+                 min_lr_ratio: float = 1.0, adversarial_warmup_steps: int = 0, disc_every: int = 1,
+                 gradient_clip_val: float | None = None, ema_decay: float | None = None,
+                 log_audio_every_n_steps: int = 1000, log_audio_samples: int = 2):
+        super().__init__()
+        if isinstance(codec, dict):
+            codec = CodecConfig.from_dict(codec)
+        codec = codec or CodecConfig()
+        weights = dict(DEFAULT_WEIGHTS if loss_weights is None else loss_weights)
+        unknown = sorted(set(weights) - set(DEFAULT_WEIGHTS))
+        if unknown:
+            raise ValueError(f"loss_weights: unknown loss(es) {unknown}; known: {sorted(DEFAULT_WEIGHTS)}")
+        if disc_every < 1:
+            raise ValueError(f"disc_every must be >= 1, got {disc_every}")
+        self.save_hyperparameters(ignore=["codec"])
+        self.hparams["codec"] = codec.to_dict()
+        self.automatic_optimization = False
+        self.codec_config = codec
+        self.generator = CompressionModel(codec)
+        self.discriminator = build_discriminator(discriminator, codec.channels, **(discriminator_kwargs or {}))
+        self.generator_ema = None
+        if ema_decay is not None:
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+        self.msspec = MultiScaleMelLoss(codec.sample_rate)
+        self.mel_distance = MelDistance(codec.sample_rate)
+        self.weights = weights
+        self.balancer = Balancer(weights, balance=balance_grads, total_norm=balancer_total_norm,
+                                 ema_decay=balancer_ema_decay)
+
+    # -- optimisation ------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        total = hp.total_steps or (self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else None)
+        total = max(total or 1, hp.warmup_steps, 1)
+        opt_g = torch.optim.Adam(self.generator.parameters(), lr=hp.lr, betas=tuple(hp.betas))
+        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=hp.disc_lr or hp.lr, betas=tuple(hp.betas))
+        scheds = [WarmupCosineLR(o, hp.warmup_steps, total, hp.min_lr_ratio) for o in (opt_g, opt_d)]
+        return [opt_g, opt_d], scheds
+
+    def setup(self, stage: str) -> None:
+        precision = str(getattr(self.trainer, "precision", "32-true")) if self._trainer else "32-true"
+        if precision.startswith("16"):
+            raise ValueError(f"CodecModule: precision {precision!r} is not supported (use bf16-mixed or 32-true)")
+
+    def _wav(self, batch) -> torch.Tensor:
+        wav = batch["wav"] if isinstance(batch, dict) else batch
+        if wav.dim() != 3 or wav.shape[1] != self.codec_config.channels:
+            raise ValueError(f"batch wav: expected [B, {self.codec_config.channels}, T], got {list(wav.shape)}")
+        return wav
+
+    def adversarial_active(self) -> bool:
+        return self.weights.get("adv", 0) > 0 or self.weights.get("feat", 0) > 0
+
+    def training_step(self, batch, batch_idx):
+        hp = self.hparams
+        x = self._wav(batch)
+        opt_g, opt_d = self.optimizers()
+        sched_g, sched_d = self.lr_schedulers()
+        step = self.global_step
+        y, q = self.generator(x)
+
+        adversarial = self.adversarial_active() and step >= hp.adversarial_warmup_steps
+        logs: dict[str, float] = {}
+        if adversarial and step % hp.disc_every == 0:
+            real_logits, _ = self.discriminator(x)
+            fake_logits, _ = self.discriminator(y.detach())
+            d_loss = hinge_discriminator_loss(real_logits, fake_logits)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            self._clip(opt_d)
+            # stepped directly: Lightning would count it as a second global step per batch
+            opt_d.optimizer.step()
+            sched_d.step()  # the discriminator's schedule counts its own steps
+            logs["train/d_loss"] = d_loss.detach()
+
+        losses = {"l1": torch.nn.functional.l1_loss(y.float(), x.float()), "msspec": self.msspec(y, x)}
+        if adversarial:
+            fake_logits, fake_feats = self.discriminator(y)
+            with torch.no_grad():
+                _, real_feats = self.discriminator(x)
+            losses["adv"] = hinge_generator_loss(fake_logits)
+            losses["feat"] = feature_matching_loss(fake_feats, real_feats)
+        grad_y = self.balancer.backward_gradient(losses, y)
+        # one backward for the balanced gradient into y and the commitment loss
+        surrogate = (y * grad_y.detach()).sum() + hp.commitment_weight * q.commit_loss
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(surrogate)
+        self._clip(opt_g)
+        opt_g.step()
+        sched_g.step()
+        if self.generator_ema is not None:
+            self._update_ema()
+
+        with torch.no_grad():
+            for name, value in losses.items():
+                logs[f"train/{name}"] = value.detach()
+            logs["train/commit"] = q.commit_loss.detach()
+            logs["train/loss"] = sum(self.weights.get(k, 0.0) * v.detach() for k, v in losses.items()) \
+                + hp.commitment_weight * q.commit_loss.detach()
+            for name, scale in self.balancer.scales.items():
+                logs[f"codec/balancer_scale_{name}"] = scale
+                logs[f"codec/grad_norm_{name}"] = self.balancer.norms[name]
+            logs["codec/si_snr"] = si_snr(y.detach(), x)
+            logs["codec/mel_distance"] = self.mel_distance(y.detach(), x)
+            dead = 0
+            for k, st in enumerate(q.stats):
+                logs[f"codec/usage_q{k}"] = st.usage
+                logs[f"codec/perplexity_q{k}"] = st.perplexity
+                logs[f"codec/dead_codes_q{k}"] = float(st.dead_replaced)
+                dead += st.dead_replaced
+            logs["codec/dead_codes"] = float(dead)
+            logs["codec/bitrate_kbps"] = self.generator.frame_rate * self.generator.quantizer.bits_per_frame(
+                q.num_quantizers) / 1000
+            logs["codec/num_quantizers"] = float(q.num_quantizers)
+        self.log("train/loss", logs.pop("train/loss"), prog_bar=True, on_step=True, on_epoch=False,
+                 batch_size=x.shape[0])
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        every = hp.log_audio_every_n_steps
+        if every and step % every == 0:
+            self._log_reconstructions("train", x, y.detach())
+
+    def _clip(self, opt) -> None:
+        if self.hparams.gradient_clip_val:
+            self.clip_gradients(opt, gradient_clip_val=self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = self.hparams.ema_decay
+        for p_ema, p in zip(self.generator_ema.parameters(), self.generator.parameters()):
+            p_ema.lerp_(p.detach(), 1 - decay)
+        for b_ema, b in zip(self.generator_ema.buffers(), self.generator.buffers()):
+            b_ema.copy_(b)
+
+    # -- validation ------------------------------------------------------------------------------
+    def eval_model(self) -> CompressionModel:
+        return self.generator_ema if self.generator_ema is not None else self.generator
+
+    def validation_step(self, batch, batch_idx):
+        x = self._wav(batch)
+        model = self.eval_model()
+        y, q = model(x)
+        b = x.shape[0]
+        self.log("val/l1", torch.nn.functional.l1_loss(y.float(), x.float()), batch_size=b, sync_dist=True)
+        self.log("val/msspec", self.msspec(y, x), batch_size=b, sync_dist=True)
+        self.log("val/mel_distance", self.mel_distance(y, x), batch_size=b, sync_dist=True, prog_bar=True)
+        self.log("val/si_snr", si_snr(y, x), batch_size=b, sync_dist=True)
+        self.log("val/commit", q.commit_loss, batch_size=b, sync_dist=True)
+        if batch_idx == 0:
+            self._log_reconstructions("val", x, y)
+
+    # -- reconstructions to the logger -----------------------------------------------------------
+    def mel_image(self, wav: torch.Tensor) -> np.ndarray:
+        """wav[C, T] -> uint8 image [n_mels, frames] of the log-mel spectrogram (low frequencies at the bottom)."""
+        with torch.autocast(wav.device.type, enabled=False):
+            logmel = self.mel_distance.logmel(wav.float().mean(0, keepdim=True)[None])[1][0, 0]
+        logmel = logmel.clamp(min=logmel.max() - 8.0)  # 80 dB-ish dynamic range
+        img = (logmel - logmel.min()) / (logmel.max() - logmel.min() + 1e-8)
+        return (img.flip(0).cpu().numpy() * 255).astype(np.uint8)
+
+    @rank_zero_only
+    def _log_reconstructions(self, split: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        logger = self.logger
+        if logger is None or self.hparams.log_audio_samples <= 0:
+            return
+        n = min(self.hparams.log_audio_samples, x.shape[0])
+        sr = self.codec_config.sample_rate
+        audios = [w.float().clamp(-1, 1).mean(0).cpu().numpy() for pair in zip(x[:n], y[:n]) for w in pair]
+        captions = [f"{kind} {i}" for i in range(n) for kind in ("original", "reconstruction")]
+        images = [np.concatenate([self.mel_image(x[i]), self.mel_image(y[i])], axis=0) for i in range(n)]
+        try:
+            from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+            if isinstance(logger, WandbLogger):
+                logger.log_audio(f"{split}/audio", audios, step=self.global_step, caption=captions,
+                                 sample_rate=[sr] * len(audios))
+                logger.log_image(f"{split}/mel", images, step=self.global_step,
+                                 caption=[f"sample {i}: original (top) / reconstruction" for i in range(n)])
+            elif isinstance(logger, TensorBoardLogger):
+                for cap, a in zip(captions, audios):
+                    logger.experiment.add_audio(f"{split}/{cap}", a[None], self.global_step, sample_rate=sr)
+                for i, img in enumerate(images):
+                    logger.experiment.add_image(f"{split}/mel_{i}", img[None], self.global_step)
+        except Exception as exc:  # logging media must never stop a training run
+            from lightning.pytorch.utilities import rank_zero_warn
+            rank_zero_warn(f"could not log reconstructions ({type(exc).__name__}: {exc})")
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["codec_config"] = self.codec_config.to_dict()
+        checkpoint["balancer"] = self.balancer.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.balancer.load_state_dict(checkpoint.get("balancer", {}))
+
+    def export(self, path) -> Any:
+        """Write the (EMA) generator as a converted-format codec checkpoint."""
+        return self.eval_model().save(path)
+
