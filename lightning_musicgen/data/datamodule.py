@@ -20,7 +20,7 @@ from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
-from lightning_musicgen.data.pipeline import AudioCrops, CodeCrops, TrainStream, ValidStream
+from lightning_musicgen.data.pipeline import REPLAYED, AudioCrops, CodeCrops, TrainStream, ValidStream
 from lightning_musicgen.data.shards import expand_shards
 from lightning_musicgen.data.text import TextAugment
 
@@ -37,6 +37,8 @@ class _TrackedLoader(DataLoader):
         if dm is not None and self._train:
             dm._start_epoch(self.dataset)
         for batch in super().__iter__():
+            if REPLAYED in batch:
+                continue
             if dm is not None:
                 dm._observe(batch, self._train)
             yield batch

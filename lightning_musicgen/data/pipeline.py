@@ -5,7 +5,8 @@ positions/captions from its own generator seeded by `(seed, rank, worker, epoch)
 shuffle buffer; the worker assembles whole batches. Worker w of W produces the global batches i with
 i % W == w of the epoch, which the DataLoader returns in order 0, 1, 2, ... so the batch sequence depends
 only on (seed, rank, epoch, num_workers). Skipping the first `skip_batches` batches (resume) replays the
-same random draws but does not decode audio, so it costs only the tar reads.
+same random draws but does not decode audio, so it costs only the tar reads; each skipped batch is a tiny
+placeholder (dropped by the datamodule's loader) so the DataLoader's worker round-robin stays aligned.
 
 Valid stream (`ValidStream`): each sample exactly once, in shard order, split over (rank, worker) slots
 (whole shards when there are at least as many shards as slots, else every n-th sample), cropped from the
@@ -30,6 +31,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 from lightning_musicgen.audio.io import AudioReadError, convert_channels, read_audio, resample
 from lightning_musicgen.data.shards import AUDIO_EXTS, iter_tar_samples
 from lightning_musicgen.data.text import TextAugment
+
+
+REPLAYED = "__replayed_batch__"  # key of the placeholder a worker yields for a fast-forwarded batch
 
 
 class CorruptSample(Exception):
@@ -253,7 +257,8 @@ class TrainStream(IterableDataset):
                     items.append(None if replay else self.decoder.load(sample, plan))
                 except CorruptSample as exc:
                     counter.add(exc)
-            if replay:
+            if replay:  # a placeholder keeps the DataLoader's worker round-robin aligned with batch indices
+                yield {REPLAYED: batch_index}
                 continue
             for it in items:
                 it["meta"].update(worker=counter.slot, skipped_samples=counter.skipped, epoch=self.epoch)

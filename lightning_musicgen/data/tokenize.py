@@ -1,0 +1,147 @@
+"""`python -m lightning_musicgen tokenize`: audio shards -> codec token shards for LM training.
+
+Every input shard `NAME.tar` becomes `OUTPUT/NAME.tar` with samples `KEY.codes.npy` (int16/int32 [K, F]) and
+`KEY.json` (the audio sample's metadata plus `frame_rate`, `num_codebooks`, `cardinality`,
+`codec_sample_rate`, `codec_channels`, `frames`, `duration`), written atomically; a re-run skips finished
+shards. `OUTPUT/index.json` sizes epochs for `TokenDataModule` (duration in seconds of audio).
+
+Long files are encoded in chunks of `--chunk-seconds` with `--context-seconds` of audio on each side that
+is encoded and then discarded, so chunk seams see the same receptive field as a whole-file encode (exact
+when the context covers the encoder's receptive field; SEANet's is well under a second).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lightning_musicgen.audio.io import AudioReadError, convert_channels, read_audio, resample
+from lightning_musicgen.data.shards import (AUDIO_EXTS, AtomicShardWriter, atomic_write_json, expand_shards,
+                                            iter_tar_samples, write_index)
+
+
+@torch.no_grad()
+def encode_long(model, wav: torch.Tensor, chunk_seconds: float = 30.0, context_seconds: float = 1.0) -> torch.Tensor:
+    """codes [K, F] of wav [C, T] (model rate/channels) with F = ceil(T / hop), encoded chunk by chunk."""
+    hop = int(round(model.sample_rate / model.frame_rate))
+    total = math.ceil(wav.shape[-1] / hop)
+    chunk = max(1, int(round(chunk_seconds * model.frame_rate)))
+    context = max(0, int(round(context_seconds * model.frame_rate)))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    pieces = []
+    for f0 in range(0, total, chunk):
+        f1 = min(total, f0 + chunk)
+        a0, a1 = max(0, f0 - context), min(total, f1 + context)
+        segment = wav[:, a0 * hop: a1 * hop]
+        codes = model.encode(segment[None].to(device))[0]
+        pieces.append(codes[:, f0 - a0: f1 - a0].cpu())
+    return torch.cat(pieces, dim=-1)
+
+
+def _audio_blob(sample: dict) -> bytes | None:
+    return next((sample[e] for e in AUDIO_EXTS if e in sample), None)
+
+
+def tokenize_shards(model, source, output, chunk_seconds: float = 30.0, context_seconds: float = 1.0,
+                    progress: bool = True, codec_name: str | None = None) -> dict:
+    """Encode every audio shard of `source` with `model` (a CompressionModel or anything with `encode`,
+    `sample_rate`, `channels`, `frame_rate`, `num_codebooks`, `cardinality`) into `output`."""
+    from tqdm import tqdm
+    urls = expand_shards(source)
+    if not urls:
+        raise ValueError(f"{source}: no shards")
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    dtype = np.int16 if model.cardinality <= np.iinfo(np.int16).max else np.int32
+    codec_info = {"frame_rate": float(model.frame_rate), "num_codebooks": int(model.num_codebooks),
+                  "cardinality": int(model.cardinality), "codec_sample_rate": int(model.sample_rate),
+                  "codec_channels": int(model.channels)}
+    shards, skipped = [], []
+    bar = tqdm(urls, unit="shard", desc=f"tokenize -> {output.name}", disable=not progress)
+    for url in bar:
+        name = Path(url.split()[-1] if url.startswith("pipe:") else url).name
+        stats_path = output / name.replace(".tar", ".stats.json")
+        if (output / name).exists() and stats_path.exists():
+            stats = json.loads(stats_path.read_text())
+            if stats.get("codec") == codec_info:
+                shards.append(stats)
+                skipped += stats["skipped"]
+                continue
+        errors: list[dict] = []
+        samples, duration = 0, 0.0
+        with AtomicShardWriter(output / name) as writer:
+            for sample in iter_tar_samples(url, lambda exc: errors.append(
+                    {"path": url, "reason": "tar_error", "detail": str(exc).splitlines()[0][:200]})):
+                where = f"{url}#{sample.get('__key__')}"
+                blob = _audio_blob(sample)
+                try:
+                    meta = json.loads(sample["json"]) if "json" in sample else {}
+                    if blob is None:
+                        raise AudioReadError("no audio member")
+                    wav, sr = read_audio(io.BytesIO(blob))
+                    if wav.shape[-1] == 0 or not torch.isfinite(wav).all():
+                        raise AudioReadError("empty or non-finite audio")
+                except (AudioReadError, ValueError) as exc:
+                    errors.append({"path": where, "reason": "unreadable", "detail": str(exc)[:200]})
+                    continue
+                wav = resample(convert_channels(wav, model.channels), sr, model.sample_rate)
+                codes = encode_long(model, wav, chunk_seconds, context_seconds)
+                seconds = wav.shape[-1] / model.sample_rate
+                buf = io.BytesIO()
+                np.save(buf, codes.numpy().astype(dtype), allow_pickle=False)
+                meta.update(codec_info, frames=int(codes.shape[-1]), duration=round(seconds, 6))
+                if codec_name:
+                    meta["codec"] = codec_name
+                writer.write(sample["__key__"], {"codes.npy": buf.getvalue(),
+                                                 "json": json.dumps(meta, ensure_ascii=False).encode()})
+                samples += 1
+                duration += seconds
+        stats = {"name": name, "samples": samples, "duration": round(duration, 6), "skipped": errors,
+                 "codec": codec_info}
+        atomic_write_json(stats_path, stats)
+        shards.append(stats)
+        skipped += errors
+    return write_index(output, shards, skipped, kind="tokens", **codec_info)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m lightning_musicgen tokenize",
+        description="Encode audio shards (from `prepare`/`demo-data`) with a trained codec into token shards "
+                    "(KEY.codes.npy + KEY.json) for LM training with TokenDataModule. Re-running skips done shards.")
+    p.add_argument("--codec", required=True, help="codec checkpoint (CodecModule .ckpt or converted file)")
+    p.add_argument("--input", required=True, help="audio shards: directory, index.json, glob or brace pattern")
+    p.add_argument("--output", required=True, help="token shard directory")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--num-codebooks", type=int, default=None, help="keep the first K codebooks (default: all)")
+    p.add_argument("--chunk-seconds", type=float, default=30.0, help="encode long files in chunks (default 30)")
+    p.add_argument("--context-seconds", type=float, default=1.0, help="audio context around each chunk (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from lightning_musicgen.codec import CompressionModel
+        model = CompressionModel.from_checkpoint(args.codec).eval().to(args.device)
+        if args.num_codebooks is not None:
+            model.num_codebooks = args.num_codebooks
+        index = tokenize_shards(model, args.input, args.output, args.chunk_seconds, args.context_seconds,
+                                progress=not args.no_progress, codec_name=str(args.codec))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.output}: {index['samples']} samples, {index['duration'] / 3600:.2f} h of audio as "
+          f"{index['num_codebooks']} x {index['frame_rate']:g} Hz codes; skipped {index['skipped']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
