@@ -6,6 +6,7 @@ resumed run draws different dropout masks / CFG dropout / noise than the uninter
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -18,12 +19,22 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+
+log = logging.getLogger("lightning.pytorch.callbacks.preemption")  # shown by Lightning's INFO handler
+
+
+@rank_zero_only
+def rank_zero_info(message: str) -> None:
+    log.info(message)
 
 
 def collect_rng_states() -> dict[str, Any]:
     """The states of Python's, NumPy's and torch's (CPU and every CUDA device) generators."""
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # plain types and tensors only, so `torch.load(weights_only=True)` accepts the checkpoint
+    states = {"python": random.getstate(), "torch": torch.get_rng_state(),
+              "numpy": [str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -31,7 +42,8 @@ def collect_rng_states() -> dict[str, Any]:
 
 def set_rng_states(states: dict[str, Any]) -> None:
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
