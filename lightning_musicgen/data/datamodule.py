@@ -43,6 +43,15 @@ class _TrackedLoader(DataLoader):
                 dm._observe(batch, self._train)
             yield batch
 
+    # Lightning treats loaders with these methods as resumable (and stores their state with the loops):
+    # both delegate to the datamodule, whose own state_dict is also in the checkpoint.
+    def state_dict(self) -> dict:
+        return self._datamodule.state_dict() if self._datamodule is not None and self._train else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if self._datamodule is not None and self._train and state_dict:
+            self._datamodule.load_state_dict(state_dict)
+
 
 class _ShardDataModule(LightningDataModule):
     """Shared machinery: shard expansion, rank/world wiring, loaders, resume state, skip counting."""
