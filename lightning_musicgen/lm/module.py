@@ -45,6 +45,13 @@ class MusicGenModule(LightningModule):
         super().__init__()
         self.save_hyperparameters()
         lm_kwargs = dict(lm or {})
+        self.codec_checkpoint = codec_checkpoint
+        self._codec = None  # not a submodule: frozen, never saved, never trained
+        if codec_checkpoint and (lm_kwargs.get("n_q") is None or lm_kwargs.get("card") is None):
+            codec = self._load_codec()  # n_q / card: null in the config -> the codec's
+            lm_kwargs["n_q"] = lm_kwargs.get("n_q") or codec.num_codebooks
+            lm_kwargs["card"] = lm_kwargs.get("card") or codec.cardinality
+        lm_kwargs = {k: v for k, v in lm_kwargs.items() if v is not None or k not in ("n_q", "card")}
         self.lm = MusicGenLM(**lm_kwargs)
         cond_config = dict(conditioner or {"text": {"name": "t5-base"}})
         if cond_config.get("text"):
@@ -56,8 +63,6 @@ class MusicGenModule(LightningModule):
         if self.conditioner.cross_attention != self.lm.cross_attention:
             raise ValueError(f"conditioner fuse={cond_config.get('fuse', 'cross')!r} does not match "
                              f"lm.cross_attention={self.lm.cross_attention}")
-        self.codec_checkpoint = codec_checkpoint
-        self._codec = None  # not a submodule: frozen, never saved, never trained
         self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
         self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
         self.ema = None
@@ -67,21 +72,27 @@ class MusicGenModule(LightningModule):
         self._step_start, self._warned_melody = None, False
 
     # ---- codec -------------------------------------------------------------------------------
+    def _load_codec(self):
+        if self._codec is None:
+            from lightning_musicgen.codec import CompressionModel
+            codec = CompressionModel.from_checkpoint(self.codec_checkpoint).eval().requires_grad_(False)
+            object.__setattr__(self, "_codec", codec)  # bypass nn.Module registration: not a submodule
+        return self._codec
+
     @property
     def codec(self):
-        if self._codec is None:
-            if not self.codec_checkpoint:
-                raise ValueError("model.init_args.codec_checkpoint: needed to encode audio batches (or use token shards)")
-            from lightning_musicgen.codec import CompressionModel
-            codec = CompressionModel.from_checkpoint(self.codec_checkpoint)
-            codec.num_codebooks = min(codec.total_codebooks, self.lm.n_q)
-            if (codec.num_codebooks, codec.cardinality) != (self.lm.n_q, self.lm.card):
-                raise ValueError(f"codec {self.codec_checkpoint}: {codec.num_codebooks} x {codec.cardinality} codes "
-                                 f"!= LM n_q={self.lm.n_q} x card={self.lm.card}")
-            self._codec = codec.eval().requires_grad_(False)
-        if self._codec.sample_rate and next(self._codec.parameters()).device != self.device:
-            self._codec.to(self.device)
-        return self._codec
+        """The frozen CompressionModel (loaded on first use, moved to this module's device)."""
+        if not self.codec_checkpoint:
+            raise ValueError("model.init_args.codec_checkpoint: needed to encode audio batches (or use token shards)")
+        codec = self._load_codec()
+        if codec.num_codebooks != self.lm.n_q and codec.total_codebooks >= self.lm.n_q:
+            codec.num_codebooks = self.lm.n_q
+        if (codec.num_codebooks, codec.cardinality) != (self.lm.n_q, self.lm.card):
+            raise ValueError(f"codec {self.codec_checkpoint}: {codec.num_codebooks} x {codec.cardinality} codes "
+                             f"!= LM n_q={self.lm.n_q} x card={self.lm.card}")
+        if next(codec.parameters()).device != self.device:
+            codec.to(self.device)
+        return codec
 
     @torch.no_grad()
     def tokens(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
