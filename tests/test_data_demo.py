@@ -23,7 +23,8 @@ def test_bach_chorale_caption_tempo_and_gain(tmp_path):
     meta = demo.render_piece(spec(tmp_path, "bach/bwv66.6.mxl"))
     assert "error" not in meta, meta
     text = meta["description"]
-    assert text.endswith(f"playing a Baroque chorale by J.S. Bach in F sharp minor, 4/4, {meta['bpm']} BPM")
+    verb = "singing" if meta["ensemble"] == "a choir" else "playing"
+    assert text.endswith(f"{verb} a Baroque chorale by J.S. Bach in F sharp minor, 4/4, {meta['bpm']} BPM")
     assert text[0].isupper() and meta["ensemble"].lower() in text.lower()
     assert meta["key"] == "F sharp minor" and meta["time_signature"] == "4/4" and meta["artist"] == "Johann Sebastian Bach"
     wav, sr = sf.read(tmp_path / f"{meta['id']}.flac")

@@ -253,7 +253,8 @@ def describe(spec: dict, score, ensemble: str, bpm: int, time_signature: str | N
         style = f"{region[spec['collection']]} {kind}"
     if spec["collection"] == "bach":
         title = "Chorale BWV " + Path(spec["path"]).stem.replace("bwv", "")
-    text = f"{ensemble[0].upper()}{ensemble[1:]} playing {style}"
+    verb = "singing" if ensemble == "a choir" else "playing"
+    text = f"{ensemble[0].upper()}{ensemble[1:]} {verb} {style}"
     if info["by"]:
         text += f" by {info['by']}"
     elif title and spec["collection"] != "essenFolksong":
