@@ -44,6 +44,15 @@ def resolve_text_encoder(name: str) -> tuple[str, bool]:
     return name, offline
 
 
+def _skip_init():
+    try:
+        from transformers.initialization import no_init_weights
+        return no_init_weights()
+    except ImportError:  # older transformers: initialise (slower, same result once loaded)
+        import contextlib
+        return contextlib.nullcontext()
+
+
 @dataclass
 class LMConditions:
     """What the LM is conditioned on. `cross` [B, Lc, D] with `cross_mask` [B, Lc] (True = valid)
@@ -98,8 +107,8 @@ class TextConditioner(nn.Module):
         if encoder_config is not None:
             cfg = dict(encoder_config)
             config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-            encoder_cls = T5EncoderModel if config.model_type in T5_TYPES else AutoModel
-            self.encoder = encoder_cls.from_config(config) if encoder_cls is AutoModel else T5EncoderModel(config)
+            with _skip_init():  # the weights come from a state dict right after
+                self.encoder = T5EncoderModel(config) if config.model_type in T5_TYPES else AutoModel.from_config(config)
             if tokenizer_files is None:
                 raise ValueError(f"text encoder {name!r}: encoder_config given without tokenizer_files")
             with tempfile.TemporaryDirectory() as tmp:
