@@ -228,3 +228,41 @@ def test_codec_reconstruction_csv_and_tensorboard(tmp_path):
     media = glob.glob(os.path.join(loggers[0].log_dir, "media", "*", "*"))
     assert sum(m.endswith(".wav") for m in media) == 4 and sum(m.endswith(".png") for m in media) == 4
     assert glob.glob(os.path.join(loggers[1].log_dir, "events.out.tfevents.*"))
+
+
+def test_evaluate_generation_with_the_real_musicgen_module(tmp_path):
+    """No generator() method: the callback builds a MusicGen around MusicGenModule's live (EMA) LM,
+    its conditioner and codec, and leaves the training weights and mode untouched."""
+    from lightning_musicgen.codec import CodecConfig, CompressionModel
+    from lightning_musicgen.lm.module import MusicGenModule
+    torch.manual_seed(0)
+    codec = CompressionModel(CodecConfig(sample_rate=SR, n_filters=4, ratios=(8, 8, 4), dimension=16, lstm_layers=0,
+                                         n_q=2, bins=16, kmeans_init=False))
+    codec.save(tmp_path / "codec.pt")
+    module = MusicGenModule(lm=dict(dim=32, num_heads=2, num_layers=1, pattern="delay"),
+                            conditioner={"text": {"name": "minilm"}, "fuse": "cross"},
+                            codec_checkpoint=str(tmp_path / "codec.pt"), ema_decay=0.5, total_steps=4, warmup_steps=1)
+    callback = EvaluateGeneration(every_n_steps=2, metrics=["chroma_cosine"], num_prompts=3, batch_size=2,
+                                  duration=0.5, top_k=5, num_audio_samples=1)
+    trainer = Trainer(max_steps=2, logger=CSVLogger(tmp_path, name="csv"), callbacks=[callback], accelerator="cpu",
+                      devices=1, precision="32-true", enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
+    before = {k: v.clone() for k, v in module.lm.state_dict().items()}
+    scalars = {}
+    original = callback.evaluate
+
+    def spy(trainer, pl_module):
+        weights_at_eval = {k: v.clone() for k, v in pl_module.lm.state_dict().items()}
+        scalars.update(original(trainer, pl_module))
+        assert pl_module.training  # train mode restored for the next step
+        for k, v in pl_module.lm.state_dict().items():  # generation neither casts nor changes the weights
+            assert v.dtype == weights_at_eval[k].dtype and torch.equal(v, weights_at_eval[k]), k
+
+    callback.evaluate = spy
+    trainer.fit(module, datamodule=ToneData(n=4, seconds=1.0))
+    assert set(scalars) == {"eval/chroma_cosine"} and 0.0 <= scalars["eval/chroma_cosine"] <= 1.0
+    assert any(not torch.equal(before[k], v) for k, v in module.lm.state_dict().items())  # it did train
+    media = glob.glob(os.path.join(trainer.loggers[0].log_dir, "media", "*", "*.wav"))
+    assert len(media) == 2  # one generated + its reference, 0.5 s at the codec's rate
+    import soundfile as sf
+    assert sf.info(sorted(media)[0]).samplerate == SR
