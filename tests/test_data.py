@@ -160,6 +160,27 @@ def test_batches_shapes_rates_masks_and_captions(shards):
     assert all(m["start"] == 0.0 for b in val for m in b["meta"])
 
 
+def test_pipe_urls_ranks_and_loudness_option(shards):
+    """`pipe:` shards stream like local ones; node ranks get different streams; loudness option applies."""
+    from lightning_musicgen.audio.loudness import integrated_loudness
+    urls = f"pipe:cat {shards}/shard-{{000001..000003}}.tar"
+    dm = AudioDataModule(urls, urls, segment_duration=2.0, batch_size=2, num_workers=0, epoch_steps=2,
+                         normalize_loudness=True, loudness_target=-20.0)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 2 and batches[0]["meta"][0]["shard"].startswith("pipe:cat ")
+    for b in batches:
+        for i in range(2):
+            real = int(b["mask"][i].sum())
+            assert integrated_loudness(b["wav"][i, :, :real], 32000) == pytest.approx(-20.0, abs=0.5)
+    assert sum(len(b["text"]) for b in dm.val_dataloader()) == 6
+    decoder = AudioCrops(32000, 1, 0.5)
+    rank0 = [m["key"] for b in TrainStream(expand_shards(shards), decoder, 2, 6, seed=0, shuffle_buffer=2)
+             for m in b["meta"]]
+    rank1 = [m["key"] for b in TrainStream(expand_shards(shards), decoder, 2, 6, seed=0, shuffle_buffer=2,
+                                           rank=1, world_size=2) for m in b["meta"]]
+    assert rank0 != rank1
+
+
 def test_frequency_survives_resampling(shards):
     """The FLAC at 32 kHz read back at 16 kHz still holds the source tone (song0 = 200 Hz)."""
     dm = AudioDataModule(None, shards, sample_rate=16000, segment_duration=2.0, batch_size=6, num_workers=0)

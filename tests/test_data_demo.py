@@ -55,6 +55,10 @@ def test_folk_tune_caption_uses_title_and_tune_type(tmp_path):
     essen = demo.render_piece(spec(tmp_path, "essenFolksong/altdeu10.abc", 5, "essenFolksong", seed=2))
     assert "playing a German folk song in G major, 4/2," in essen["description"]
     assert essen["title"] == "Der Graf von Rom oder der Graf im Pfluge"
+    stereo = demo.render_piece(spec(tmp_path / "st", "essenFolksong/altdeu10.abc", 5, "essenFolksong", seed=2,
+                                    channels=2))
+    wav, sr = sf.read(tmp_path / "st" / f"{stereo['id']}.flac")
+    assert wav.shape[1] == 2 and stereo["description"] == essen["description"]
 
 
 def test_catalogue_and_plan_are_deterministic():

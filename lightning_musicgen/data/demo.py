@@ -314,6 +314,7 @@ def render_piece(spec: dict) -> dict:
     meta = describe(spec, score, ensemble, bpm, ts.ratioString if ts is not None else None, key_name(score))
     meta["instrument"] = sorted({pretty_midi.program_to_instrument_name(p) for p in programs})
     meta.update(id=spec["id"], duration=round(wav.shape[-1] / spec["sample_rate"], 3))
+    out_dir.mkdir(parents=True, exist_ok=True)
     tmp = flac.with_name(flac.name + f".tmp-{os.getpid()}")
     write_audio(tmp, wav, spec["sample_rate"], format="FLAC", subtype="PCM_16")
     os.replace(tmp, flac)
