@@ -307,9 +307,10 @@ def test_panns_cnn14_checkpoint_shapes(tmp_path):
     probs = model.class_probs(wav, 44100)
     assert emb.shape == (2, 1, 2048) and probs.shape == (2, 527)
     torch.testing.assert_close(probs.sum(-1), torch.ones(2))
-    long = model.embeddings(torch.randn(1, 1, 32000 * 23) * 0.1, 32000)  # 10 s + 10 s + 3 s segments
-    assert long.shape == (1, 3, 2048)
-    assert model.embeddings(torch.randn(1, 1, 32000 * 10 + 8000), 32000).shape == (1, 1, 2048)  # 0.25 s tail dropped
+    model.segment, model.min_segment = 16000, 8000  # 0.5 s segments (10 s by default), tails >= 0.25 s kept
+    assert model.embeddings(torch.randn(1, 1, 16000 * 2 + 9000), 32000).shape == (1, 3, 2048)
+    assert model.embeddings(torch.randn(1, 1, 16000 * 2 + 7000), 32000).shape == (1, 2, 2048)  # short tail dropped
+    assert model.embeddings(torch.randn(1, 1, 4000), 32000).shape == (1, 1, 2048)  # a short clip is kept
     del sd["fc1.bias"]
     torch.save({"model": sd}, tmp_path / "broken.pth")
     with pytest.raises(ValueError, match=r"broken.pth: not a PANNs CNN14 checkpoint .*fc1.bias"):

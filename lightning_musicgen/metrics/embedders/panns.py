@@ -16,6 +16,7 @@ from lightning_musicgen.metrics.embedders.base import AudioEmbedder, load_strict
 
 SAMPLE_RATE, N_FFT, HOP, N_MELS, NUM_CLASSES = 32000, 1024, 320, 64, 527
 FRONT_END_KEYS = ("spectrogram_extractor.", "logmel_extractor.")
+MIN_SAMPLES = 32 * HOP  # five 2x2 poolings need at least 32 frames
 
 
 class ConvBlock(nn.Module):
@@ -92,10 +93,12 @@ class Cnn14(AudioEmbedder):
         return 10.0 * torch.log10(mel.clamp(min=1e-10))[:, None]  # [B, 1, frames, 64]
 
     def _segments(self, mono: Tensor) -> list[Tensor]:
-        """Split into 10 s segments; a short last segment is dropped unless it is the only one."""
+        """Split into 10 s segments; a short last segment is dropped unless it is the only one.
+        Segments under the network's minimum input (32 frames, ~0.32 s) are repeat-padded."""
         segments = list(torch.split(mono, self.segment, dim=-1))
-        kept = [s for s in segments if s.shape[-1] >= self.min_segment]
-        return kept or segments[:1]
+        kept = [s for s in segments if s.shape[-1] >= self.min_segment] or segments[:1]
+        return [s.repeat(1, -(-MIN_SAMPLES // s.shape[-1]))[:, :MIN_SAMPLES] if s.shape[-1] < MIN_SAMPLES else s
+                for s in kept]
 
     @torch.no_grad()
     def _run(self, wav: Tensor, sample_rate: int) -> tuple[Tensor, Tensor]:
