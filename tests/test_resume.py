@@ -10,7 +10,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,15 @@ from lightning_musicgen.cluster.logger import ResumableWandbLogger, stable_run_i
 from lightning_musicgen.cluster.resume import RNGStateCheckpoint, collect_rng_states
 from lightning_musicgen.optim import adamw_warmup_cosine
 
+@pytest.fixture
+def own_tmp():
+    """A private temporary folder: pytest's shared basetemp keeps only the newest runs, and other
+    pytest processes on the machine may rotate it away under a long-running subprocess."""
+    path = Path(tempfile.mkdtemp(prefix="lmg-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 
 # ---------------------------------------------------------------------------------------------
 # toy model and data (imported by the subprocesses as test_resume.ToyRegression / ToyData)
@@ -32,15 +43,17 @@ class ToyRegression(LightningModule):
     """An MLP with dropout and input noise (random draws every step), AdamW + warmup-cosine and an
     EMA of the weights kept as buffers: every piece of state that exact resume must restore."""
 
-    def __init__(self, lr: float = 0.02, total_steps: int = 20, ema_decay: float = 0.9):
+    def __init__(self, lr: float = 0.02, total_steps: int = 20, ema_decay: float = 0.9, step_sleep: float = 0.0):
         super().__init__()
-        self.lr, self.total_steps, self.ema_decay = lr, total_steps, ema_decay
+        self.lr, self.total_steps, self.ema_decay, self.step_sleep = lr, total_steps, ema_decay, step_sleep
         self.net = nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Dropout(0.3), nn.Linear(32, 1))
         for name, p in self.net.named_parameters():
             self.register_buffer("ema_" + name.replace(".", "_"), p.detach().clone())
 
     def training_step(self, batch, batch_idx):
         x, y = batch
+        if self.step_sleep:  # lets the SLURM test act while the job runs
+            time.sleep(self.step_sleep)
         x = x + 0.05 * torch.randn_like(x)
         loss = nn.functional.mse_loss(self.net(x), y)
         self.log("train/loss", loss)
@@ -166,7 +179,8 @@ def _assert_same_training_state(a: dict, b: dict) -> None:
     assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"]
 
 
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(own_tmp):
+    tmp_path = own_tmp
     steps = 15   # epochs of 10 batches: the kill at step 8 is mid-epoch, the last checkpoint is step 6
     ref = _fit(tmp_path / "ref", "ref", steps)
     assert ref.returncode == 0, ref.stderr[-3000:]
@@ -231,7 +245,8 @@ def test_atomic_checkpoint_io_keeps_old_file_on_failed_write(tmp_path, monkeypat
     assert torch.load(path)["step"] == 3
 
 
-def test_atomic_checkpoint_io_survives_sigkill_during_write(tmp_path):
+def test_atomic_checkpoint_io_survives_sigkill_during_write(own_tmp):
+    tmp_path = own_tmp
     """A real SIGKILL while a large checkpoint is being written: the old file stays loadable."""
     path = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
