@@ -125,6 +125,12 @@ def test_killed_prepare_resumes_without_duplicate_or_truncated_shards(tmp_path):
         with tarfile.open(url) as tar:  # raises on a truncated tar
             keys += [n.split(".")[0] for n in tar.getnames() if n.endswith(".flac")]
     assert len(keys) == len(set(keys)) == 24
+    # a changed input rewrites only its own shard
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")}
+    sf.write(src / "f05.wav", tone(2, freq=900), 44100)
+    index = prepare(src, out, shard_size=2, workers=1, progress=False)
+    changed = {p.name for p in out.glob("shard-*.tar") if p.stat().st_mtime_ns != stamps[p.name]}
+    assert changed == {"shard-000002.tar"} and index["duration"] == pytest.approx(23 * 4 + 2, abs=0.01)
 
 
 def test_expand_shards_patterns(shards, tmp_path):

@@ -272,8 +272,15 @@ def render_piece(spec: dict) -> dict:
     """Parse, render and write one piece (runs in a worker). Returns its metadata or {"error": ...}."""
     out_dir = Path(spec["out_dir"])
     flac, side = out_dir / f"{spec['id']}.flac", out_dir / f"{spec['id']}.json"
+    render_key = {"seed": spec["seed"], "sample_rate": spec["sample_rate"], "channels": spec["channels"],
+                  "soundfont": Path(spec["soundfont"]).name, "max_seconds": spec["max_seconds"]}
     if flac.exists() and side.exists():
-        return json.loads(side.read_text())
+        try:
+            cached = json.loads(side.read_text())
+        except json.JSONDecodeError:
+            cached = {}
+        if cached.get("render") == render_key:  # same choices: reuse (resume)
+            return cached
     torch.set_num_threads(1)
     from music21 import corpus, meter
     import pretty_midi
@@ -313,7 +320,7 @@ def render_piece(spec: dict) -> dict:
     wav = normalize_loudness(wav, spec["sample_rate"], target_lufs=-18.0, max_gain_db=40.0, peak=0.89)
     meta = describe(spec, score, ensemble, bpm, ts.ratioString if ts is not None else None, key_name(score))
     meta["instrument"] = sorted({pretty_midi.program_to_instrument_name(p) for p in programs})
-    meta.update(id=spec["id"], duration=round(wav.shape[-1] / spec["sample_rate"], 3))
+    meta.update(id=spec["id"], duration=round(wav.shape[-1] / spec["sample_rate"], 3), render=render_key)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = flac.with_name(flac.name + f".tmp-{os.getpid()}")
     write_audio(tmp, wav, spec["sample_rate"], format="FLAC", subtype="PCM_16")
@@ -408,7 +415,7 @@ def build_demo(output, minutes: float = 60.0, valid_fraction: float = 0.1, seed:
     for name, pieces in (("valid", valid), ("train", train)):
         manifest = output / "render" / f"{name}.jsonl"
         lines = [json.dumps({"path": f"pieces/{m['id']}.flac",
-                             **{k: v for k, v in m.items() if k not in ("id", "duration")}}) for m in pieces]
+                             **{k: v for k, v in m.items() if k not in ("id", "duration", "render")}}) for m in pieces]
         manifest.write_text("\n".join(lines) + "\n")
         index = prepare(manifest, output / name, sample_rate=sample_rate, channels=channels,
                         shard_size=shard_size, workers=workers, progress=progress,

@@ -15,7 +15,8 @@ Output (SHARD_DIR)
   - `index.json`: samples, total duration and per-shard counts; `report.tsv`: skipped inputs and why.
 
 Inputs are sorted and cut into shards of `--shard-size` files, so a re-run maps the same files to the same
-shard names and skips every shard whose stats record matches. Shards are written under a temporary name and
+shard names and skips every shard whose stats record matches (same files, sizes, modification times and
+metadata; a changed input rewrites only its shard). Shards are written under a temporary name and
 renamed when complete: a killed run never leaves a truncated shard. Unreadable, empty, non-finite, silent
 or too-short files are skipped and listed in report.tsv; the run still succeeds.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import os
@@ -161,10 +163,24 @@ def _shard_task(task: dict) -> dict:
             writer.write(key, {"flac": encode_flac(wav, sr), "json": json.dumps(meta, ensure_ascii=False).encode()})
             samples += 1
             duration += seconds
-    stats = {"name": task["name"], "sources": [it["name"] for it in task["items"]], "sample_rate": sr,
+    stats = {"name": task["name"], "sources": [it["name"] for it in task["items"]],
+             "fingerprint": _fingerprint(task["items"]), "sample_rate": sr,
              "channels": channels, "samples": samples, "duration": round(duration, 6), "skipped": skipped}
     atomic_write_json(out / task["name"].replace(".tar", ".stats.json"), stats)
     return stats
+
+
+def _fingerprint(items: list[dict]) -> str:
+    """Identity of a shard's inputs: names, metadata, sizes and modification times."""
+    h = hashlib.sha1()
+    for it in items:
+        try:
+            st = os.stat(it["path"])
+            stamp = [st.st_size, st.st_mtime_ns]
+        except OSError:
+            stamp = None
+        h.update(json.dumps([it["name"], it["meta"], stamp], sort_keys=True, default=str).encode())
+    return h.hexdigest()
 
 
 def _done(output: Path, task: dict) -> dict | None:
@@ -175,7 +191,7 @@ def _done(output: Path, task: dict) -> dict | None:
         stats = json.loads(stats_path.read_text())
     except (json.JSONDecodeError, OSError):
         return None
-    same = (stats.get("sources") == [it["name"] for it in task["items"]]
+    same = (stats.get("fingerprint") == _fingerprint(task["items"])
             and stats.get("sample_rate") == task["sample_rate"] and stats.get("channels") == task["channels"])
     return stats if same else None
 
