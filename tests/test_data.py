@@ -237,7 +237,8 @@ def test_train_stream_same_seed_same_batches_and_exact_resume(shards):
     assert _keys(resumed.train_dataloader()) == _keys(dm.train_dataloader())  # and epoch 2 continues alike
 
 
-def test_resume_inside_lightning_fit(shards, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_inside_lightning_fit(shards, tmp_path, workers):
     """Checkpoint mid-epoch, resume: the batches after the checkpoint equal the uninterrupted run's."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -256,8 +257,8 @@ def test_resume_inside_lightning_fit(shards, tmp_path):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     def fit(max_steps, ckpt=None, callbacks=()):
-        dm = AudioDataModule(shards, segment_duration=0.5, batch_size=2, num_workers=0, epoch_steps=4, seed=7,
-                             shuffle_buffer=3)
+        dm = AudioDataModule(shards, segment_duration=0.5, batch_size=2, num_workers=workers, epoch_steps=4,
+                             seed=7, shuffle_buffer=3)
         model = Recorder()
         trainer = L.Trainer(max_steps=max_steps, logger=False, enable_progress_bar=False,
                             enable_model_summary=False, callbacks=list(callbacks), default_root_dir=tmp_path,

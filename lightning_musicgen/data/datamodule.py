@@ -193,7 +193,8 @@ class AudioDataModule(_ShardDataModule):
         batch_size / val_batch_size: per process.
         num_workers, prefetch_factor, pin_memory: DataLoader options (workers are not persistent: they get the
             epoch counter when they start).
-        shuffle_buffer: samples held for shuffling per worker.
+        shuffle_buffer: samples held for shuffling per worker (raw encoded files: memory per worker is about
+            shuffle_buffer x the average file size; shards are also drawn at random, which mixes too).
         epoch_steps: train batches per epoch (per process); the train stream itself is endless.
         seed: seeds shard choice, shuffling, crop positions and caption dropout together with node rank,
             worker id and epoch.
@@ -206,7 +207,7 @@ class AudioDataModule(_ShardDataModule):
     def __init__(self, train_shards: Any = None, val_shards: Any = None, sample_rate: int = 32000,
                  channels: int = 1, segment_duration: float | None = 30.0, min_segment_ratio: float = 0.8,
                  val_segment_duration: float | None = None, batch_size: int = 8,
-                 val_batch_size: int | None = None, num_workers: int = 2, shuffle_buffer: int = 256,
+                 val_batch_size: int | None = None, num_workers: int = 2, shuffle_buffer: int = 32,
                  epoch_steps: int = 1000, seed: int = 0, merge_text_p: float = 0.25, drop_desc_p: float = 0.5,
                  drop_other_p: float = 0.5, word_dropout: float = 0.0, normalize_loudness: bool = False,
                  loudness_target: float = -14.0, prefetch_factor: int | None = 2, pin_memory: bool = False):
@@ -238,7 +239,7 @@ class TokenDataModule(_ShardDataModule):
     def __init__(self, train_shards: Any = None, val_shards: Any = None, segment_duration: float | None = 30.0,
                  min_segment_ratio: float = 0.8, val_segment_duration: float | None = None,
                  batch_size: int = 8, val_batch_size: int | None = None, num_workers: int = 2,
-                 shuffle_buffer: int = 256, epoch_steps: int = 1000, seed: int = 0, merge_text_p: float = 0.25,
+                 shuffle_buffer: int = 32, epoch_steps: int = 1000, seed: int = 0, merge_text_p: float = 0.25,
                  drop_desc_p: float = 0.5, drop_other_p: float = 0.5, word_dropout: float = 0.0,
                  prefetch_factor: int | None = 2, pin_memory: bool = False):
         super().__init__(train_shards, val_shards, batch_size, val_batch_size, num_workers, shuffle_buffer,
