@@ -62,8 +62,24 @@ def lm_bytes_per_step(lm, rows: int, steps: int) -> int:
     return int(weights + kv)
 
 
+class StepClock:
+    """Timestamps of every decoding step; the median step time is robust to a busy machine."""
+
+    def __init__(self):
+        self.stamps = []
+
+    def __call__(self, *args):  # our callback(done, total) and transformers' LogitsProcessor(ids, scores)
+        self.stamps.append(time.perf_counter())
+        return args[1] if len(args) == 2 and isinstance(args[1], torch.Tensor) else None
+
+    def median_ms(self) -> float:
+        deltas = [b - a for a, b in zip(self.stamps, self.stamps[1:])]
+        return statistics.median(deltas) * 1e3 if deltas else float("nan")
+
+
 def run_transformers(hf, tok, texts, frames, seed=0) -> dict:
-    timings = {"decode": 0.0}
+    from transformers import LogitsProcessorList
+    timings, clock = {"decode": 0.0}, StepClock()
     decode = hf.audio_encoder.decode
 
     def timed_decode(*a, **k):
@@ -78,20 +94,22 @@ def run_transformers(hf, tok, texts, frames, seed=0) -> dict:
         torch.manual_seed(seed)
         t = time.perf_counter()
         with torch.inference_mode():
-            wav = hf.generate(**inputs, do_sample=True, top_k=250, guidance_scale=3.0, max_new_tokens=frames + 3)
+            wav = hf.generate(**inputs, do_sample=True, top_k=250, guidance_scale=3.0, max_new_tokens=frames + 3,
+                              logits_processor=LogitsProcessorList([clock]))
         total = time.perf_counter() - t
     finally:
         hf.audio_encoder.decode = decode
-    return {"total": total, "decode": timings["decode"], "samples": wav.shape[-1]}
+    return {"total": total, "decode": timings["decode"], "samples": wav.shape[-1], "median_ms": clock.median_ms()}
 
 
 def run_ours(model, texts, duration, seed=0) -> dict:
+    clock = StepClock()
     t = time.perf_counter()
-    codes = model.generate_tokens(texts, duration, cfg_coef=3.0, top_k=250, seed=seed)
+    codes = model.generate_tokens(texts, duration, cfg_coef=3.0, top_k=250, seed=seed, callback=clock)
     t_tokens = time.perf_counter() - t
     wav = model.decode(codes)
     total = time.perf_counter() - t
-    return {"total": total, "decode": total - t_tokens, "samples": wav.shape[-1]}
+    return {"total": total, "decode": total - t_tokens, "samples": wav.shape[-1], "median_ms": clock.median_ms()}
 
 
 def main(argv=None) -> int:
@@ -145,23 +163,24 @@ def main(argv=None) -> int:
             decode = statistics.median(r["decode"] for r in runs)
             lm_for_floor = models[dtype].lm
             floor_ms = lm_bytes_per_step(lm_for_floor, 2 * batch, steps) / bandwidth * 1e3
+            median = statistics.median(r["median_ms"] for r in runs)
             row = {"impl": impl, "dtype": dtype, "batch": batch, "steps": steps, "total_s": total,
-                   "decode_s": decode, "ms_per_step": (total - decode) / steps * 1e3, "floor_ms_per_step": floor_ms,
-                   "audio_s": runs[0]["samples"] / 32000}
+                   "decode_s": decode, "ms_per_step": (total - decode) / steps * 1e3, "median_ms_per_step": median,
+                   "floor_ms_per_step": floor_ms, "audio_s": runs[0]["samples"] / 32000}
             results.append(row)
             print(f"{impl:>12} {dtype} batch {batch}: {total:7.2f} s end to end, {row['ms_per_step']:6.1f} ms/step "
-                  f"(floor {floor_ms:5.1f}), decode {decode:5.2f} s", flush=True)
+                  f"(median {median:6.1f}, floor {floor_ms:5.1f}), decode {decode:5.2f} s", flush=True)
     print()
-    print("| impl | dtype | batch | end-to-end s | LM ms/step | floor ms/step | step / floor | decode s "
-          "| speed-up end-to-end | speed-up per step |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| impl | dtype | batch | end-to-end s | LM ms/step (mean) | median ms/step | floor ms/step | "
+          "median / floor | decode s | speed-up end-to-end | speed-up per step (median) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         ref = next((x for x in results if x["impl"] == "transformers" and x["batch"] == r["batch"]), None)
         e2e = f"{ref['total_s'] / r['total_s']:.2f}x" if ref else "-"
-        per = f"{ref['ms_per_step'] / r['ms_per_step']:.2f}x" if ref else "-"
+        per = f"{ref['median_ms_per_step'] / r['median_ms_per_step']:.2f}x" if ref else "-"
         print(f"| {r['impl']} | {r['dtype']} | {r['batch']} | {r['total_s']:.1f} | {r['ms_per_step']:.1f} | "
-              f"{r['floor_ms_per_step']:.1f} | {r['ms_per_step'] / r['floor_ms_per_step']:.2f} | {r['decode_s']:.2f} | "
-              f"{e2e} | {per} |")
+              f"{r['median_ms_per_step']:.1f} | {r['floor_ms_per_step']:.1f} | "
+              f"{r['median_ms_per_step'] / r['floor_ms_per_step']:.2f} | {r['decode_s']:.2f} | {e2e} | {per} |")
     if args.json:
         args.json.write_text(json.dumps({"bandwidth_GBps": bandwidth / 1e9, "args": vars(args) | {"json": str(args.json)},
                                          "results": results}, indent=2))

@@ -159,6 +159,24 @@ def check_descriptions(descriptions) -> list[str | None]:
     return descriptions
 
 
+class _StepProgress:
+    """A tqdm bar (when `show`) plus a `callback(done, total)` after every decoding step."""
+
+    def __init__(self, total: int, show: bool, callback: Callable[[int, int], None] | None):
+        from tqdm.auto import tqdm
+        self.total, self.done, self.callback = total, 0, callback
+        self.bar = tqdm(total=total, desc="generate", unit="step", disable=not show, leave=False)
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        self.bar.update(n)
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 class MusicGen:
     """Text (+ melody, + audio prompt) to music with a MusicGen LM, its conditioner and its codec.
 
@@ -311,13 +329,15 @@ class MusicGen:
     # ---- public API --------------------------------------------------------------------------
     def generate_tokens(self, descriptions: list[str | None], duration: float, melody=None, prompt=None,
                         cfg_coef: float = 3.0, top_k: int = 250, top_p: float = 0.0, temperature: float = 1.0,
-                        seed: int | None = None, *, two_pass_cfg: bool = False, progress: bool = False) -> torch.Tensor:
+                        seed: int | None = None, *, two_pass_cfg: bool = False, progress: bool = False,
+                        callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """codes LongTensor [B, K, F] for `duration` seconds (F = duration * frame_rate), before decoding.
 
         descriptions: one text per sample (None: unconditional). melody: a file path, a list of
         paths (one per text), a tensor [C, T] / [B, C, T] at the model's sample rate, or a
         (tensor, sample_rate) pair; needs a melody model. prompt: audio of the same kinds to
-        continue; `duration` counts it (the output starts with the prompt's codes)."""
+        continue; `duration` counts it (the output starts with the prompt's codes).
+        progress: a tqdm bar over decoding steps; callback(done, total) is called after every step."""
         descriptions = check_descriptions(descriptions)
         B = len(descriptions)
         if not (isinstance(duration, (int, float)) and math.isfinite(duration) and duration > 0):
@@ -350,9 +370,7 @@ class MusicGen:
                                0 if prompt_codes is None else prompt_codes.shape[-1])
         generator = make_generator(seed, self.device)
         with_cfg = cfg_coef != 1.0
-        from tqdm.auto import tqdm
-        bar = tqdm(total=sum(self._window_steps(w) for w in windows), desc="generate", unit="step",
-                   disable=not progress, leave=False)
+        bar = _StepProgress(sum(self._window_steps(w) for w in windows), progress, callback)
         fixed = None if melody_wav is not None and len(windows) > 1 else self.conditions(descriptions, melody_wav,
                                                                                          with_cfg)
 
@@ -377,10 +395,11 @@ class MusicGen:
 
     def generate(self, descriptions: list[str | None], duration: float, melody=None, prompt=None,
                  cfg_coef: float = 3.0, top_k: int = 250, top_p: float = 0.0, temperature: float = 1.0,
-                 seed: int | None = None, *, two_pass_cfg: bool = False, progress: bool = False) -> torch.Tensor:
+                 seed: int | None = None, *, two_pass_cfg: bool = False, progress: bool = False,
+                 callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """wav [B, C, T] (fp32, the codec's sample rate) = decode(generate_tokens(...))."""
         codes = self.generate_tokens(descriptions, duration, melody, prompt, cfg_coef, top_k, top_p, temperature,
-                                     seed, two_pass_cfg=two_pass_cfg, progress=progress)
+                                     seed, two_pass_cfg=two_pass_cfg, progress=progress, callback=callback)
         return self.decode(codes)
 
     @torch.inference_mode()

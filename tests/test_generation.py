@@ -241,8 +241,11 @@ def test_long_generation_with_the_model(mono):
         assert torch.equal(prompt, prev[..., 15:])  # the overlap of the previous window
         assert torch.equal(out[..., :prompt.shape[-1]], prompt)
     assert torch.equal(codes[..., :25], seen[0][1]) and torch.equal(codes[..., -10:], seen[-1][1][..., -10:])
-    wav = model.generate(TEXTS[:1], 0.8, seed=1)
+    calls = []
+    wav = model.generate(TEXTS[:1], 0.8, seed=1, callback=lambda done, total: calls.append((done, total)))
     assert wav.shape == (1, 1, 40 * 640)
+    # windows of 25 frames at offsets 0 and 15: 28 steps, then 25 + 3 - 10 prompt frames = 18 steps
+    assert calls == [(i, 46) for i in range(1, 47)]
 
 
 # ---- errors -------------------------------------------------------------------------------
