@@ -267,12 +267,15 @@ def test_resume_inside_lightning_fit(shards, tmp_path, workers):
         return model.seen
 
     full = fit(10)
-    ck = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=6, save_top_k=-1)
+    ck = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=2, save_top_k=-1)
     assert fit(6, callbacks=[ck]) == full[:6]
-    ckpt = tmp_path / "ck" / "epoch=1-step=6.ckpt"
-    state = torch.load(ckpt, weights_only=False)["AudioDataModule"]
+    mid_epoch, epoch_end = tmp_path / "ck" / "epoch=1-step=6.ckpt", next((tmp_path / "ck").glob("*step=4.ckpt"))
+    state = torch.load(mid_epoch, weights_only=False)["AudioDataModule"]
     assert (state["epoch"], state["batches_in_epoch"]) == (1, 2)
-    assert fit(10, ckpt=str(ckpt)) == full[6:]
+    assert fit(10, ckpt=str(mid_epoch)) == full[6:]
+    state = torch.load(epoch_end, weights_only=False)["AudioDataModule"]
+    assert (state["epoch"], state["batches_in_epoch"]) == (1, 0)
+    assert fit(10, ckpt=str(epoch_end)) == full[4:]
 
 
 def _corrupt_shard(path, good_wav):
