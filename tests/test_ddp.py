@@ -1,0 +1,128 @@
+"""CPU DDP (2 processes, gloo) fits of the demo configs through the CLI with configs/trainer/ddp.yaml,
+and exact resume of the demo LM after a SIGKILL mid-epoch.
+
+The demo LM (configs/demo/musicgen.yaml) runs on small synthetic token shards (the codec is not
+needed for token batches); `demo_lm_override` is also used by the SLURM test."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+DEMO_LM = ROOT / "configs/demo/musicgen.yaml"
+DEMO_CODEC = ROOT / "configs/demo/codec.yaml"
+TRAIN = [ROOT / "configs/trainer/default.yaml", ROOT / "configs/trainer/ddp.yaml"]
+
+
+@pytest.fixture
+def own_tmp():
+    """A private temporary folder (pytest's shared basetemp may be rotated by other pytest runs)."""
+    path = Path(tempfile.mkdtemp(prefix="lmg-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def demo_lm_override(tmp: Path, steps: int, ckpt_every: int, devices: int, extra_callbacks: str = "") -> Path:
+    """A config composed after configs/demo/musicgen.yaml: synthetic token shards (4 x 64 codes),
+    no codec checkpoint, checkpoints under `tmp`, the callbacks of ddp.yaml, no validation."""
+    from test_lm_module import write_token_shards
+    if not (tmp / "train").exists():
+        write_token_shards(tmp / "train", 48, 100, 64, seed=0)
+    cfg = tmp / "demo_override.yaml"
+    cfg.write_text(f"""
+trainer:
+  accelerator: cpu
+  devices: {devices}
+  max_steps: {steps}
+  limit_val_batches: 0
+  log_every_n_steps: 1
+  enable_progress_bar: false
+  default_root_dir: {tmp}
+  logger:
+    class_path: lightning_musicgen.cluster.logger.ResumableWandbLogger
+    init_args: {{project: lightning_musicgen, save_dir: {tmp}, offline: true}}
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {{save_last: true, every_n_train_steps: {ckpt_every}, save_top_k: -1}}
+    - lightning_musicgen.cluster.resume.RNGStateCheckpoint
+    - lightning_musicgen.cluster.resume.PreemptionCheckpoint
+    - lightning_musicgen.callbacks.throughput.AudioThroughputMonitor
+{extra_callbacks}
+model:
+  init_args:
+    lm: {{n_q: 4, card: 64, dim: 64, num_layers: 2}}
+    codec_checkpoint: null
+    warmup_steps: 2
+data:
+  class_path: lightning_musicgen.data.TokenDataModule
+  init_args:
+    train_shards: {tmp / 'train'}
+    val_shards: null
+    segment_duration: 1.0
+    batch_size: 4
+    num_workers: 0
+    shuffle_buffer: 16
+    epoch_steps: 10
+""")
+    return cfg
+
+
+def fit(tmp: Path, run_id: str, configs: list[Path], *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    args = [a for c in configs for a in ("--config", str(c))]
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               WANDB_RUN_ID=run_id, WANDB_DIR=str(tmp), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "lightning_musicgen", "fit", *args, *extra], cwd=tmp, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def last_checkpoint(tmp: Path, run_id: str) -> dict:
+    folder = tmp / "lightning_musicgen" / run_id / "checkpoints"
+    return torch.load(max(folder.glob("last*.ckpt"), key=os.path.getmtime), weights_only=True)
+
+
+def test_demo_lm_ddp_two_processes(own_tmp):
+    cfg = demo_lm_override(own_tmp, steps=4, ckpt_every=2, devices=2)
+    out = fit(own_tmp, "ddp", [*TRAIN, DEMO_LM, cfg])
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "MEMBER: 2/2" in out.stderr and "distributed_backend=gloo" in out.stderr
+    ckpt = last_checkpoint(own_tmp, "ddp")
+    assert ckpt["global_step"] == 4
+    rng = next(v for k, v in ckpt["callbacks"].items() if "RNGStateCheckpoint" in k)
+    assert len(rng["per_rank"]) == 2                                   # both ranks' generators are saved
+    data_state = next(v for k, v in ckpt.items() if k.endswith("TokenDataModule"))
+    assert data_state["batches_in_epoch"] == 4 and data_state["epoch"] == 0
+
+
+def test_demo_lm_sigkill_then_resume_equals_uninterrupted(own_tmp):
+    """Fixed seeds and the data module's deterministic order: killed at step 5 (mid-epoch, last
+    checkpoint at step 4), resumed with --ckpt_path last, the weights at step 7 equal the
+    uninterrupted run's."""
+    steps = 8
+    ref_dir, run_dir = own_tmp / "ref", own_tmp / "run"
+    ref_dir.mkdir()
+    run_dir.mkdir()
+    ref = fit(ref_dir, "ref", [*TRAIN, DEMO_LM, demo_lm_override(ref_dir, steps, 4, devices=1)])
+    assert ref.returncode == 0, ref.stderr[-4000:]
+    killer = "    - class_path: test_resume.KillAtStep\n      init_args: {step: 6}\n"
+    killed = fit(run_dir, "run", [*TRAIN, DEMO_LM, demo_lm_override(run_dir, steps, 4, 1, killer)])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
+    assert last_checkpoint(run_dir, "run")["global_step"] == 4
+    resumed = fit(run_dir, "run", [*TRAIN, DEMO_LM, demo_lm_override(run_dir, steps, 4, devices=1)],
+                  "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "train start: global_step=4" in resumed.stderr
+    a, b = last_checkpoint(ref_dir, "ref"), last_checkpoint(run_dir, "run")
+    assert a["global_step"] == b["global_step"] == steps
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    for idx, state in a["optimizer_states"][0]["state"].items():
+        assert torch.equal(state["exp_avg"], b["optimizer_states"][0]["state"][idx]["exp_avg"]), idx
