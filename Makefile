@@ -31,9 +31,31 @@ install-dev: $(VENV)/.stamp-dev
 test: $(VENV)/.stamp-dev
 	$(PY) -m pytest -q
 
-demo: $(VENV)/.stamp-demo
-	$(PY) -m lightning_musicgen --help
-	@echo "demo: the package installs and its CLI runs; data, codec and LM steps arrive with their issues."
+# The demo, step by step; each step is skipped when its output exists (delete it to redo).
+FIT := $(PY) -m lightning_musicgen fit --config configs/trainer/default.yaml
+
+$(DEMO)/train/index.json: | $(VENV)/.stamp-demo
+	$(PY) -m lightning_musicgen demo-data --output $(DEMO) --minutes 60 --workers 2
+
+$(RUNS)/codec/last.ckpt: $(DEMO)/train/index.json
+	$(FIT) --config configs/demo/codec.yaml
+
+$(RUNS)/musicgen/last.ckpt: $(RUNS)/codec/last.ckpt
+	$(FIT) --config configs/demo/musicgen.yaml
+
+$(RUNS)/samples/generate.json: $(RUNS)/musicgen/last.ckpt
+	$(PY) -m lightning_musicgen generate --ckpt $(RUNS)/musicgen/last.ckpt --duration 8 --seed 0 \
+	  --text "A string quartet playing a Baroque chorale by J.S. Bach in G minor, 4/4, 80 BPM" \
+	  --text "A church organ playing a folk tune in D major, 3/4, 120 BPM" --out $(RUNS)/samples
+
+demo: $(VENV)/.stamp-demo $(RUNS)/samples/generate.json
+	@echo
+	@echo "demo done:"
+	@echo "  data     $(DEMO)/{train,valid}  (music21 corpus rendered with tinysoundfont, WebDataset shards)"
+	@echo "  codec    $(RUNS)/codec/last.ckpt"
+	@echo "  LM       $(RUNS)/musicgen/last.ckpt"
+	@echo "  samples  $(RUNS)/samples/*.wav (parameters in generate.json)"
+	@echo "  logs     runs/ (offline W&B; upload with: .venv/bin/wandb sync runs/wandb/offline-run-*)"
 
 # slurm: a real single-node SLURM (munge, slurmctld, slurmd; localhost, 2 CPUs) for the cluster
 # tests and `submit`. Installs the Debian packages on first use; instant when already running.
