@@ -1,5 +1,5 @@
 """`submit`: the rendered sbatch script, one-line errors, and a real local SLURM (`make slurm-up`):
-submit -> 2 DDP tasks -> checkpoint -> `scontrol requeue` -> resume at the saved step ->
+submit the demo LM -> 2 DDP tasks (srun) -> checkpoint -> `scontrol requeue` -> resume at the saved step ->
 SIGUSR1 (the time-limit warning) -> step-boundary checkpoint + self-requeue -> resume there -> done."""
 from __future__ import annotations
 
@@ -155,18 +155,15 @@ def test_slurm_submit_requeue_and_signal_resume_at_saved_step(own_tmp):
     tmp_path = own_tmp
     ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
     assert "UP" in ping.stdout, f"SLURM controller not answering (run `make slurm-up`): {ping.stdout} {ping.stderr}"
-    from test_resume import RNG_CALLBACK, TOY_CONFIG
-    steps = 60
-    cfg = tmp_path / "toy.yaml"
-    cfg.write_text(TOY_CONFIG.format(steps=steps, root=tmp_path) + RNG_CALLBACK
-                   + "    - lightning_musicgen.callbacks.throughput.AudioThroughputMonitor\n")
-    cfg.write_text(cfg.read_text().replace("init_args: {total_steps: 60}", "init_args: {total_steps: 60, step_sleep: 0.15}")
-                   .replace("  devices: 1\n", ""))
+    from test_ddp import DEMO_LM, demo_lm_override
+    steps = 45
+    slow = "    - class_path: test_resume.SlowDown\n      init_args: {seconds: 0.2}\n"
+    cfg = demo_lm_override(tmp_path, steps=steps, ckpt_every=3, devices=2, extra_callbacks=slow)
     log_dir = tmp_path / "logs"
-    out = run_cli("submit", *TRAIN, "--config", cfg, "--gpus-per-node", 0, "--tasks-per-node", 2,
+    out = run_cli("submit", *TRAIN, "--config", DEMO_LM, "--config", cfg, "--gpus-per-node", 0, "--tasks-per-node", 2,
                   "--cpus-per-task", 1, "--time", "10", "--log-dir", log_dir, "--job-name", "lmg-test",
                   "--env", f"PYTHONPATH={ROOT / 'tests'}", "--env", "WANDB_MODE=offline", "--env", f"WANDB_DIR={tmp_path}",
-                  "--", "--trainer.logger.init_args.save_dir", tmp_path)
+                  "--", "--trainer.max_steps", steps)
     assert out.returncode == 0, out.stderr
     job = re.search(r"submitted job (\d+)", out.stdout).group(1)
     log = log_dir / f"lmg-test-{job}.err"

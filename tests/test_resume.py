@@ -43,17 +43,15 @@ class ToyRegression(LightningModule):
     """An MLP with dropout and input noise (random draws every step), AdamW + warmup-cosine and an
     EMA of the weights kept as buffers: every piece of state that exact resume must restore."""
 
-    def __init__(self, lr: float = 0.02, total_steps: int = 20, ema_decay: float = 0.9, step_sleep: float = 0.0):
+    def __init__(self, lr: float = 0.02, total_steps: int = 20, ema_decay: float = 0.9):
         super().__init__()
-        self.lr, self.total_steps, self.ema_decay, self.step_sleep = lr, total_steps, ema_decay, step_sleep
+        self.lr, self.total_steps, self.ema_decay = lr, total_steps, ema_decay
         self.net = nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Dropout(0.3), nn.Linear(32, 1))
         for name, p in self.net.named_parameters():
             self.register_buffer("ema_" + name.replace(".", "_"), p.detach().clone())
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        if self.step_sleep:  # lets the SLURM test act while the job runs
-            time.sleep(self.step_sleep)
         x = x + 0.05 * torch.randn_like(x)
         loss = nn.functional.mse_loss(self.net(x), y)
         self.log("train/loss", loss)
@@ -123,6 +121,16 @@ class KillAtStep(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SlowDown(Callback):
+    """Sleeps after every training step, so a test can act while a job runs."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        time.sleep(self.seconds)
 
 
 # ---------------------------------------------------------------------------------------------
