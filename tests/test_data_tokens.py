@@ -81,6 +81,14 @@ def test_tokenize_writes_codes_and_metadata(audio_shards, tmp_path):
     assert (tmp_path / "tok" / "shard-000000.tar").stat().st_mtime_ns == before
 
 
+def test_shard_filename_of_paths_and_pipes():
+    from lightning_musicgen.data.tokenize import shard_filename
+    assert shard_filename("/d/shard-000003.tar") == "shard-000003.tar"
+    assert shard_filename("pipe:aws s3 cp s3://b/train/shard-000001.tar -") == "shard-000001.tar"
+    with pytest.raises(ValueError, match="no word ending in .tar"):
+        shard_filename("pipe:cat something")
+
+
 def test_token_datamodule_batches(audio_shards, tmp_path):
     tokenize_shards(StandInCodec(num_codebooks=3), audio_shards, tmp_path / "tok", progress=False)
     dm = TokenDataModule(tmp_path / "tok", tmp_path / "tok", segment_duration=3.0, min_segment_ratio=0.5,

@@ -44,6 +44,15 @@ def encode_long(model, wav: torch.Tensor, chunk_seconds: float = 30.0, context_s
     return torch.cat(pieces, dim=-1)
 
 
+def shard_filename(url: str) -> str:
+    """`shard-000001.tar` from a path, URL or `pipe:` command (its last word ending in .tar)."""
+    words = url[5:].split() if url.startswith("pipe:") else [url]
+    name = next((Path(w).name for w in reversed(words) if w.endswith(".tar")), None)
+    if name is None:
+        raise ValueError(f"{url}: cannot tell the shard's file name (no word ending in .tar)")
+    return name
+
+
 def _audio_blob(sample: dict) -> bytes | None:
     return next((sample[e] for e in AUDIO_EXTS if e in sample), None)
 
@@ -65,7 +74,7 @@ def tokenize_shards(model, source, output, chunk_seconds: float = 30.0, context_
     shards, skipped = [], []
     bar = tqdm(urls, unit="shard", desc=f"tokenize -> {output.name}", disable=not progress)
     for url in bar:
-        name = Path(url.split()[-1] if url.startswith("pipe:") else url).name
+        name = shard_filename(url)
         stats_path = output / name.replace(".tar", ".stats.json")
         if (output / name).exists() and stats_path.exists():
             stats = json.loads(stats_path.read_text())
