@@ -146,7 +146,7 @@ class EvaluateGeneration(Callback):
                 metric = CLAPScore(self._embedder(embedder, cache))
             else:
                 metric = ChromaCosine()
-            self.metrics[name] = metric.to(pl_module.device)
+            self.metrics[name] = metric
         if skipped:
             hint = {"vggish": "vggish_checkpoint", "panns": "panns_checkpoint", "clap": "clap_path",
                     "musicnn_vgg": "the musicnn package (pip install --no-deps musicnn)"}
@@ -208,6 +208,9 @@ class EvaluateGeneration(Callback):
     def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
         """Generate for this rank's prompts, update and compute every metric, log; returns the scalars."""
         self._last_step = trainer.global_step
+        for name, metric in self.metrics.items():  # setup() runs before the strategy moves the model
+            if metric.device != pl_module.device:
+                self.metrics[name] = metric.to(pl_module.device)
         was_training = pl_module.training
         generator = self._generator(pl_module)
         try:
