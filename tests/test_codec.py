@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import EncodecConfig, EncodecModel
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from lightning_musicgen.codec import CodecConfig, CodecModule, CompressionModel
 from lightning_musicgen.codec.discriminators import build_discriminator
 from lightning_musicgen.codec.losses import Balancer, MelDistance, MultiScaleMelLoss, si_snr
@@ -65,6 +65,18 @@ def harmonic_audio(sample_rate: int, seconds: float, batch: int = 2, seed: int =
     return out
 
 
+def soundfont_audio(seconds: float = 1.0) -> torch.Tensor:
+    """Piano + violin arpeggio rendered like the demo dataset (tinysoundfont, General MIDI) -> [1, 1, T]."""
+    from lightning_musicgen.data.demo import default_soundfont, synthesize
+    events = []
+    for i, midi in enumerate([60, 64, 67, 72, 76, 79]):
+        on = i * seconds / 7
+        events += [(on, True, 0, midi, 100), (on + 0.4 * seconds, False, 0, midi, 0),
+                   (on, True, 1, midi - 12, 90), (on + 0.3 * seconds, False, 1, midi - 12, 0)]
+    stereo = synthesize(sorted(events), [0, 40], default_soundfont(), 32000, max_seconds=seconds, tail=seconds)
+    return torch.from_numpy(stereo.T.copy()).mean(0)[None, None]
+
+
 def hf_codes(hf: EncodecModel, wav: torch.Tensor) -> torch.Tensor:
     return hf.encode(wav).audio_codes[0]  # [B, K, F]
 
@@ -75,23 +87,41 @@ def hf_and_ours_32khz():
     return hf, encodec_from_transformers(hf)
 
 
-@pytest.mark.parametrize("audio", ["random", "music"])
+@pytest.mark.parametrize("audio", ["random", "music", "soundfont"])
 def test_32khz_equals_transformers(hf_and_ours_32khz, audio):
     hf, ours = hf_and_ours_32khz
     assert (ours.sample_rate, ours.channels, ours.frame_rate) == (32000, 1, 50.0)
     assert (ours.num_codebooks, ours.cardinality, ours.hop_length) == (4, 2048, 640)
-    wav = torch.randn(2, 1, 16000 + 123) * 0.2 if audio == "random" else harmonic_audio(32000, 1.0)
+    wav = {"random": lambda: torch.randn(2, 1, 16000 + 123) * 0.2, "music": lambda: harmonic_audio(32000, 1.0),
+           "soundfont": soundfont_audio}[audio]()
     with torch.no_grad():
         codes_hf = hf_codes(hf, wav)
         codes = ours.encode(wav)
-        assert codes.dtype == torch.long and codes.shape == (2, 4, math.ceil(wav.shape[-1] / 640))
+        assert codes.dtype == torch.long and codes.shape == (len(wav), 4, math.ceil(wav.shape[-1] / 640))
         assert torch.equal(codes, codes_hf)
         assert codes.unique().numel() > 20  # codes are informative, not all equal
         dec_hf = hf.decode(codes_hf[None], [None]).audio_values
         dec = ours.decode(codes)
-    assert dec.shape == dec_hf.shape == (2, 1, codes.shape[-1] * 640)
+    assert dec.shape == dec_hf.shape == (len(wav), 1, codes.shape[-1] * 640)
     assert (dec - dec_hf).abs().max() < 1e-4
     assert dec.abs().max() > 1e-3
+
+
+def test_encodec_32khz_config_is_musicgens_tokenizer(hf_and_ours_32khz):
+    import yaml
+    init = yaml.safe_load((ROOT / "configs/codec/encodec_32khz.yaml").read_text())["model"]["init_args"]
+    module = CodecModule(**init)
+    _, converted = hf_and_ours_32khz
+    ours = module.generator.state_dict()
+    ref = converted.state_dict()
+    assert ours.keys() == ref.keys()
+    assert all(ours[k].shape == ref[k].shape for k in ref)
+    assert module.generator.config == converted.config.__class__(**{**converted.config.to_dict(),
+                                                                     "kmeans_iters": 50})
+    assert init["discriminator_kwargs"] == {"filters": 32, "n_ffts": [1024, 2048, 512, 256, 128]}
+    assert init["loss_weights"] == {"adv": 4.0, "feat": 4.0, "l1": 0.1, "msspec": 2.0}
+    assert (init["lr"], init["betas"]) == (3e-4, [0.5, 0.9])
+    assert module.generator.bitrate == 2200.0
 
 
 def test_small_causal_stereo_with_conv_shortcut_equals_transformers():
