@@ -48,6 +48,14 @@ class TransformerFSDPStrategy(FSDPStrategy):
             activation_checkpointing_policy=set(self.layer_classes) if activation_checkpointing else None,
             sharding_strategy=sharding_strategy, state_dict_type=state_dict_type, **kwargs)
 
+    def setup_environment(self) -> None:
+        # Lightning refuses FSDPStrategy itself on CPU; a subclass passes its check but then fails
+        # deep inside torch, so say it here
+        if self.root_device.type != "cuda":
+            raise ValueError(f"TransformerFSDPStrategy needs CUDA GPUs (got {self.root_device.type}); "
+                             "on CPU use configs/trainer/ddp.yaml")
+        super().setup_environment()
+
     @property
     def fsdp_kwargs(self) -> dict[str, Any]:
         """What FullyShardedDataParallel(...) receives (auto_wrap_policy, use_orig_params, ...)."""
