@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning.pytorch import Callback
+
 from conftest import ROOT
 
-DEMO_LM = ROOT / "configs/demo/musicgen.yaml"
 DEMO_CODEC = ROOT / "configs/demo/codec.yaml"
+DEMO_LM = ROOT / "configs/demo/musicgen.yaml"
 TRAIN = [ROOT / "configs/trainer/default.yaml", ROOT / "configs/trainer/ddp.yaml"]
 
 
@@ -29,6 +31,34 @@ def own_tmp():
     path = Path(tempfile.mkdtemp(prefix="lmg-test-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+class DumpWeights(Callback):
+    """Every rank saves its model weights at the end of training (DDP replicas must be equal)."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module):
+        torch.save({k: v.detach().clone() for k, v in pl_module.state_dict().items()},
+                   os.path.join(self.folder, f"rank{trainer.global_rank}.pt"))
+
+
+def write_audio_shards(folder: Path, n: int = 6) -> None:
+    """`n` 3-second 32 kHz tones with captions, through `prepare` (flac WebDataset shards)."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+    from lightning_musicgen.data.prepare import prepare
+    audio = folder / "audio"
+    audio.mkdir(parents=True)
+    t = np.arange(32000 * 3) / 32000
+    for i in range(n):
+        x = 0.3 * np.sin(2 * np.pi * (200 + 80 * i) * t) * (1 + 0.5 * np.sin(2 * np.pi * 2 * t))
+        sf.write(audio / f"clip{i}.wav", x.astype(np.float32), 32000)
+        (audio / f"clip{i}.json").write_text(json.dumps({"description": f"tone {i}"}))
+    prepare(audio, folder / "shards", sample_rate=32000, channels=1, shard_size=3, workers=1, progress=False)
 
 
 def demo_lm_override(tmp: Path, steps: int, ckpt_every: int, devices: int, extra_callbacks: str = "") -> Path:
@@ -126,3 +156,46 @@ def test_demo_lm_sigkill_then_resume_equals_uninterrupted(own_tmp):
         assert torch.equal(value, b["state_dict"][key]), key
     for idx, state in a["optimizer_states"][0]["state"].items():
         assert torch.equal(state["exp_avg"], b["optimizer_states"][0]["state"][idx]["exp_avg"]), idx
+
+
+def test_demo_codec_ddp_two_processes(own_tmp):
+    """The GAN codec (manual optimisation, 2 optimizers: global_step counts both) with ddp_codec.yaml."""
+    write_audio_shards(own_tmp)
+    cfg = own_tmp / "codec_override.yaml"
+    cfg.write_text(f"""
+trainer:
+  accelerator: cpu
+  devices: 2
+  max_steps: 4
+  limit_val_batches: 0
+  enable_progress_bar: false
+  default_root_dir: {own_tmp}
+  logger:
+    class_path: lightning_musicgen.cluster.logger.ResumableWandbLogger
+    init_args: {{project: lightning_musicgen, save_dir: {own_tmp}, offline: true}}
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {{save_last: true, every_n_train_steps: 2}}
+    - lightning_musicgen.cluster.resume.RNGStateCheckpoint
+    - lightning_musicgen.callbacks.throughput.AudioThroughputMonitor
+    - class_path: test_ddp.DumpWeights
+      init_args: {{folder: {own_tmp}}}
+model:
+  init_args:
+    adversarial_warmup_steps: 1
+data:
+  init_args:
+    train_shards: {own_tmp / 'shards'}
+    val_shards: null
+    batch_size: 2
+    num_workers: 0
+    epoch_steps: 10
+""")
+    out = fit(own_tmp, "codec", [*TRAIN, ROOT / "configs/trainer/ddp_codec.yaml", DEMO_CODEC, cfg])
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "MEMBER: 2/2" in out.stderr
+    assert last_checkpoint(own_tmp, "codec")["global_step"] == 4
+    r0, r1 = torch.load(own_tmp / "rank0.pt"), torch.load(own_tmp / "rank1.pt")
+    for key in r0:
+        assert torch.equal(r0[key], r1[key]), key      # gradients all-reduced: the replicas stay equal
+    assert any("discriminator" in k for k in r0) and any("quantizer" in k or "rvq" in k.lower() for k in r0)
