@@ -19,6 +19,7 @@ extend_stride: each new window is prompted with the last `max_duration - extend_
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from lightning_musicgen.lm.conditioners import ConditionProvider, LMConditions
 from lightning_musicgen.lm.model import MusicGenLM
@@ -59,6 +62,68 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device | str) -
     if dtype not in names:
         raise ValueError(f"dtype {dtype!r} is not one of auto, {', '.join(names)}")
     return names[dtype]
+
+
+class CpuDecodeKernels(TorchFunctionMode):
+    """Faster kernels for the LM's decoding steps on CPU (inference only; numerics equal up to
+    float rounding). Active only inside `MusicGen`'s decoding loop.
+
+    - Linear layers: decoding multiplies a few rows (2 x batch with CFG) by every weight matrix
+      once per step, so a step is bound by how fast the weights stream through memory. `F.linear`
+      re-lays the weight out for its kernel on every call; packing each weight once into oneDNN's
+      blocked layout (the kernels inductor uses after freezing) removes that: 1.4-2.5x faster
+      per matmul here (fp32 and bf16, 2 and 8 rows). Costs one packed copy of the LM's weights
+      while generating.
+    - Attention of a single new query against the KV cache: `scaled_dot_product_attention`'s CPU
+      flash kernel is tiled for long queries and costs milliseconds per call for one query over
+      a few hundred cached keys; two small matmuls and a float32 softmax do it 5-10x faster.
+
+    Everything else (and anything with autograd on) goes to the regular kernels."""
+
+    def __init__(self, module: torch.nn.Module, rows: int, pack_linears: bool = True):
+        super().__init__()
+        self.packed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        if pack_linears and self.can_pack(next(module.parameters()).dtype):
+            for m in module.modules():
+                if isinstance(m, torch.nn.Linear) and m.weight.device.type == "cpu":
+                    self.packed[id(m.weight)] = (m.weight,
+                                                 torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows))
+
+    @staticmethod
+    def can_pack(dtype: torch.dtype) -> bool:
+        return (dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
+                and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if torch.is_grad_enabled():
+            return func(*args, **kwargs)
+        if func is F.linear:
+            x, weight = args[0], args[1]
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            entry = self.packed.get(id(weight))
+            if entry is not None and entry[0] is weight and x.dtype == weight.dtype:
+                y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]).contiguous(), entry[1], bias,
+                                                       "none", [], "")
+                return y.view(*x.shape[:-1], weight.shape[0])
+        elif func is F.scaled_dot_product_attention:
+            out = _single_query_attention(*args, **kwargs)
+            if out is not None:
+                return out
+        return func(*args, **kwargs)
+
+
+def _single_query_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                            **other) -> torch.Tensor | None:
+    """softmax(q k^T * scale + mask) v for ONE query position (None: not that case, use sdpa)."""
+    if query.shape[-2] != 1 or is_causal or dropout_p or other or query.device.type != "cpu":
+        return None
+    scale = scale if scale is not None else query.shape[-1] ** -0.5
+    scores = torch.matmul(query, key.transpose(-1, -2)).float() * scale
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
+            else scores + attn_mask.float()
+    return torch.matmul(scores.softmax(dim=-1).to(value.dtype), value)
 
 
 @dataclass(frozen=True)
@@ -182,11 +247,14 @@ class MusicGen:
 
     `dtype` (default: bf16 where the hardware runs it fast, else fp32) is the LM's compute dtype;
     the text encoder and the codec stay in fp32. `max_duration`/`extend_stride` (seconds) set the
-    sliding window used for durations beyond what the LM was trained on."""
+    sliding window used for durations beyond what the LM was trained on. `cpu_kernels` (CPU):
+    decode with `CpuDecodeKernels` (single-query attention; with `packed_weights`, oneDNN-packed
+    linear weights: faster, the LM's weight memory twice while generating)."""
 
     def __init__(self, lm: MusicGenLM, conditioner: ConditionProvider, codec=None, *, max_duration: float = 30.0,
                  extend_stride: float = 18.0, device: torch.device | str | None = None,
-                 dtype: torch.dtype | str | None = None, frame_rate: float | None = None):
+                 dtype: torch.dtype | str | None = None, frame_rate: float | None = None,
+                 cpu_kernels: bool = True, packed_weights: bool = True):
         self.device = torch.device(device) if device is not None else next(lm.parameters()).device
         self.dtype = resolve_dtype(dtype, self.device)
         self.lm = lm.to(self.device, self.dtype).eval()
@@ -206,6 +274,7 @@ class MusicGen:
         if not 0 < extend_stride < max_duration:
             raise ValueError(f"extend_stride ({extend_stride} s) must be in (0, max_duration = {max_duration} s)")
         self.max_duration, self.extend_stride = float(max_duration), float(extend_stride)
+        self.cpu_kernels, self.packed_weights = cpu_kernels, packed_weights
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
@@ -380,10 +449,18 @@ class MusicGen:
             return self.generate_window(cond, null, window.num_frames, window_prompt, sampling, cfg_coef,
                                         generator, two_pass_cfg, bar)
 
+        rows = B * (2 if with_cfg and not two_pass_cfg else 1)
         try:
-            return generate_long(run, windows, prompt_codes)
+            with self.decoding_kernels(rows):
+                return generate_long(run, windows, prompt_codes)
         finally:
             bar.close()
+
+    def decoding_kernels(self, rows: int):
+        """The context the decoding loop runs in (CPU: `CpuDecodeKernels`)."""
+        if self.device.type == "cpu" and self.cpu_kernels:
+            return CpuDecodeKernels(self.lm, rows, pack_linears=self.packed_weights)
+        return contextlib.nullcontext()
 
     def _melody_segment(self, melody_wav: torch.Tensor, window: Window) -> torch.Tensor:
         """The melody under a window (looped when the melody is shorter than the generation)."""

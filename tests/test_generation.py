@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from lightning_musicgen.generation import (MusicGen, Window, generate_long, load_audio_batch, plan_windows)
+from lightning_musicgen.generation import (CpuDecodeKernels, MusicGen, Window, _single_query_attention, generate_long,
+                                          load_audio_batch, plan_windows)
 from lightning_musicgen.lm.conditioners import packaged_minilm_path
 
 TEXTS = ["80s pop track with bassy drums and synth", "a calm piano"]
@@ -161,6 +162,45 @@ def test_kv_cache_logits_equal_full_forward(model):
         chunks = [lm(seq2[..., :3], both, cache=cache)]  # a prefill, then one step at a time
         chunks += [lm(seq2[..., s:s + 1], both, cache=cache) for s in range(3, seq.shape[-1])]
     torch.testing.assert_close(torch.cat(chunks, dim=2), full, atol=1e-5, rtol=1e-5)
+
+
+def test_single_query_attention_equals_sdpa():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 1, 8), torch.randn(2, 4, 9, 8), torch.randn(2, 4, 9, 8)
+    bool_mask = torch.rand(2, 1, 1, 9) > 0.3
+    bool_mask[..., 0] = True
+    for mask in (None, bool_mask, torch.randn(2, 1, 1, 9)):
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        torch.testing.assert_close(_single_query_attention(q, k, v, mask), ref, atol=1e-6, rtol=1e-5)
+    assert _single_query_attention(q.expand(-1, -1, 2, -1), k, v) is None  # several queries: sdpa's job
+    assert _single_query_attention(q, k, v, is_causal=True) is None
+
+
+def test_cpu_decode_kernels_match_and_are_used(model):
+    lm = model.lm
+    cond, null = model.conditions(TEXTS)
+    both = cond.cat(null)
+    torch.manual_seed(2)
+    seq = lm.shift_right(lm.pattern.build(torch.randint(0, CARD, (4, K, 6)), lm.special_token))
+    with torch.inference_mode():
+        def decode(kernels):
+            cache = lm.make_cache(4, seq.shape[-1], both)
+            with kernels:
+                return torch.cat([lm(seq[..., s:s + 1], both, cache=cache) for s in range(seq.shape[-1])], dim=2)
+        import contextlib
+        plain = decode(contextlib.nullcontext())
+        kernels = CpuDecodeKernels(lm, rows=4)
+        assert len(kernels.packed) == sum(isinstance(m, torch.nn.Linear) for m in lm.modules())
+        torch.testing.assert_close(decode(kernels), plain, atol=1e-5, rtol=1e-5)
+        for key, (w, _) in kernels.packed.items():  # zero the packed copies: the outputs must change
+            kernels.packed[key] = (w, torch.ops.mkldnn._reorder_linear_weight(torch.zeros_like(w), 4))
+        assert (decode(kernels) - plain).abs().max() > 1e-2
+    model.cpu_kernels = False
+    try:
+        reference = model.generate_tokens(TEXTS, 0.3, top_k=1)
+    finally:
+        model.cpu_kernels = True
+    assert torch.equal(model.generate_tokens(TEXTS, 0.3, top_k=1), reference)
 
 
 def test_greedy_generation_is_argmax_of_teacher_forced_logits(model):
