@@ -226,7 +226,12 @@ class EvaluateGeneration(Callback):
             pl_module.train(was_training)
         scalars = {}
         for name, metric in self.metrics.items():
-            value = metric.compute()  # all ranks take part: states are summed across processes
+            try:
+                value = metric.compute()  # all ranks take part: states are summed across processes
+            except ValueError as exc:  # e.g. no captioned prompt for CLAP: same on every rank after the sync
+                rank_zero_warn(f"EvaluateGeneration: eval/{name} not computed ({exc})")
+                metric.reset()
+                continue
             if isinstance(value, dict):
                 scalars[f"eval/{name}"] = float(value["kl"])
                 scalars[f"eval/{name}_reverse"] = float(value["kl_reverse"])
@@ -259,9 +264,10 @@ class EvaluateGeneration(Callback):
                     metric.update(ref, real=True, sample_rate=sr)
             elif kind == "kl":
                 metric.update(gen, ref, sample_rate=sr)
-            elif kind == "clap":
-                texts = [p.text or "" for p in prompts]
-                metric.update(gen, texts, sample_rate=sr)
+            elif kind == "clap":  # unconditional prompts have no caption to compare with
+                keep = [i for i, p in enumerate(prompts) if p.text]
+                if keep:
+                    metric.update(gen[keep], [prompts[i].text for i in keep], sample_rate=sr)
             else:
                 metric.update(gen, ref, sample_rate=sr)
         return [(p.text, g.cpu(), r.cpu(), sr) for p, g, r in zip(prompts, gen, ref)]
