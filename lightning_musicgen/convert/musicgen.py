@@ -124,5 +124,6 @@ def convert_musicgen(folder: Path, out: Path, tokenizer: str | None = None) -> P
         codec.num_codebooks = dec.num_codebooks // 2 if stereo else dec.num_codebooks  # what the LM models
         meta = {"source": str(folder), "model_type": kind, "sample_rate": hf.config.audio_encoder.sampling_rate,
                 "frame_rate": getattr(hf.config.audio_encoder, "frame_rate", None),
-                "audio_channels": getattr(dec, "audio_channels", 1)}
+                "audio_channels": getattr(dec, "audio_channels", 1),
+                "max_duration": 30.0}  # the official models are trained on 30 s crops
         return save_musicgen(out, lm, conditioner, conditioner_config, codec, meta)
