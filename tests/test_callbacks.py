@@ -294,3 +294,35 @@ def test_evaluate_generation_same_values_in_two_process_ddp(tmp_path):
     for key in single:
         assert ddp[key] == pytest.approx(single[key], rel=1e-5, abs=1e-7), key
     assert len(glob.glob(os.path.join(ddp_dir, "media", "*", "*.wav"))) == 2  # rank 0 only: 1 generated + 1 reference
+
+
+def test_codec_reconstruction_with_the_real_codec_module(tmp_path):
+    """CodecModule exposes eval_model() (its EMA codec): reconstructions of the fixed clips are scored
+    with that model, and the codec's training mode is restored afterwards."""
+    from lightning_musicgen.codec.module import CodecModule
+    torch.manual_seed(0)
+    module = CodecModule(codec=dict(sample_rate=SR, n_filters=4, ratios=[8, 8, 4], dimension=16, lstm_layers=0, n_q=2,
+                                    bins=16, kmeans_init=False),
+                         discriminator_kwargs={"filters": 4, "n_ffts": [256, 128]}, ema_decay=0.9, total_steps=2)
+    callback = CodecReconstruction(every_n_steps=2, num_clips=3, batch_size=2, num_audio_samples=1)
+    seen = {}
+    original = callback.evaluate
+
+    def spy(trainer, pl_module):
+        seen["scalars"] = original(trainer, pl_module)
+        seen["codec_is"] = callback.codec_of(pl_module)
+        seen["generator_training"] = pl_module.generator.training
+
+    callback.evaluate = spy
+    trainer = Trainer(max_steps=2, logger=CSVLogger(tmp_path, name="csv"), callbacks=[callback], accelerator="cpu",
+                      devices=1, precision="32-true", enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
+    data = ToneData(n=3, seconds=0.5)
+    trainer.fit(module, datamodule=data)
+    assert seen["codec_is"] is module.generator_ema and seen["generator_training"]
+    ema = module.generator_ema.eval()
+    with torch.no_grad():
+        expected = sum(float(si_snr(ema.decode(ema.encode(x["wav"][None]))[..., :x["wav"].shape[-1]], x["wav"][None]))
+                       for x in data.items) / 3
+    assert seen["scalars"]["eval/codec_si_snr"] == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    assert math.isfinite(seen["scalars"]["eval/codec_mel_distance"])

@@ -166,7 +166,8 @@ class EvaluateGeneration(Callback):
 
     # ---- the model ------------------------------------------------------------------------------
     def _generator(self, pl_module: LightningModule):
-        if hasattr(pl_module, "generator") and callable(pl_module.generator):
+        maker = getattr(pl_module, "generator", None)
+        if callable(maker) and not isinstance(maker, torch.nn.Module):  # a method, not a submodule named so
             return pl_module.generator(use_ema=self.use_ema)
         from lightning_musicgen.generation import MusicGen
         ema = getattr(pl_module, "ema", None)
