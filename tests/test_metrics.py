@@ -417,3 +417,23 @@ def test_reference_stats_tool(tmp_path, capsys):
     assert "nothing-here: no such file or folder" in capsys.readouterr().err
     assert main([str(folder), "--embedder", "vggish", "--out", str(tmp_path / "x.npz")]) == 2
     assert "--weights" in capsys.readouterr().err
+
+
+def test_musicnn_vgg_port_recognises_rendered_instruments():
+    """The ported tagger (TF weights, torch network) hears a rendered piano as piano and a violin as
+    more violin than the piano: a wrong kernel layout or front end would not."""
+    from lightning_musicgen.data.demo import default_soundfont, synthesize
+    from lightning_musicgen.metrics.embedders.musicnn import MTT_LABELS
+    events = []
+    for i, pitch in enumerate([60, 62, 64, 65, 67, 69, 71, 72, 71, 69, 67, 65, 64, 62]):
+        events += [(i * 0.45, 1, 0, pitch, 90), (i * 0.45 + 0.42, 0, 0, pitch, 0)]
+    events.sort(key=lambda e: (e[0], e[1]))
+    model = MusicnnVGG()
+    tags = {}
+    for name, program in (("piano", 0), ("violin", 40)):  # General MIDI programs
+        wav = torch.from_numpy(synthesize(events, [program], default_soundfont(), 16000, 7.0)).T[None]
+        tags[name] = model.tags(wav, 16000)[0]
+    piano, violin = MTT_LABELS.index("piano"), MTT_LABELS.index("violin")
+    assert tags["piano"].argmax() == piano and tags["piano"][piano] > 0.5
+    assert tags["violin"][violin] > 5 * tags["piano"][violin]
+    assert tags["violin"][piano] < 0.5 * tags["piano"][piano]
