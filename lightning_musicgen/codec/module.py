@@ -97,6 +97,11 @@ class CodecModule(LightningModule):
         precision = str(getattr(self.trainer, "precision", "32-true")) if self._trainer else "32-true"
         if precision.startswith("16"):
             raise ValueError(f"CodecModule: precision {precision!r} is not supported (use bf16-mixed or 32-true)")
+        ddp_kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None) if self._trainer else None
+        if ddp_kwargs is not None and self.trainer.world_size > 1 and not ddp_kwargs.get("find_unused_parameters"):
+            # the discriminator and generator backwards each leave the other network without gradients
+            raise ValueError("CodecModule under DDP needs trainer.strategy.init_args.find_unused_parameters=true "
+                             "(or strategy: ddp_find_unused_parameters_true)")
 
     def _wav(self, batch) -> torch.Tensor:
         wav = batch["wav"] if isinstance(batch, dict) else batch
