@@ -188,3 +188,20 @@ def test_cross_null_condition_zeroes_cross_attention(minilm_text):
 def test_build_condition_provider_rejects_unknown_keys():
     with pytest.raises(ValueError, match="unknown keys"):
         build_condition_provider({"txt": {}})
+
+
+def test_t5_folder_text_encoder_and_missing_folder(tmp_path, minilm_text):
+    from transformers import T5Config, T5EncoderModel
+    torch.manual_seed(0)
+    t5 = T5EncoderModel(T5Config(vocab_size=30522, d_model=16, d_kv=4, num_heads=4, d_ff=32, num_layers=1)).eval()
+    t5.save_pretrained(tmp_path / "t5")
+    minilm_text.tokenizer.save_pretrained(tmp_path / "t5")
+    cond = TextConditioner(str(tmp_path / "t5"), dim=DIM).eval()
+    assert isinstance(cond.encoder, T5EncoderModel) and isinstance(cond.proj, torch.nn.Linear)
+    tokens = cond.tokenize(["hello world", "a longer text here"])
+    emb, mask = cond(["hello world", "a longer text here"])
+    with torch.no_grad():
+        ref = cond.proj(t5(**tokens).last_hidden_state) * tokens["attention_mask"][..., None]
+    torch.testing.assert_close(emb, ref)
+    with pytest.raises(FileNotFoundError, match="text encoder './nowhere'"):
+        TextConditioner("./nowhere", dim=DIM)
