@@ -44,8 +44,9 @@ def chroma_image(wav: torch.Tensor, sample_rate: int, row_height: int = 8) -> np
     return _to_uint8(chroma.repeat_interleave(row_height, dim=0))
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+def _safe(name: str, max_len: int = 64) -> str:
+    """A file/tag-safe version of a caption, cut to `max_len` characters."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:max_len]
 
 
 def log_scalars(trainer, metrics: dict[str, float]) -> None:
