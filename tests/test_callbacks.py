@@ -326,3 +326,44 @@ def test_codec_reconstruction_with_the_real_codec_module(tmp_path):
                        for x in data.items) / 3
     assert seen["scalars"]["eval/codec_si_snr"] == pytest.approx(expected, rel=1e-4, abs=1e-4)
     assert math.isfinite(seen["scalars"]["eval/codec_mel_distance"])
+
+
+class TokenData(LightningDataModule):
+    """Token-only validation batches (pre-tokenized shards): codes hold one MIDI pitch per clip."""
+
+    def __init__(self):
+        super().__init__()
+        self.items = [{"codes": torch.full((1, 8), 60 + 3 * i, dtype=torch.long), "text": f"clip {i}"}
+                      for i in range(3)]
+
+    def train_dataloader(self):
+        return DataLoader(self.items, batch_size=3)
+
+    def val_dataloader(self):
+        return DataLoader(self.items, batch_size=2)
+
+
+class DecodingToneGenerator(ToneGenerator):
+    def decode(self, codes):
+        return torch.stack([tone(float(c[0, 0]), 2.0) for c in codes])
+
+
+class StandInTokenMusicGen(StandInMusicGen):
+    def generator(self, use_ema: bool = True):
+        self.ema_flags.append(use_ema)
+        return DecodingToneGenerator(self)
+
+    def training_step(self, batch, batch_idx):
+        return 0 * self.gain
+
+
+def test_evaluate_generation_decodes_token_only_validation_batches(tmp_path):
+    callback = EvaluateGeneration(every_n_steps=1, num_prompts=3, metrics=["chroma_cosine"], use_ema=False,
+                                  num_audio_samples=0)
+    module = StandInTokenMusicGen()
+    trainer = _trainer(tmp_path, False, callback, max_steps=1)
+    trainer.fit(module, datamodule=TokenData())
+    assert [p.text for p in callback.prompts] == ["clip 0", "clip 1", "clip 2"]
+    assert all(p.wav.shape == (1, 2 * SR) for p in callback.prompts)  # decoded with the generator's codec
+    assert module.ema_flags == [False] and module.calls[0]["duration"] == pytest.approx(2.0)
+    assert float(trainer.callback_metrics["eval/chroma_cosine"]) == pytest.approx(1.0)
