@@ -5,6 +5,7 @@ The demo LM (configs/demo/musicgen.yaml) runs on small synthetic token shards (t
 needed for token batches); `demo_lm_override` is also used by the SLURM test."""
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from lightning.pytorch import Callback
 
@@ -78,14 +80,18 @@ trainer:
   enable_progress_bar: false
   default_root_dir: {tmp}
   logger:
-    class_path: lightning_musicgen.cluster.logger.ResumableWandbLogger
-    init_args: {{project: lightning_musicgen, save_dir: {tmp}, offline: true}}
+    - class_path: lightning_musicgen.cluster.logger.ResumableWandbLogger
+      init_args: {{project: lightning_musicgen, save_dir: {tmp}, offline: true}}
+    - class_path: lightning.pytorch.loggers.CSVLogger    # readable copy of what W&B receives
+      init_args: {{save_dir: {tmp}, name: csv, version: 0}}
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {{save_last: true, every_n_train_steps: {ckpt_every}, save_top_k: -1}}
     - lightning_musicgen.cluster.resume.RNGStateCheckpoint
     - lightning_musicgen.cluster.resume.PreemptionCheckpoint
-    - lightning_musicgen.callbacks.throughput.AudioThroughputMonitor
+    - class_path: lightning_musicgen.callbacks.throughput.AudioThroughputMonitor
+      init_args: {{window_size: 2}}
+    - lightning_musicgen.cluster.logger.LogConfig
 {extra_callbacks}
 model:
   init_args:
@@ -130,6 +136,19 @@ def test_demo_lm_ddp_two_processes(own_tmp):
     assert len(rng["per_rank"]) == 2                                   # both ranks' generators are saved
     data_state = next(v for k, v in ckpt.items() if k.endswith("TokenDataModule"))
     assert data_state["batches_in_epoch"] == 4 and data_state["epoch"] == 0
+    # the dashboard: metric names and groups, throughput consistent with the batch shape, the config
+    rows = list(csv.DictReader(open(own_tmp / "csv" / "version_0" / "metrics.csv")))
+    names = set(rows[0])
+    assert {"train/samples_per_sec", "train/audio_sec_per_sec", "lm/tokens_per_sec", "train/grad_norm",
+            "train/memory_gb", "train/loss"} <= names, sorted(names)
+    last = [r for r in rows if r["train/samples_per_sec"]][-1]
+    samples, tokens = float(last["train/samples_per_sec"]), float(last["lm/tokens_per_sec"])
+    assert tokens == pytest.approx(samples * 4 * 50, rel=1e-6)        # 4 codebooks x 50 frames per sample
+    assert float(last["train/audio_sec_per_sec"]) == pytest.approx(samples * 1.0, rel=1e-6)   # 1-s crops
+    assert all(float(r["train/grad_norm"]) > 0 for r in rows if r["train/grad_norm"])
+    hparams = yaml.safe_load(open(own_tmp / "csv" / "version_0" / "hparams.yaml"))
+    assert hparams["config"]["model"]["class_path"] == "lightning_musicgen.lm.module.MusicGenModule"
+    assert hparams["config"]["trainer"]["strategy"]["class_path"] == "lightning.pytorch.strategies.DDPStrategy"
 
 
 def test_demo_lm_sigkill_then_resume_equals_uninterrupted(own_tmp):

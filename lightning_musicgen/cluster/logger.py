@@ -6,6 +6,9 @@ import re
 import secrets
 from typing import Optional
 
+import yaml
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
 
@@ -38,3 +41,20 @@ class ResumableWandbLogger(WandbLogger):
     def __init__(self, id: Optional[str] = None, version: Optional[str] = None, **kwargs):
         kwargs.pop("resume", None)
         super().__init__(id=stable_run_id(version or id), resume="allow", **kwargs)
+
+
+class LogConfig(Callback):
+    """Logs the full resolved LightningCLI config (trainer, model, data: every default filled in) to
+    the experiment loggers as hyperparameters under `config`, next to the `config.yaml` LightningCLI
+    saves in the run folder. Runs on rank 0 at fit start; a run without LightningCLI logs nothing."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not trainer.is_global_zero or not trainer.loggers:
+            return
+        saver = next((cb for cb in trainer.callbacks if isinstance(cb, SaveConfigCallback)), None)
+        if saver is None:
+            return
+        config = yaml.safe_load(saver.parser.dump(saver.config, skip_none=False))
+        config.pop("config", None)   # the list of --config paths, not settings
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": config})
