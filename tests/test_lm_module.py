@@ -195,3 +195,25 @@ def test_demo_lm_beats_the_unigram_baseline(tmp_path):
     val_ce = float(t.callback_metrics["val/loss"])
     print(f"demo LM: val CE {val_ce:.3f} nats, unigram {unigram:.3f} nats")
     assert val_ce < 0.75 * unigram, (val_ce, unigram)
+
+
+def test_melody_module_takes_chroma_from_the_training_crop(tmp_path):
+    torch.manual_seed(0)
+    module = MusicGenModule(lm={**TINY_LM, "cross_attention": False},
+                            conditioner={"text": {"name": "minilm"}, "fuse": "prepend", "cfg_dropout": 0.0,
+                                         "melody": {"sample_rate": 8000, "chroma_length": 6,
+                                                    "n_fft": 1024, "hop_length": 256}}).eval()
+    t = torch.arange(4000) / 8000
+    tones = torch.stack([torch.sin(2 * math.pi * 440 * t), torch.sin(2 * math.pi * 330 * t)])[:, None]  # A4, E4
+    batch = {"wav": tones, "codes": torch.randint(0, 32, (2, 4, 10)), "mask": torch.ones(2, 10, dtype=torch.bool),
+             "text": ["same text", "same text"]}
+    with torch.no_grad():
+        cond = module.conditions(batch)
+    chroma = module.conditioner.melody.chroma(tones)
+    assert chroma[0].argmax(-1).mode().values == 9 and chroma[1].argmax(-1).mode().values == 4  # A and E bins
+    assert cond.prefix.shape[1] == 6 + module.conditioner.text.tokenize(["same text"])["input_ids"].shape[1]
+    assert not torch.equal(cond.prefix[0, :6], cond.prefix[1, :6]) and torch.equal(cond.prefix[0, 6:], cond.prefix[1, 6:])
+    module.train()
+    loss = module.lm.loss(batch["codes"], module.conditions(batch), batch["mask"])[0]
+    loss.backward()
+    assert module.conditioner.melody.proj.weight.grad.abs().sum() > 0  # the chroma projection trains
