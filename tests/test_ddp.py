@@ -218,3 +218,36 @@ data:
     for key in r0:
         assert torch.equal(r0[key], r1[key]), key      # gradients all-reduced: the replicas stay equal
     assert any("discriminator" in k for k in r0) and any("quantizer" in k or "rvq" in k.lower() for k in r0)
+
+
+def test_compile_layers_in_place_keeps_checkpoints_and_outputs():
+    """configs/trainer/compile.yaml's callback: every DecoderLayer compiled in place (dynamo traced;
+    the `aot_eager` backend keeps the test fast), parameter names unchanged, same loss and gradients."""
+    from lightning.pytorch import LightningModule
+
+    from lightning_musicgen.cluster.compile import CompileLayers
+    from lightning_musicgen.lm.model import MusicGenLM
+
+    class Holder(LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lm = MusicGenLM(n_q=4, card=32, dim=32, num_heads=4, num_layers=2, cross_attention=False)
+
+    torch.manual_seed(0)
+    eager, compiled = Holder(), Holder()
+    compiled.load_state_dict(eager.state_dict())
+    keys = list(compiled.state_dict())
+    cb = CompileLayers(backend="aot_eager")
+    cb.setup(None, compiled, "fit")
+    assert cb.compiled == 2 and list(compiled.state_dict()) == keys
+    assert all(layer._compiled_call_impl is not None for layer in compiled.lm.transformer.layers)
+    codes = torch.randint(0, 32, (2, 4, 10))
+    loss_e, loss_c = eager.lm.loss(codes)[0], compiled.lm.loss(codes)[0]
+    loss_e.backward()
+    loss_c.backward()
+    torch.testing.assert_close(loss_c, loss_e)
+    for (name, pe), (_, pc) in zip(eager.named_parameters(), compiled.named_parameters()):
+        torch.testing.assert_close(pc.grad, pe.grad, msg=name)
+    with pytest.raises(ValueError, match="no module of"):
+        CompileLayers(layer_classes=["lightning_musicgen.lm.transformer.DecoderLayer"]).setup(
+            None, LightningModule(), "fit")
