@@ -219,6 +219,21 @@ def test_rvq_each_quantizer_shrinks_the_residual():
     assert torch.allclose(rvq.decode(codes), z - residual.view(4, 200, 16).transpose(1, 2), atol=1e-5)
 
 
+def test_rvq_encode_is_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    rvq = ResidualVectorQuantizer(dimension=128, n_q=2, bins=1024, kmeans_init=False).eval()
+    for layer in rvq.layers:
+        layer.embed.normal_()
+    z = torch.randn(2, 128, 600)
+    residual, ref = z.transpose(1, 2).reshape(-1, 128), []
+    for layer in rvq.layers:  # fp32 reference, written out
+        idx = (residual[:, None] - layer.embed[None]).pow(2).sum(-1).argmin(-1)
+        ref.append(idx.view(2, 600))
+        residual = residual - layer.embed[idx]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(rvq.encode(z), torch.stack(ref, 1))  # bf16 distances would flip some
+
+
 def test_kmeans_initialisation_runs_once():
     torch.manual_seed(0)
     rvq = ResidualVectorQuantizer(dimension=8, n_q=2, bins=16, kmeans_iters=5, threshold_ema_dead_code=0).train()

@@ -180,13 +180,14 @@ class ResidualVectorQuantizer(nn.Module):
         return (n_q or self.n_q) * math.log2(self.bins)
 
     def encode(self, z: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
-        """Latent [B, D, F] -> codes [B, K, F] (K = n_q or all)."""
-        residual = z.float().transpose(1, 2)
-        codes = []
-        for layer in self.layers[: n_q or self.n_q]:
-            idx = layer.encode(residual)
-            residual = residual - layer.decode(idx)
-            codes.append(idx)
+        """Latent [B, D, F] -> codes [B, K, F] (K = n_q or all); fp32 also under autocast."""
+        with torch.autocast(z.device.type, enabled=False):
+            residual = z.float().transpose(1, 2)
+            codes = []
+            for layer in self.layers[: n_q or self.n_q]:
+                idx = layer.encode(residual)
+                residual = residual - layer.decode(idx)
+                codes.append(idx)
         return torch.stack(codes, dim=1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
