@@ -287,3 +287,32 @@ def test_wandb_logger_knows_its_folder_before_the_run_starts(tmp_path, monkeypat
     monkeypatch.delenv("SLURM_CLUSTER_NAME", raising=False)
     logger = ResumableWandbLogger(project="p", save_dir=str(tmp_path), offline=True)
     assert logger.version == "slurm-77" and logger._wandb_init["resume"] == "allow"
+
+
+def test_preemption_signal_checkpoints_at_the_next_check_and_stops(tmp_path, monkeypatch):
+    """SIGUSR1 at step 3: the ranks notice it at step 5 (check_every_n_steps=5), write last.ckpt
+    there and stop; outside SLURM nothing is requeued."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_musicgen.cluster.resume import PreemptionCheckpoint
+
+    for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_NTASKS"):
+        monkeypatch.delenv(var, raising=False)
+
+    class SignalAt(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 3:
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.getsignal(signal.SIGUSR1)
+    trainer = Trainer(accelerator="cpu", devices=1, max_steps=50, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=tmp_path,
+                      callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=100, save_last=True),
+                                 PreemptionCheckpoint(check_every_n_steps=5), SignalAt()])
+    trainer.fit(ToyRegression(total_steps=50), datamodule=ToyData())
+    assert trainer.global_step == 5
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 5
+    assert signal.getsignal(signal.SIGUSR1) == previous          # the handler is put back
+    with pytest.raises(ValueError, match="unknown signal 'SIGFOO'"):
+        PreemptionCheckpoint(signal_name="SIGFOO")

@@ -102,15 +102,20 @@ class PreemptionCheckpoint(Callback):
     which writes an `hpc_ckpt_N.ckpt` from inside the signal handler, possibly in the middle of
     a step. Outside SLURM (`requeue=False` or no job id) it checkpoints and stops.
 
+    The ranks compare notes every `check_every_n_steps` optimizer steps (an all-reduce and a host
+    sync, so not every step); that many steps plus a checkpoint write must fit in the warning time.
+
     It also prints the global step training starts from, so logs show where a job resumed.
     """
 
-    def __init__(self, signal_name: str = "SIGUSR1", requeue: bool = True):
+    def __init__(self, signal_name: str = "SIGUSR1", requeue: bool = True, check_every_n_steps: int = 5):
         try:
             self.signum = signal.Signals[signal_name]
         except KeyError:
             raise ValueError(f"PreemptionCheckpoint: unknown signal {signal_name!r}") from None
-        self.requeue = requeue
+        if check_every_n_steps < 1:
+            raise ValueError(f"PreemptionCheckpoint: check_every_n_steps must be >= 1, got {check_every_n_steps}")
+        self.requeue, self.check_every_n_steps = requeue, check_every_n_steps
         self._received = False
         self._previous_handler: Any = None
 
@@ -126,8 +131,8 @@ class PreemptionCheckpoint(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if trainer.fit_loop._should_accumulate():  # only between optimizer steps
-            return
+        if trainer.fit_loop._should_accumulate() or trainer.global_step % self.check_every_n_steps:
+            return  # only between optimizer steps, every n of them
         if not trainer.strategy.reduce_boolean_decision(self._received, all=False):
             return
         path = self.last_checkpoint_path(trainer)
