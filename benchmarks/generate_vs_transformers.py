@@ -16,7 +16,9 @@ KV cache) divided by the measured read bandwidth of this machine.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -134,42 +136,54 @@ def main(argv=None) -> int:
 
     bandwidth = measure_read_bandwidth()
     print(f"read bandwidth: {bandwidth / 1e9:.1f} GB/s, torch threads: {torch.get_num_threads()}")
-    torch.manual_seed(0)
-    hf = MusicgenForConditionalGeneration(hf_configs(args.dim, args.layers, args.heads)).eval()
-    tok = AutoTokenizer.from_pretrained(packaged_minilm_path(), local_files_only=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        hf.save_pretrained(Path(tmp) / "hf")
-        tok.save_pretrained(Path(tmp) / "hf")
-        ckpt = convert_musicgen(Path(tmp) / "hf", Path(tmp) / "musicgen.pt")
-        models = {"fp32": MusicGen.from_checkpoint(ckpt, device="cpu", dtype="float32"),
-                  "bf16": MusicGen.from_checkpoint(ckpt, device="cpu", dtype="bfloat16")}
-    frames = models["fp32"].num_frames(args.duration)
-    steps = models["fp32"].lm.pattern.num_steps(frames)
     texts_all = ["80s pop track with bassy drums and synth", "90s rock song with loud guitars and heavy drums",
                  "lofi hip hop beat with a mellow piano", "an orchestral film score with strings and brass"]
     results = []
-    for batch in args.batch:
-        texts = (texts_all * batch)[:batch]
-        runners = [] if args.skip_transformers else [("transformers", "fp32", lambda: run_transformers(
-            hf, tok, texts, frames))]
-        runners += [("ours", name, (lambda m=m: run_ours(m, texts, args.duration))) for name, m in models.items()]
-        for impl, dtype, fn in runners:  # warm-up (allocator, oneDNN kernels), then timed runs
-            if impl == "ours":
-                run_ours(models[dtype], texts, 0.1)
-            else:
-                run_transformers(hf, tok, texts, 5)
-            runs = [fn() for _ in range(args.repeats)]
-            total = statistics.median(r["total"] for r in runs)
-            decode = statistics.median(r["decode"] for r in runs)
-            lm_for_floor = models[dtype].lm
-            floor_ms = lm_bytes_per_step(lm_for_floor, 2 * batch, steps) / bandwidth * 1e3
-            median = statistics.median(r["median_ms"] for r in runs)
-            row = {"impl": impl, "dtype": dtype, "batch": batch, "steps": steps, "total_s": total,
-                   "decode_s": decode, "ms_per_step": (total - decode) / steps * 1e3, "median_ms_per_step": median,
-                   "floor_ms_per_step": floor_ms, "audio_s": runs[0]["samples"] / 32000}
-            results.append(row)
-            print(f"{impl:>12} {dtype} batch {batch}: {total:7.2f} s end to end, {row['ms_per_step']:6.1f} ms/step "
-                  f"(median {median:6.1f}, floor {floor_ms:5.1f}), decode {decode:5.2f} s", flush=True)
+
+    def record(impl, dtype, batch, runs, lm, frames, steps):
+        total = statistics.median(r["total"] for r in runs)
+        decode = statistics.median(r["decode"] for r in runs)
+        median = statistics.median(r["median_ms"] for r in runs)
+        floor_ms = lm_bytes_per_step(lm, 2 * batch, steps) / bandwidth * 1e3
+        row = {"impl": impl, "dtype": dtype, "batch": batch, "steps": steps, "total_s": total, "decode_s": decode,
+               "ms_per_step": (total - decode) / steps * 1e3, "median_ms_per_step": median,
+               "floor_ms_per_step": floor_ms, "audio_s": runs[0]["samples"] / 32000}
+        results.append(row)
+        print(f"{impl:>12} {dtype} batch {batch}: {total:7.2f} s end to end, {row['ms_per_step']:6.1f} ms/step "
+              f"(median {median:6.1f}, floor {floor_ms:5.1f}), decode {decode:5.2f} s", flush=True)
+
+    # one implementation alive at a time keeps the peak memory near one model's
+    torch.manual_seed(0)
+    hf = MusicgenForConditionalGeneration(hf_configs(args.dim, args.layers, args.heads)).eval()
+    tok = AutoTokenizer.from_pretrained(packaged_minilm_path(), local_files_only=True)
+    tmp = tempfile.TemporaryDirectory()
+    hf.save_pretrained(Path(tmp.name) / "hf")
+    tok.save_pretrained(Path(tmp.name) / "hf")
+    ckpt = convert_musicgen(Path(tmp.name) / "hf", Path(tmp.name) / "musicgen.pt")
+    shutil.rmtree(Path(tmp.name) / "hf")
+    frame_rate = 32000 / 640
+    frames = int(round(args.duration * frame_rate))
+    steps = frames + 3  # delay pattern, 4 codebooks
+    if not args.skip_transformers:
+        hf_lm = MusicGen.from_checkpoint(ckpt, device="cpu", dtype="float32").lm  # for the floor (same weights)
+        for batch in args.batch:
+            texts = (texts_all * batch)[:batch]
+            run_transformers(hf, tok, texts, 5)  # warm-up
+            record("transformers", "fp32", batch, [run_transformers(hf, tok, texts, frames)
+                                                   for _ in range(args.repeats)], hf_lm, frames, steps)
+        del hf_lm
+    del hf
+    gc.collect()
+    for dtype in ("float32", "bfloat16"):
+        model = MusicGen.from_checkpoint(ckpt, device="cpu", dtype=dtype)
+        for batch in args.batch:
+            texts = (texts_all * batch)[:batch]
+            run_ours(model, texts, 0.1)  # warm-up
+            record("ours", {"float32": "fp32", "bfloat16": "bf16"}[dtype], batch,
+                   [run_ours(model, texts, args.duration) for _ in range(args.repeats)], model.lm, frames, steps)
+        del model
+        gc.collect()
+    tmp.cleanup()
     print()
     print("| impl | dtype | batch | end-to-end s | LM ms/step (mean) | median ms/step | floor ms/step | "
           "median / floor | decode s | speed-up end-to-end | speed-up per step (median) |")
