@@ -361,3 +361,10 @@ def test_codec_module_rejects_bad_config():
         CodecModule(codec=CodecConfig(n_filters=4, dimension=8, bins=16), loss_weights={"l2": 1.0})
     with pytest.raises(ValueError, match="discriminator"):
         CodecModule(codec=CodecConfig(n_filters=4, dimension=8, bins=16), discriminator="nope")
+    import lightning as L
+    from lightning.pytorch.strategies import DDPStrategy
+    module = CodecModule(codec=CodecConfig(n_filters=4, dimension=8, bins=16))
+    module.trainer = L.Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy(process_group_backend="gloo"),
+                               logger=False)
+    with pytest.raises(ValueError, match="find_unused_parameters=true"):
+        module.setup("fit")

@@ -123,17 +123,20 @@ def test_short_fit_lowers_mel_distance_and_checkpoint_loads(tmp_path):
     assert torch.equal(CompressionModel.from_checkpoint(exported).encode(held_out), ema.encode(held_out))
 
 
-def test_bf16_training_step_is_finite():
+def test_bf16_training_step_with_multi_period_discriminator():
     import lightning as L
     torch.manual_seed(0)
-    module = tiny_module(adversarial_warmup_steps=0)
+    module = tiny_module(adversarial_warmup_steps=0, discriminator="mpd",
+                         discriminator_kwargs={"periods": [2, 3], "hidden": [8, 16]})
     train = DataLoader(harmonic_clips(8, 0.25, seed=3), batch_size=4)
     trainer = L.Trainer(max_steps=2, accelerator="cpu", precision="bf16-mixed", logger=False,
                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
     trainer.fit(module, train)
     assert all(torch.isfinite(p).all() for p in module.parameters())
     assert all(p.dtype == torch.float32 for p in module.parameters())
-    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    metrics = trainer.callback_metrics
+    assert torch.isfinite(metrics["train/loss"]) and torch.isfinite(metrics["train/d_loss"])
+    assert metrics["train/adv"] > 0 and metrics["train/feat"] > 0
 
 
 def test_ddp_replicas_stay_identical(tmp_path):
