@@ -30,7 +30,8 @@ $(VENV)/.stamp-dev: setup.cfg pyproject.toml | $(VENV)/bin/python
 install: $(VENV)/.stamp-demo
 install-dev: $(VENV)/.stamp-dev
 
-test: $(VENV)/.stamp-dev
+# The suite includes real-SLURM tests: `make test` starts the local single-node SLURM first.
+test: $(VENV)/.stamp-dev slurm-up
 	$(PY) -m pytest -q
 
 # The demo, step by step; each step is skipped when its output exists (delete it to redo).
