@@ -4,7 +4,8 @@ Same configuration (width, heads, layers, FFN, 4 codebooks x 2048, cross-attenti
 text of 16 tokens, delay pattern), same batch, one full training step each (forward, per-codebook
 cross-entropy, backward, fused AdamW step). Variants, measured in one run:
   transformers fp32 | ours fp32 | ours bf16 autocast (our default `bf16-mixed`) | transformers bf16 autocast
-Throughput: rounds interleave the variants in one process (median step time; the machine is shared).
+Throughput: rounds interleave the variants in one process (best step time of the rounds: the least
+disturbed by other processes on a shared machine).
 Peak memory: each variant in its own subprocess, peak RSS growth over the model's resident size.
 A token is one code: batch x frames x codebooks.
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -98,7 +98,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--frames", type=int, default=250, help="codec frames per sample (50 Hz: 250 = 5 s)")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.memory_child:
@@ -118,7 +118,7 @@ def main() -> None:
             steps[v]()
             times[v].append(time.perf_counter() - t0)
     tokens = a.batch * a.frames * 4
-    tps = {v: tokens / statistics.median(times[v]) for v in VARIANTS}
+    tps = {v: tokens / min(times[v]) for v in VARIANTS}  # best round: least disturbed by other load
     print(f"config: dim {a.dim}, heads {a.heads}, layers {a.layers}, batch {a.batch} x {a.frames} frames x 4 codebooks, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}")
     print(f"{'variant':<10} {'tokens/s':>10} {'vs hf_fp32':>11} {'peak MB':>9}")
