@@ -111,7 +111,7 @@ def test_shipped_cluster_configs_render():
     for cfg in sorted((ROOT / "configs/cluster").glob("*.yaml")):
         out = run_cli("submit", *TRAIN, "--cluster-config", cfg, "--dry-run")
         assert out.returncode == 0, (cfg, out.stderr)
-        assert directives(out.stdout)["signal"] == "USR1@90"
+        assert re.fullmatch(r"USR1@\d+", directives(out.stdout)["signal"])
 
 
 def test_render_validates_spec():
