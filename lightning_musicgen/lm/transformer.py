@@ -2,7 +2,7 @@
 a 4x feed-forward, sinusoidal positions (RoPE as an option), and a KV cache for generation.
 
 Attention goes through `torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient
-kernels on CUDA; the math kernel for bf16/fp16 on CPU, where it is faster); `attention_backend="xformers"` uses xformers' memory-efficient kernel where it is
+kernels on CUDA); `attention_backend="xformers"` uses xformers' memory-efficient kernel where it is
 installed (CUDA only).
 """
 from __future__ import annotations
@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 
@@ -74,12 +73,6 @@ def _attention(q, k, v, mask, causal: bool, dropout: float, backend: str) -> tor
         out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                               attn_bias=bias, p=dropout)
         return out.transpose(1, 2)
-    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
-        # torch's CPU flash kernel is slow in bf16 (its backward especially): the math kernel trains
-        # ~1.7x faster end to end on an AVX512-bf16 CPU (benchmarks/lm_train_vs_transformers.py)
-        with sdpa_kernel(SDPBackend.MATH):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                                  is_causal=causal and mask is None)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
                                           is_causal=causal and mask is None)
 
