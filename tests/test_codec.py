@@ -168,6 +168,31 @@ def test_convert_rejects_unsupported_models(tmp_path):
         convert_encodec(tmp_path, tmp_path / "x.pt")
 
 
+def test_inplace_activations_keep_outputs_and_gradients():
+    torch.manual_seed(0)
+    cfg = CodecConfig(sample_rate=8000, n_filters=4, ratios=(4, 2), dimension=8, bins=16, lstm_layers=1,
+                      true_skip=False, n_residual_layers=2)
+    model = CompressionModel(cfg)
+    wav = torch.randn(2, 1, 400)
+
+    def run():
+        model.zero_grad()
+        x = wav.clone().requires_grad_(True)
+        y = model.decoder(model.encoder(x))
+        y.pow(2).sum().backward()
+        return y.detach(), x.grad, [p.grad.clone() for p in model.parameters()]
+
+    fast = run()
+    for m in model.modules():
+        if isinstance(m, torch.nn.ELU):
+            m.inplace = False
+    ref = run()
+    assert torch.equal(fast[0], ref[0])  # same forward, bit for bit
+    # in-place ELU differentiates through its output (out + 1) instead of exp(x): rounding-level differences
+    assert torch.allclose(fast[1], ref[1], rtol=1e-4, atol=1e-9)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(fast[2], ref[2]))
+
+
 def test_bad_inputs_have_clear_errors(tmp_path):
     model = CompressionModel(CodecConfig(sample_rate=8000, n_filters=4, ratios=(2, 2), dimension=8, bins=16,
                                          lstm_layers=0))

@@ -100,9 +100,10 @@ class ResidualBlock(nn.Module):
                  true_skip: bool = True, **conv_kw):
         super().__init__()
         hidden = dim // compress
+        # in-place ELU wherever its input has no other reader (the first one feeds the shortcut too)
         self.block = nn.Sequential(
             nn.ELU(), StreamableConv1d(dim, hidden, kernel_size, dilation=dilation, **conv_kw),
-            nn.ELU(), StreamableConv1d(hidden, dim, 1, **conv_kw))
+            nn.ELU(inplace=True), StreamableConv1d(hidden, dim, 1, **conv_kw))
         self.shortcut = nn.Identity() if true_skip else StreamableConv1d(dim, dim, 1, **conv_kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,11 +130,11 @@ class SEANetEncoder(nn.Module):
             for j in range(n_residual_layers):
                 layers.append(ResidualBlock(dim, residual_kernel_size, dilation_base ** j, compress,
                                             true_skip, **conv_kw))
-            layers += [nn.ELU(), StreamableConv1d(dim, dim * 2, ratio * 2, stride=ratio, **conv_kw)]
+            layers += [nn.ELU(inplace=True), StreamableConv1d(dim, dim * 2, ratio * 2, stride=ratio, **conv_kw)]
             mult *= 2
         if lstm_layers:
             layers.append(SkipLSTM(mult * n_filters, lstm_layers))
-        layers += [nn.ELU(), StreamableConv1d(mult * n_filters, dimension, last_kernel_size, **conv_kw)]
+        layers += [nn.ELU(inplace=True), StreamableConv1d(mult * n_filters, dimension, last_kernel_size, **conv_kw)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,13 +157,14 @@ class SEANetDecoder(nn.Module):
             layers.append(SkipLSTM(mult * n_filters, lstm_layers))
         for ratio in ratios:
             dim = mult * n_filters
-            layers += [nn.ELU(), StreamableConvTranspose1d(dim, dim // 2, ratio * 2, stride=ratio, causal=causal,
-                                                           norm=norm, trim_right_ratio=trim_right_ratio)]
+            layers += [nn.ELU(inplace=True),
+                       StreamableConvTranspose1d(dim, dim // 2, ratio * 2, stride=ratio, causal=causal, norm=norm,
+                                                 trim_right_ratio=trim_right_ratio)]
             for j in range(n_residual_layers):
                 layers.append(ResidualBlock(dim // 2, residual_kernel_size, dilation_base ** j, compress,
                                             true_skip, **conv_kw))
             mult //= 2
-        layers += [nn.ELU(), StreamableConv1d(n_filters, channels, last_kernel_size, **conv_kw)]
+        layers += [nn.ELU(inplace=True), StreamableConv1d(n_filters, channels, last_kernel_size, **conv_kw)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
