@@ -24,3 +24,14 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
     return subprocess.run([sys.executable, "-m", "lightning_musicgen", *map(str, args)],
                           cwd=cwd or ROOT, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Tests that run wandb or DDP in-process leave variables in os.environ (the wandb service
+    address, LOCAL_RANK/WORLD_SIZE/MASTER_PORT); later subprocesses would inherit them, join a dead
+    run or believe they are already a DDP rank. Each test starts from the environment it found."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
