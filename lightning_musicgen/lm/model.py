@@ -106,9 +106,18 @@ class MusicGenLM(nn.Module):
     def loss(self, codes: torch.Tensor, conditions: LMConditions | None = None,
              padding_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked cross-entropy: (mean over codebooks, per-codebook CE [K]); only valid (k, t)
-        positions count: padded frames and steps where the pattern holds no code never do."""
-        logits, valid = self.compute_logits(codes, conditions, padding_mask)
-        ce = F.cross_entropy(logits.float().flatten(0, 2), codes.flatten(), reduction="none").view_as(codes)
+        positions count: padded frames and steps where the pattern holds no code never do.
+
+        Computed in pattern space (logits at step s against `seq[:, :, s]`): every valid (k, t)
+        sits at exactly one step, so this equals the CE of `compute_logits` without gathering
+        the [B, K, T, card] logits back to frame order."""
+        if padding_mask is not None:
+            codes = codes.masked_fill(~padding_mask.bool()[:, None, :], self.special_token)
+        seq = self.pattern.build(codes, self.special_token)
+        logits = self(self.shift_right(seq), conditions)
+        valid = seq != self.special_token
+        ce = F.cross_entropy(logits.float().flatten(0, 2), seq.masked_fill(~valid, -100).flatten(),
+                             ignore_index=-100, reduction="none").view_as(seq)
         valid_f = valid.float()
         per_codebook = (ce * valid_f).sum(dim=(0, 2)) / valid_f.sum(dim=(0, 2)).clamp(min=1)
         return per_codebook.mean(), per_codebook
