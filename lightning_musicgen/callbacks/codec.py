@@ -8,15 +8,15 @@ What the LightningModule must offer: `eval_model()` (CodecModule: the EMA codec 
 from __future__ import annotations
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from torchmetrics import MeanMetric
 
-from lightning_musicgen.callbacks.evaluate import validation_batches
 from lightning_musicgen.callbacks.media import log_media, log_scalars, mel_image
+from lightning_musicgen.callbacks.periodic import PeriodicEvaluation, validation_batches
 from lightning_musicgen.codec.losses import MelDistance, si_snr
 
 
-class CodecReconstruction(Callback):
+class CodecReconstruction(PeriodicEvaluation):
     """Every `every_n_steps` steps and/or `every_n_epochs` epochs, encode and decode the first
     `num_clips` validation clips (read once; under DDP each rank takes every world_size-th), log
     `eval/codec_si_snr` and `eval/codec_mel_distance` (means over all ranks' clips) and, from rank 0,
@@ -24,26 +24,12 @@ class CodecReconstruction(Callback):
 
     def __init__(self, every_n_steps: int | None = None, every_n_epochs: int | None = None, num_clips: int = 16,
                  batch_size: int = 4, num_audio_samples: int = 4, log_images: bool = True):
-        super().__init__()
-        if not every_n_steps and not every_n_epochs:
-            raise ValueError("CodecReconstruction: set every_n_steps or every_n_epochs")
-        self.every_n_steps, self.every_n_epochs = every_n_steps, every_n_epochs
+        super().__init__(every_n_steps, every_n_epochs)
         self.num_clips, self.batch_size = num_clips, batch_size
         self.num_audio_samples, self.log_images = num_audio_samples, log_images
         self.si_snr, self.mel_distance = MeanMetric(), MeanMetric()
         self.clips: list[torch.Tensor] | None = None
         self._mel: MelDistance | None = None
-        self._last_step = -1
-
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
-            self.evaluate(trainer, pl_module)
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0 \
-                and trainer.global_step != self._last_step:
-            self.evaluate(trainer, pl_module)
 
     @staticmethod
     def codec_of(pl_module: LightningModule):

@@ -15,11 +15,12 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_musicgen.audio import convert_channels, resample
 from lightning_musicgen.callbacks.media import chroma_image, log_media, log_scalars, mel_image
+from lightning_musicgen.callbacks.periodic import PeriodicEvaluation, validation_batches
 from lightning_musicgen.metrics import CLAPScore, ChromaCosine, FrechetAudioDistance, KLDivergence
 
 # metric name -> (kind, embedder); logged as eval/<name>
@@ -30,20 +31,6 @@ METRICS = {
 }
 
 
-def validation_batches(trainer: Trainer):
-    """Iterate the validation data of a fit: the datamodule's val_dataloader() or the trainer's loaders."""
-    if trainer.datamodule is not None and hasattr(trainer.datamodule, "val_dataloader"):
-        loaders = trainer.datamodule.val_dataloader()
-    else:
-        loaders = trainer.val_dataloaders
-        if loaders is None:
-            trainer.fit_loop.epoch_loop.val_loop.setup_data()
-            loaders = trainer.val_dataloaders
-    for loader in (loaders if isinstance(loaders, (list, tuple)) else [loaders]):
-        if loader is not None:
-            yield from loader
-
-
 @dataclass
 class Prompt:
     text: str | None
@@ -51,7 +38,7 @@ class Prompt:
     sample_rate: int
 
 
-class EvaluateGeneration(Callback):
+class EvaluateGeneration(PeriodicEvaluation):
     """Every `every_n_steps` optimizer steps and/or `every_n_epochs` epochs, generate one clip per
     validation prompt with the current model (its EMA weights when `use_ema` and EMA is on),
     compute the metrics on all ranks (states summed across ranks) and log `eval/<metric>` scalars
@@ -82,15 +69,12 @@ class EvaluateGeneration(Callback):
                  musicnn_model: str = "MTT_vgg", reference_stats: dict[str, str] | None = None,
                  use_ema: bool = True, cfg_coef: float = 3.0, top_k: int = 250, top_p: float = 0.0,
                  temperature: float = 1.0, seed: int = 1234, num_audio_samples: int = 4, log_images: bool = True):
-        super().__init__()
-        if not every_n_steps and not every_n_epochs:
-            raise ValueError("EvaluateGeneration: set every_n_steps or every_n_epochs")
+        super().__init__(every_n_steps, every_n_epochs)
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:
             raise ValueError(f"EvaluateGeneration.metrics: unknown {unknown}; choose from {sorted(METRICS)}")
         if num_prompts < 1 or batch_size < 1:
             raise ValueError(f"EvaluateGeneration: num_prompts={num_prompts}, batch_size={batch_size} must be >= 1")
-        self.every_n_steps, self.every_n_epochs = every_n_steps, every_n_epochs
         self.metric_names = list(dict.fromkeys(metrics))
         self.num_prompts, self.batch_size, self.duration = num_prompts, batch_size, duration
         self.weights = {"vggish": vggish_checkpoint, "panns": panns_checkpoint, "clap": clap_path,
@@ -102,7 +86,6 @@ class EvaluateGeneration(Callback):
         self.seed, self.num_audio_samples, self.log_images = seed, num_audio_samples, log_images
         self.metrics: dict[str, torch.nn.Module] = {}
         self.prompts: list[Prompt] | None = None
-        self._last_step = -1
 
     # ---- setup ----------------------------------------------------------------------------------
     def _embedder(self, name: str, cache: dict):
@@ -152,17 +135,6 @@ class EvaluateGeneration(Callback):
                     "musicnn_vgg": "the musicnn package (pip install --no-deps musicnn)"}
             needs = sorted({hint[METRICS[m][1]] for m in skipped})
             rank_zero_warn(f"EvaluateGeneration: skipping {', '.join(skipped)} (not configured: {', '.join(needs)})")
-
-    # ---- triggers -------------------------------------------------------------------------------
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
-            self.evaluate(trainer, pl_module)
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0 \
-                and trainer.global_step != self._last_step:
-            self.evaluate(trainer, pl_module)
 
     # ---- the model ------------------------------------------------------------------------------
     def _generator(self, pl_module: LightningModule):
