@@ -15,6 +15,27 @@ def _same_padding(kernel: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -
     return ((kernel[0] - 1) * dilation[0] // 2, (kernel[1] - 1) * dilation[1] // 2)
 
 
+def conv_stack(z: torch.Tensor, convs: nn.ModuleList, conv_post: nn.Module,
+               slope: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Leaky-ReLU conv layers, then `conv_post`: (logits, the activation after every layer)."""
+    feats = []
+    for conv in convs:
+        z = F.leaky_relu(conv(z), slope)
+        feats.append(z)
+    return conv_post(z), feats
+
+
+class DiscriminatorEnsemble(nn.Module):
+    """Sub-discriminators in `self.discriminators` run on the same waveform:
+    (list of logits, list of feature lists), one entry per sub-discriminator."""
+
+    discriminators: nn.ModuleList
+
+    def forward(self, wav: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+        outputs = [disc(wav) for disc in self.discriminators]
+        return [logits for logits, _ in outputs], [feats for _, feats in outputs]
+
+
 class STFTDiscriminator(nn.Module):
     """2-D conv net on the complex STFT (real and imaginary parts as channels), layout [B, 2C, T, F]."""
 
@@ -48,15 +69,10 @@ class STFTDiscriminator(nn.Module):
         return spec.permute(0, 1, 4, 3, 2).reshape(b, 2 * c, spec.shape[3], spec.shape[2])  # [B, 2C, T, F]
 
     def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        z = self.spectrogram(wav)
-        feats = []
-        for conv in self.convs:
-            z = F.leaky_relu(conv(z), 0.2)
-            feats.append(z)
-        return self.conv_post(z), feats
+        return conv_stack(self.spectrogram(wav), self.convs, self.conv_post, 0.2)
 
 
-class MultiScaleSTFTDiscriminator(nn.Module):
+class MultiScaleSTFTDiscriminator(DiscriminatorEnsemble):
     """EnCodec's MS-STFT discriminator: one STFTDiscriminator per FFT size (hop = n_fft / 4)."""
 
     def __init__(self, channels: int = 1, filters: int = 32, n_ffts: tuple[int, ...] = (1024, 2048, 512, 256, 128),
@@ -65,13 +81,6 @@ class MultiScaleSTFTDiscriminator(nn.Module):
         self.discriminators = nn.ModuleList(
             STFTDiscriminator(channels, filters, n_fft=n, hop_length=n // 4, win_length=n, **kwargs) for n in n_ffts)
 
-    def forward(self, wav: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
-        logits, feats = [], []
-        for disc in self.discriminators:
-            lg, ft = disc(wav)
-            logits.append(lg)
-            feats.append(ft)
-        return logits, feats
 
 
 class PeriodDiscriminator(nn.Module):
@@ -94,15 +103,10 @@ class PeriodDiscriminator(nn.Module):
         pad = (-t) % self.period
         if pad:
             wav = F.pad(wav, (0, pad), mode="reflect" if pad < t else "constant")
-        z = wav.view(b, c, -1, self.period)
-        feats = []
-        for conv in self.convs:
-            z = F.leaky_relu(conv(z), 0.1)
-            feats.append(z)
-        return self.conv_post(z), feats
+        return conv_stack(wav.view(b, c, -1, self.period), self.convs, self.conv_post, 0.1)
 
 
-class MultiPeriodDiscriminator(nn.Module):
+class MultiPeriodDiscriminator(DiscriminatorEnsemble):
     """HiFi-GAN's MPD (periods 2, 3, 5, 7, 11): an alternative to the MS-STFT discriminator."""
 
     def __init__(self, channels: int = 1, periods: tuple[int, ...] = (2, 3, 5, 7, 11),
@@ -110,13 +114,6 @@ class MultiPeriodDiscriminator(nn.Module):
         super().__init__()
         self.discriminators = nn.ModuleList(PeriodDiscriminator(p, channels, tuple(hidden)) for p in periods)
 
-    def forward(self, wav: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
-        logits, feats = [], []
-        for disc in self.discriminators:
-            lg, ft = disc(wav)
-            logits.append(lg)
-            feats.append(ft)
-        return logits, feats
 
 
 def build_discriminator(kind: str, channels: int, **kwargs) -> nn.Module:
