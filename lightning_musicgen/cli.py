@@ -8,6 +8,22 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 
+# Lightning warnings that are expected with this package's modules and data, silenced so that real
+# ones stand out: our IterableDatasets split shards per worker themselves (their __len__ is the
+# per-rank epoch length); CodecModule checkpoints the post-step state on purpose (manual GAN
+# optimisation); the LeafSpec deprecation comes from Lightning itself under torch 2.11.
+EXPECTED_WARNINGS = (
+    r"Your `IterableDataset` has `__len__` defined",
+    r"Using ModelCheckpoint with manual optimization and every_n_train_steps",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+
+
+def silence_expected_warnings() -> None:
+    for message in EXPECTED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
 def bf16_supported() -> bool:
     """bf16 autocast works on every CPU torch build; on CUDA it needs Ampere or newer."""
     if torch.cuda.is_available():
@@ -25,6 +41,7 @@ class MusicGenCLI(LightningCLI):
     """
 
     def __init__(self, args=None, run: bool = True, **kwargs):
+        silence_expected_warnings()
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)  # modules own their optimizers
         super().__init__(

@@ -125,3 +125,24 @@ def test_adamw_groups_skip_decay_on_norms_and_biases():
     assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
     assert conf["lr_scheduler"]["interval"] == "step"
     assert warmup_cosine_factor(5, 0, 10, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
+
+
+def test_expected_lightning_warnings_are_silenced_and_others_are_not():
+    """The CLI hides three Lightning warnings that are expected with our modules (their texts as
+    Lightning 2.6 prints them) and nothing else."""
+    import warnings
+    from lightning_musicgen.cli import silence_expected_warnings
+    expected = [
+        "Your `IterableDataset` has `__len__` defined. In combination with multi-process data loading "
+        "(when num_workers > 1), `__len__` could be inaccurate",
+        "Using ModelCheckpoint with manual optimization and every_n_train_steps, but no pre-optimization "
+        "state was saved. The checkpoint will contain the model state AFTER optimization.",
+        "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec) and "
+        "treespec.is_leaf()` instead.",
+    ]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        silence_expected_warnings()
+        for message in expected + ["The dataloader does not have many workers which may be a bottleneck."]:
+            warnings.warn(message, UserWarning)
+    assert [str(w.message) for w in seen] == ["The dataloader does not have many workers which may be a bottleneck."]
