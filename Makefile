@@ -43,7 +43,11 @@ $(DEMO)/train/index.json: | $(VENV)/.stamp-demo
 $(RUNS)/codec/last.ckpt: $(DEMO)/train/index.json
 	$(FIT) --config configs/demo/codec.yaml
 
-$(RUNS)/musicgen/last.ckpt: $(RUNS)/codec/last.ckpt
+# Tokenize once with the frozen codec: the LM then trains on codes (no codec pass per step).
+$(DEMO)/tokens/%/index.json: $(RUNS)/codec/last.ckpt $(DEMO)/train/index.json
+	$(PY) -m lightning_musicgen tokenize --codec $(RUNS)/codec/last.ckpt --input $(DEMO)/$* --output $(DEMO)/tokens/$*
+
+$(RUNS)/musicgen/last.ckpt: $(DEMO)/tokens/train/index.json $(DEMO)/tokens/valid/index.json
 	$(FIT) --config configs/demo/musicgen.yaml
 
 $(RUNS)/samples/generate.json: $(RUNS)/musicgen/last.ckpt
