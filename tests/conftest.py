@@ -1,5 +1,7 @@
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,23 @@ def _restore_environment():
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture
+def own_tmp():
+    """A private temporary folder: pytest's shared basetemp keeps only the newest runs, and other
+    pytest processes on the machine may rotate it away under a long-running subprocess."""
+    path = Path(tempfile.mkdtemp(prefix="lmg-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small convs: one intra-op thread is fastest, and the test machine's cores are shared
+    (modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,8 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,14 +15,6 @@ import torch
 
 from conftest import ROOT, run_cli
 from lightning_musicgen.cluster.submit import JobSpec, SubmitError, render_sbatch
-
-@pytest.fixture
-def own_tmp():
-    """A private temporary folder: pytest's shared basetemp keeps only the newest runs, and other
-    pytest processes on the machine may rotate it away under a long-running subprocess."""
-    path = Path(tempfile.mkdtemp(prefix="lmg-test-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -13,13 +13,7 @@ from lightning_musicgen.codec.quantization import ResidualVectorQuantizer
 from lightning_musicgen.convert.encodec import encodec_from_transformers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convs: one intra-op thread is fastest, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # facebook/encodec_32khz (MusicGen's tokenizer)
 HF_32KHZ = dict(sampling_rate=32000, audio_channels=1, num_filters=64, upsampling_ratios=[8, 5, 4, 4],

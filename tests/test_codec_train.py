@@ -19,13 +19,7 @@ from conftest import ROOT  # noqa: E402
 SR = 8000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convs: one intra-op thread is fastest, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def harmonic_clips(n: int, seconds: float, seed: int) -> torch.Tensor:

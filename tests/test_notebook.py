@@ -4,7 +4,6 @@ import os
 import sys
 
 import nbformat
-import pytest
 
 from conftest import ROOT
 from test_generation import _build

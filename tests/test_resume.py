@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -26,14 +25,6 @@ from lightning_musicgen.cluster.checkpoint_io import AtomicCheckpointIO
 from lightning_musicgen.cluster.logger import ResumableWandbLogger, stable_run_id
 from lightning_musicgen.cluster.resume import RNGStateCheckpoint, collect_rng_states
 from lightning_musicgen.optim import adamw_warmup_cosine
-
-@pytest.fixture
-def own_tmp():
-    """A private temporary folder: pytest's shared basetemp keeps only the newest runs, and other
-    pytest processes on the machine may rotate it away under a long-running subprocess."""
-    path = Path(tempfile.mkdtemp(prefix="lmg-test-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 

@@ -261,7 +261,6 @@ def describe(spec: dict, score, ensemble: str, bpm: int, time_signature: str | N
         text += f", \"{title}\","
     facts = [f for f in (f"in {key}" if key else None, time_signature, f"{bpm} BPM") if f]
     text += " " + ", ".join(facts)
-    import pretty_midi
     return {"description": text, "title": title, "artist": info["artist"], "genre": info["genre"],
             "keywords": [w for w in (kind, info["genre"], ensemble.split(" ", 1)[-1]) if w],
             "bpm": bpm, "key": key, "time_signature": time_signature, "ensemble": ensemble,
