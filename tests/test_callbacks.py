@@ -345,3 +345,25 @@ def test_evaluate_generation_decodes_token_only_validation_batches(tmp_path):
     assert all(p.wav.shape == (1, 2 * SR) for p in callback.prompts)  # decoded with the generator's codec
     assert module.ema_flags == [False] and module.calls[0]["duration"] == pytest.approx(2.0)
     assert float(trainer.callback_metrics["eval/chroma_cosine"]) == pytest.approx(1.0)
+
+
+def test_teardown_destroys_the_process_group_only_in_spawned_children(tmp_path):
+    """ddp_spawn children exit right after fit: the evaluation callbacks destroy their process group at
+    teardown (left to interpreter exit it aborted a child now and then). Elsewhere (the main process of
+    `ddp`, which goes on) the group is left alone."""
+    from types import SimpleNamespace
+    import torch.distributed as dist
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+    callback = EvaluateGeneration(every_n_steps=1, metrics=["chroma_cosine"])
+    spawn = _MultiProcessingLauncher.__new__(_MultiProcessingLauncher)
+    script = _SubprocessScriptLauncher.__new__(_SubprocessScriptLauncher)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        callback.teardown(SimpleNamespace(strategy=SimpleNamespace(launcher=script)), None, "fit")
+        assert dist.is_initialized()
+        callback.teardown(SimpleNamespace(strategy=SimpleNamespace(launcher=spawn)), None, "fit")
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
