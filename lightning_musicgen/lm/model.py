@@ -93,10 +93,7 @@ class MusicGenLM(nn.Module):
         `padding_mask` [B, T] (True = real frame): padded codes are replaced by the special token
         before the pattern is built, so they cannot influence anything, and are marked invalid."""
         B, K, T = codes.shape
-        if padding_mask is not None:
-            codes = codes.masked_fill(~padding_mask.bool()[:, None, :], self.special_token)
-        seq = self.pattern.build(codes, self.special_token)
-        logits = self(self.shift_right(seq), conditions)
+        _, logits = self._teacher_forced(codes, conditions, padding_mask)
         values, mask = self.pattern.revert(logits, T)
         valid = mask.unsqueeze(0).expand(B, K, T)
         if padding_mask is not None:
@@ -111,16 +108,21 @@ class MusicGenLM(nn.Module):
         Computed in pattern space (logits at step s against `seq[:, :, s]`): every valid (k, t)
         sits at exactly one step, so this equals the CE of `compute_logits` without gathering
         the [B, K, T, card] logits back to frame order."""
+        seq, logits = self._teacher_forced(codes, conditions, padding_mask)
+        valid = seq != self.special_token
+        ce = F.cross_entropy(logits.float().flatten(0, 2), seq.masked_fill(~valid, -100).flatten(),
+                             ignore_index=-100, reduction="none").view_as(seq)  # 0 where not valid
+        per_codebook = ce.sum(dim=(0, 2)) / valid.sum(dim=(0, 2)).clamp(min=1)
+        return per_codebook.mean(), per_codebook
+
+    def _teacher_forced(self, codes: torch.Tensor, conditions: LMConditions | None,
+                        padding_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pattern sequence [B, K, S], logits [B, K, S, card]) of one teacher-forced pass; padded
+        frames become the special token before the pattern is built, so they influence nothing."""
         if padding_mask is not None:
             codes = codes.masked_fill(~padding_mask.bool()[:, None, :], self.special_token)
         seq = self.pattern.build(codes, self.special_token)
-        logits = self(self.shift_right(seq), conditions)
-        valid = seq != self.special_token
-        ce = F.cross_entropy(logits.float().flatten(0, 2), seq.masked_fill(~valid, -100).flatten(),
-                             ignore_index=-100, reduction="none").view_as(seq)
-        valid_f = valid.float()
-        per_codebook = (ce * valid_f).sum(dim=(0, 2)) / valid_f.sum(dim=(0, 2)).clamp(min=1)
-        return per_codebook.mean(), per_codebook
+        return seq, self(self.shift_right(seq), conditions)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
