@@ -36,8 +36,81 @@ def config_error_line(message: str, argv: list[str]) -> str:
     given = next((ln for ln in lines if ln.startswith("Given value:")), None)
     if given:
         head += f": invalid value {given.split(':', 1)[1].strip()!r}"
-    configs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    configs = config_files(argv)
     return f"{', '.join(configs)}: {head}" if configs else head
+
+
+def config_files(argv: list[str]) -> list[str]:
+    """The files given with `--config PATH` or `--config=PATH`."""
+    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    return files + [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+
+
+def yaml_error_line(argv: list[str]) -> str | None:
+    """`FILE:LINE:COLUMN: invalid YAML (problem)` for the first --config file that does not parse."""
+    import yaml
+    for path in config_files(argv):
+        try:
+            with open(path, encoding="utf-8") as f:
+                yaml.safe_load(f)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+            return f"{where}: invalid YAML ({exc.problem or exc.context})"
+        except (OSError, yaml.YAMLError):
+            continue
+    return None
+
+
+def _class_name_in(exc: BaseException) -> str | None:
+    """The class (`class_path='pkg.Name'`) jsonargparse was instantiating when `exc` was raised."""
+    import re
+    while exc is not None:
+        match = re.search(r"class_path='[\w.]*?(\w+)'", str(exc))
+        if match:
+            return match.group(1)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def error_line(exc: BaseException, argv: list[str]) -> str | None:
+    """The one line to print for an error the user can fix, or None for a bug (keep the traceback).
+
+    User errors: any `lightning_musicgen.errors.UserError` in the exception chain (raised by a
+    command, or by a class's __init__ while the training CLI builds it: then the class is named),
+    a config file that is not valid YAML (file:line:column), and the training CLI's argument errors."""
+    from argparse import ArgumentError
+
+    from lightning_musicgen.errors import one_line, user_error_in
+    user = user_error_in(exc)
+    if user is not None:
+        message = one_line(str(user))
+        owner = _class_name_in(exc) if argv and argv[0] in TRAIN_VERBS else None
+        return f"{owner}: {message}" if owner and not message.startswith(owner) else message
+    if argv and argv[0] in TRAIN_VERBS:
+        chain, seen = exc, set()
+        while chain is not None and id(chain) not in seen:
+            seen.add(id(chain))
+            if type(chain).__module__.startswith("yaml"):
+                return yaml_error_line(argv) or f"invalid YAML ({one_line(str(chain))})"
+            chain = chain.__cause__ or chain.__context__
+        if isinstance(exc, ArgumentError):
+            return config_error_line(str(exc), argv)
+    return None
+
+
+def run_verb(fn, argv: list[str]) -> int:
+    """Run one verb; a user error ends as one line `error: ...` on stderr and exit status 2.
+    Set LIGHTNING_MUSICGEN_TRACEBACK=1 to see the traceback of user errors too."""
+    import os
+    try:
+        return int(fn() or 0)
+    except Exception as exc:
+        line = error_line(exc, argv)
+        if line is None or os.environ.get("LIGHTNING_MUSICGEN_TRACEBACK"):
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,15 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     verb = argv[0]
     if verb in TRAIN_VERBS:
-        from argparse import ArgumentError
-
-        from lightning_musicgen.cli import MusicGenCLI
-        try:
+        def train() -> int:
+            from lightning_musicgen.cli import MusicGenCLI
             MusicGenCLI(args=argv if explicit else None)
-        except ArgumentError as exc:
-            print(f"error: {config_error_line(str(exc), argv)}", file=sys.stderr)
-            return 2
-        return 0
+            return 0
+        return run_verb(train, argv)
     if verb in TOOL_VERBS:
         module_name = TOOL_VERBS[verb][0]
         try:
@@ -67,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
                 return 2
             raise
-        return int(module.main(argv[1:]) or 0)
+        return run_verb(lambda: module.main(argv[1:]), argv)
     print(f"error: unknown verb '{verb}'\n\n{usage()}", file=sys.stderr)
     return 2
 

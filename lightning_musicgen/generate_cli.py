@@ -3,22 +3,25 @@
     python -m lightning_musicgen generate --ckpt musicgen.pt --text "lofi hip hop beat" \\
         --text "calm piano" --duration 10 --out samples/
 
-Inputs are checked before the model loads; every bad input is a one-line `error: ...` and exit
-code 2. Outputs: `OUT/000_<slug>.wav`, ... and `OUT/generate.json` (every parameter used, per-file
-seeds, timings).
+Inputs are checked before the model loads (numbers must be finite, `--device` must exist on this
+machine); every bad input is a one-line `error: ...` and exit code 2. Progress covers the whole request
+(all batches): a bar on a terminal, else a log line after 1, 2, 4, ... seconds (then every minute),
+each with the steps done, the rate and an estimate of the time left. Outputs: `OUT/000_<slug>.wav`, ...
+and `OUT/generate.json` (every parameter used, per-file seeds, timings).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
 from pathlib import Path
 
+from lightning_musicgen.errors import InputError, UserError
 
-class InputError(Exception):
-    """A bad command-line input; the message is one line naming the argument/file/value."""
+__all__ = ["InputError", "build_parser", "check_inputs", "check_device", "RequestProgress", "run", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +99,10 @@ def check_inputs(args) -> list[str]:
             raise InputError(f"{flag} {exc}") from exc
         if frames == 0:
             raise InputError(f"{flag} {value}: no audio samples")
+    for flag in ("cfg_coef", "top_p", "temperature", "max_duration", "extend_stride"):
+        value = getattr(args, flag)
+        if not math.isfinite(value):
+            raise InputError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.top_k < 0 or not 0.0 <= args.top_p <= 1.0 or args.temperature < 0:
@@ -103,7 +110,95 @@ def check_inputs(args) -> list[str]:
                          f"--temperature {args.temperature} (>= 0)")
     if not 0 < args.extend_stride < args.max_duration:
         raise InputError(f"--extend-stride {args.extend_stride} must be in (0, --max-duration {args.max_duration})")
+    check_device(args.device)
     return texts
+
+
+def check_device(name: str) -> str:
+    """The device to use for `--device NAME` ("auto": cuda if available); InputError if it is not here."""
+    import torch
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise InputError(f"--device {name}: not a device name (cpu, cuda, cuda:1, mps, ...): {exc}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"--device {name}: no CUDA GPU is available on this machine (use --device cpu)")
+        if device.index is not None and device.index >= count:
+            raise InputError(f"--device {name}: this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1})")
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise InputError(f"--device {name}: MPS is not available on this machine (use --device cpu)")
+    return name
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class RequestProgress:
+    """Decoding progress over all batches of a request, with an estimate of the time left.
+
+    `callback(batch)` returns the `callback(done, total)` that `MusicGen.generate` calls after every
+    decoding step of that batch (every batch has the same number of steps). On a terminal: one tqdm bar
+    for the whole request. Otherwise (logs, SLURM): a line `generate: STEP/TOTAL steps (P%), R steps/s,
+    elapsed E, about T left` after 1, 2, 4, 8, ... seconds, then every `max_interval` seconds."""
+
+    def __init__(self, batches: int, enabled: bool = True, stream=None, terminal: bool | None = None,
+                 max_interval: float = 60.0):
+        self.batches, self.enabled, self.max_interval = batches, enabled, max_interval
+        self.stream = stream if stream is not None else sys.stderr
+        self.terminal = self.stream.isatty() if terminal is None else terminal
+        self.per_batch = self.total = 0
+        self.bar, self.start, self.next_log, self.interval = None, None, 0.0, 1.0
+
+    def callback(self, batch: int):
+        def step(done: int, total: int) -> None:
+            self.update(batch * total + done, total)
+        return step
+
+    def update(self, done_all: int, per_batch: int) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if self.start is None:
+            self.per_batch, self.total = per_batch, per_batch * self.batches
+            self.start = self.next_log = now
+            self.next_log += self.interval
+            self._begin()
+        if self.bar is not None:
+            self.bar.n = done_all
+            self.bar.refresh()
+        elif now >= self.next_log or done_all == self.total:
+            self._log(done_all, now)
+            self.interval = min(self.interval * 2, self.max_interval)
+            self.next_log = now + self.interval
+
+    def _begin(self) -> None:
+        head = f"generate: {self.batches} batch(es) x {self.per_batch} decoding steps = {self.total} steps"
+        if self.terminal:
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.total, desc="generate", unit="step", file=self.stream, dynamic_ncols=True)
+        else:
+            print(head, file=self.stream, flush=True)
+
+    def _log(self, done: int, now: float) -> None:
+        elapsed = now - self.start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = (self.total - done) / rate if rate > 0 else float("inf")
+        eta = f"about {_clock(left)} left" if math.isfinite(left) else "estimating time left"
+        print(f"generate: {done}/{self.total} steps ({100 * done / self.total:.0f}%), {rate:.1f} steps/s, "
+              f"elapsed {_clock(elapsed)}, {eta}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -118,7 +213,7 @@ def run(args) -> dict:
     texts = check_inputs(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device(args.device)
     t0 = time.perf_counter()
     model = MusicGen.from_checkpoint(args.ckpt, device=device, dtype=args.dtype, max_duration=args.max_duration,
                                      extend_stride=args.extend_stride)
@@ -127,17 +222,20 @@ def run(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
     files, t1 = [], time.perf_counter()
-    for b, start in enumerate(range(0, len(texts), args.batch_size)):
+    starts = range(0, len(texts), args.batch_size)
+    progress = RequestProgress(len(starts), enabled=not args.no_progress)
+    for b, start in enumerate(starts):
         batch = texts[start:start + args.batch_size]
         wav = model.generate(batch, args.duration, melody=args.melody, prompt=args.prompt_audio,
                              cfg_coef=args.cfg_coef, top_k=args.top_k, top_p=args.top_p,
                              temperature=args.temperature, seed=seed + b, two_pass_cfg=args.two_pass_cfg,
-                             progress=not args.no_progress)
+                             callback=progress.callback(b))
         for j, text in enumerate(batch):
             path = out / f"{start + j:03d}_{slug(text)}.wav"
             write_audio(path, wav[j], model.sample_rate)
             files.append({"file": path.name, "text": text, "seed": seed + b, "batch": b})
             print(path)
+    progress.close()
     record = {
         "ckpt": str(Path(args.ckpt).resolve()), "texts": texts, "duration": args.duration,
         "melody": args.melody, "prompt_audio": args.prompt_audio, "cfg_coef": args.cfg_coef,
@@ -153,18 +251,20 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """A user error (bad input, checkpoint or audio file) is one line `error: ...` and exit code 2."""
+    from lightning_musicgen.__main__ import run_verb
     from lightning_musicgen.audio import AudioReadError
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError, TypeError, AudioReadError) as exc:  # bad checkpoint/audio/arguments
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    return 0
+
+    def generate() -> int:
+        try:
+            run(args)
+        except AudioReadError as exc:  # a melody/prompt file that fails while decoding
+            if isinstance(exc, UserError):
+                raise
+            raise InputError(str(exc)) from exc
+        return 0
+    return run_verb(generate, ["generate"])
 
 
 if __name__ == "__main__":

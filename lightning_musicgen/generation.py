@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from lightning_musicgen.errors import InputError
 from lightning_musicgen.lm.conditioners import ConditionProvider, LMConditions
 from lightning_musicgen.lm.model import MusicGenLM
 from lightning_musicgen.lm.sampling import SamplingParams, cfg_combine, make_generator, sample_next_token
@@ -177,7 +178,7 @@ def _as_batch_list(x, batch_size: int, what: str) -> list:
     if len(items) == 1:
         items = items * batch_size
     if len(items) != batch_size:
-        raise ValueError(f"{what}: got {len(items)} items for {batch_size} descriptions")
+        raise InputError(f"{what}: got {len(items)} items for {batch_size} descriptions")
     return items
 
 
@@ -202,7 +203,7 @@ def load_audio_batch(audio, batch_size: int, sample_rate: int, channels: int | N
     clips = _as_batch_list(clips, batch_size, what)
     for i, clip in enumerate(clips):
         if clip.shape[-1] == 0:
-            raise ValueError(f"{what}[{i}]: no audio samples")
+            raise InputError(f"{what}[{i}]: no audio samples")
     if channels is not None:
         clips = [convert_channels(c, channels) for c in clips]
     length = max(c.shape[-1] for c in clips)
@@ -216,10 +217,10 @@ def check_descriptions(descriptions) -> list[str | None]:
         descriptions = [descriptions]
     descriptions = list(descriptions)
     if not descriptions:
-        raise ValueError("descriptions: empty list (give at least one text)")
+        raise InputError("descriptions: empty list (give at least one text)")
     for i, d in enumerate(descriptions):
         if d is not None and (not isinstance(d, str) or not d.strip()):
-            raise ValueError(f"descriptions[{i}]: empty text {d!r} (use None for an unconditional sample)")
+            raise InputError(f"descriptions[{i}]: empty text {d!r} (use None for an unconditional sample)")
     return descriptions
 
 
@@ -409,15 +410,17 @@ class MusicGen:
         descriptions = check_descriptions(descriptions)
         B = len(descriptions)
         if not (isinstance(duration, (int, float)) and math.isfinite(duration) and duration > 0):
-            raise ValueError(f"duration must be a positive number of seconds, got {duration!r}")
+            raise InputError(f"duration must be a positive number of seconds, got {duration!r}")
+        if not math.isfinite(float(cfg_coef)):
+            raise InputError(f"cfg_coef must be a finite number, got {cfg_coef!r}")
         sampling = SamplingParams(top_k=int(top_k), top_p=float(top_p), temperature=float(temperature))
         total = self.num_frames(duration)
         if total < 1:
-            raise ValueError(f"duration {duration} s is shorter than one codec frame ({1 / self.frame_rate:.3f} s)")
+            raise InputError(f"duration {duration} s is shorter than one codec frame ({1 / self.frame_rate:.3f} s)")
         melody_wav = None
         if melody is not None:
             if not self.has_melody:
-                raise ValueError("melody given, but this model has no melody conditioning (not a melody model)")
+                raise InputError("melody given, but this model has no melody conditioning (not a melody model)")
             melody_wav = load_audio_batch(melody, B, self.conditioner.melody.sample_rate, 1, "melody").to(self.device)
         prompt_codes = None
         if prompt is not None:
@@ -428,9 +431,9 @@ class MusicGen:
                 wav = load_audio_batch(prompt, B, self.sample_rate, self.channels, "prompt")
                 prompt_codes = self.encode(wav)
             if prompt_codes.shape[:2] != (B, self.lm.n_q):
-                raise ValueError(f"prompt codes of shape {tuple(prompt_codes.shape)}, expected [{B}, {self.lm.n_q}, P]")
+                raise InputError(f"prompt codes of shape {tuple(prompt_codes.shape)}, expected [{B}, {self.lm.n_q}, P]")
             if prompt_codes.shape[-1] >= total:
-                raise ValueError(f"the prompt ({prompt_codes.shape[-1] / self.frame_rate:.2f} s) must be shorter than "
+                raise InputError(f"the prompt ({prompt_codes.shape[-1] / self.frame_rate:.2f} s) must be shorter than "
                                  f"the requested duration ({duration} s)")
         window_frames = self.num_frames(self.max_duration)
         stride_frames = self.num_frames(self.extend_stride)

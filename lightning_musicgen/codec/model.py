@@ -19,6 +19,7 @@ from torch.nn.utils import parametrize
 
 from lightning_musicgen.codec.quantization import QuantizedResult, ResidualVectorQuantizer
 from lightning_musicgen.codec.seanet import SEANetDecoder, SEANetEncoder
+from lightning_musicgen.errors import CheckpointError, CheckpointNotFoundError, ConfigError
 
 CHECKPOINT_FORMAT = "lightning_musicgen.codec"
 CHECKPOINT_VERSION = 1
@@ -56,16 +57,16 @@ class CodecConfig:
         self.ratios = tuple(int(r) for r in self.ratios)
         for name in ("sample_rate", "channels", "dimension", "n_filters", "n_q", "bins"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"codec config: {name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"codec config: {name} must be positive, got {getattr(self, name)}")
         if not self.ratios or any(r <= 0 for r in self.ratios):
-            raise ValueError(f"codec config: ratios must be positive integers, got {list(self.ratios)}")
+            raise ConfigError(f"codec config: ratios must be positive integers, got {list(self.ratios)}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CodecConfig":
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"codec config: unknown key(s) {unknown}")
+            raise ConfigError(f"codec config: unknown key(s) {unknown}")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,7 +192,7 @@ class CompressionModel(nn.Module):
     @classmethod
     def from_checkpoint_dict(cls, d: dict[str, Any], source: str = "checkpoint") -> "CompressionModel":
         if d.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{source}: not a {CHECKPOINT_FORMAT} checkpoint (format={d.get('format')!r})")
+            raise CheckpointError(f"{source}: not a {CHECKPOINT_FORMAT} checkpoint (format={d.get('format')!r})")
         model = cls(CodecConfig.from_dict(d["config"]))
         model.load_state_dict(d["state_dict"])
         model.num_codebooks = d.get("num_codebooks", model.total_codebooks)
@@ -208,13 +209,13 @@ class CompressionModel(nn.Module):
         """Load a converted checkpoint, or a CodecModule Lightning checkpoint (EMA weights if any)."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: codec checkpoint not found")
+            raise CheckpointNotFoundError(f"{path}: codec checkpoint not found")
         try:  # our own files: Lightning checkpoints hold plain containers, but be lenient on pickles
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:
-            raise ValueError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
+            raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
         if not isinstance(ckpt, dict):
-            raise ValueError(f"{path}: not a codec checkpoint")
+            raise CheckpointError(f"{path}: not a codec checkpoint")
         if ckpt.get("format") == CHECKPOINT_FORMAT:
             return cls.from_checkpoint_dict(ckpt, str(path))
         if "codec_config" in ckpt and "state_dict" in ckpt:  # a CodecModule checkpoint
@@ -227,4 +228,4 @@ class CompressionModel(nn.Module):
         for value in ckpt.values():  # e.g. a MusicGen converted checkpoint embedding a codec
             if isinstance(value, dict) and value.get("format") == CHECKPOINT_FORMAT:
                 return cls.from_checkpoint_dict(value, str(path))
-        raise ValueError(f"{path}: neither a {CHECKPOINT_FORMAT} file nor a CodecModule checkpoint")
+        raise CheckpointError(f"{path}: neither a {CHECKPOINT_FORMAT} file nor a CodecModule checkpoint")

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from lightning_musicgen.data.pipeline import REPLAYED, AudioCrops, CodeCrops, TrainStream, ValidStream
 from lightning_musicgen.data.shards import expand_shards
 from lightning_musicgen.data.text import TextAugment
+from lightning_musicgen.errors import ConfigError
 
 
 class _TrackedLoader(DataLoader):
@@ -61,9 +62,9 @@ class _ShardDataModule(LightningDataModule):
                  prefetch_factor: int | None, pin_memory: bool):
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size}: must be >= 1")
+            raise ConfigError(f"batch_size={batch_size}: must be >= 1")
         if epoch_steps < 1:
-            raise ValueError(f"epoch_steps={epoch_steps}: must be >= 1")
+            raise ConfigError(f"epoch_steps={epoch_steps}: must be >= 1")
         self.train_shards, self.val_shards = train_shards, val_shards
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.shuffle_buffer = num_workers, shuffle_buffer
@@ -214,7 +215,7 @@ class AudioDataModule(_ShardDataModule):
         super().__init__(train_shards, val_shards, batch_size, val_batch_size, num_workers, shuffle_buffer,
                          epoch_steps, seed, prefetch_factor, pin_memory)
         if sample_rate <= 0 or channels not in (1, 2):
-            raise ValueError(f"sample_rate={sample_rate}, channels={channels}: need a positive rate and 1 or 2 channels")
+            raise ConfigError(f"sample_rate={sample_rate}, channels={channels}: need a positive rate and 1 or 2 channels")
         self.sample_rate, self.channels = sample_rate, channels
         self.segment_duration, self.min_segment_ratio = segment_duration, min_segment_ratio
         self.val_segment_duration = val_segment_duration

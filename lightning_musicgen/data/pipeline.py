@@ -31,6 +31,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from lightning_musicgen.audio.io import AudioReadError, convert_channels, read_audio, resample
 from lightning_musicgen.data.shards import AUDIO_EXTS, iter_tar_samples
 from lightning_musicgen.data.text import TextAugment
+from lightning_musicgen.errors import ConfigError
 
 
 REPLAYED = "__replayed_batch__"  # key of the placeholder a worker yields for a fast-forwarded batch
@@ -65,9 +66,9 @@ class AudioCrops:
                  min_segment_ratio: float = 0.8, text: TextAugment | None = None,
                  normalize_loudness: bool = False, loudness_target: float = -14.0):
         if segment_duration is not None and segment_duration <= 0:
-            raise ValueError(f"segment_duration={segment_duration}: must be > 0 (or None for whole files)")
+            raise ConfigError(f"segment_duration={segment_duration}: must be > 0 (or None for whole files)")
         if not 0.0 <= min_segment_ratio <= 1.0:
-            raise ValueError(f"min_segment_ratio={min_segment_ratio}: must be in [0, 1]")
+            raise ConfigError(f"min_segment_ratio={min_segment_ratio}: must be in [0, 1]")
         self.sample_rate, self.channels = sample_rate, channels
         self.segment_duration, self.min_segment_ratio = segment_duration, min_segment_ratio
         self.text = text or TextAugment()

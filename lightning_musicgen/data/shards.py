@@ -1,8 +1,14 @@
-"""WebDataset shards: naming, atomic writing, the index file, and shard-list expansion.
+r"""WebDataset shards: naming, atomic writing, the index file, and shard-list expansion.
 
 A shard is a plain tar of samples `KEY.flac` + `KEY.json` (audio shards) or `KEY.codes.npy` + `KEY.json`
 (token shards). Each shard directory holds `index.json` (samples, total duration, per-shard counts) that
-datamodules use for epoch sizing, and `report.tsv` listing the inputs that were skipped and why.
+datamodules use for epoch sizing, and `report.tsv` listing the inputs that were skipped, kept with a
+problem, or ignored, and why.
+
+report.tsv: a header line `path<TAB>action<TAB>reason<TAB>detail`, then one line per entry. In every
+field a backslash, tab, newline and carriage return are written `\\`, `\t`, `\n`, `\r` (so a name
+with a tab or newline stays on its line and in its column; `read_report` undoes it), and bytes of a
+file name that are not UTF-8 appear as `\udcXX`.
 """
 from __future__ import annotations
 
@@ -45,8 +51,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def json_bytes(obj: Any, **kwargs) -> bytes:
+    """UTF-8 JSON; undecodable bytes of file names (lone surrogates) become `\\udcXX` escapes."""
+    return json.dumps(obj, ensure_ascii=False, **kwargs).encode("utf-8", "backslashreplace")
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode())
+    atomic_write_bytes(path, json_bytes(obj, indent=1) + b"\n")
 
 
 class AtomicShardWriter:
@@ -99,21 +110,54 @@ class AtomicShardWriter:
             self.abort()
 
 
-def write_index(shard_dir: str | os.PathLike, shards: list[dict], skipped: list[dict], **info) -> dict:
-    """Write `index.json` (+ `report.tsv` of skipped inputs) for a finished shard directory."""
+REPORT_COLUMNS = ("path", "action", "reason", "detail")
+_TSV_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_TSV_UNESCAPES = {"\\\\": "\\", "\\t": "\t", "\\n": "\n", "\\r": "\r"}
+
+
+def tsv_escape(value: Any) -> str:
+    return re.sub(r"[\\\t\n\r]", lambda m: _TSV_ESCAPES[m.group()], str(value))
+
+
+def tsv_unescape(value: str) -> str:
+    return re.sub(r"\\[\\tnr]", lambda m: _TSV_UNESCAPES[m.group()], value)
+
+
+def format_report(entries: list[dict]) -> bytes:
+    """report.tsv's bytes (see the module docstring); entries without an action are `skipped`."""
+    lines = ["\t".join(REPORT_COLUMNS)]
+    for e in entries:
+        row = {"action": "skipped", "detail": "", **e}
+        lines.append("\t".join(tsv_escape(row[c]) for c in REPORT_COLUMNS))
+    return ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace")
+
+
+def read_report(path: str | os.PathLike) -> list[dict]:
+    """The entries of a report.tsv (a path to it or to its shard directory), unescaped."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / REPORT_NAME
+    lines = path.read_text(encoding="utf-8").split("\n")
+    header = lines[0].split("\t")
+    return [dict(zip(header, map(tsv_unescape, line.split("\t")))) for line in lines[1:] if line]
+
+
+def write_index(shard_dir: str | os.PathLike, shards: list[dict], report: list[dict], **info) -> dict:
+    """Write `index.json` (+ `report.tsv`) for a finished shard directory. `report` entries are dicts
+    with `path`, `reason`, `detail` and `action` (skipped - the default -, kept or ignored); the index
+    counts each action in total and by reason."""
     shard_dir = Path(shard_dir)
-    reasons: dict[str, int] = {}
-    for s in skipped:
-        reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
-    index = {
-        "format": SHARD_FORMAT, **info,
-        "samples": sum(s["samples"] for s in shards),
-        "duration": round(sum(s["duration"] for s in shards), 3),
-        "skipped": len(skipped), "skipped_by_reason": reasons,
-        "shards": [{k: s[k] for k in ("name", "samples", "duration")} for s in shards],
-    }
-    lines = ["path\treason\tdetail"] + [f"{s['path']}\t{s['reason']}\t{s.get('detail', '')}" for s in skipped]
-    atomic_write_bytes(shard_dir / REPORT_NAME, ("\n".join(lines) + "\n").encode())
+    counts: dict[str, dict[str, int]] = {"skipped": {}, "kept": {}, "ignored": {}}
+    for e in report:
+        by_reason = counts.setdefault(e.get("action", "skipped"), {})
+        by_reason[e["reason"]] = by_reason.get(e["reason"], 0) + 1
+    index = {"format": SHARD_FORMAT, **info,
+             "samples": sum(s["samples"] for s in shards),
+             "duration": round(sum(s["duration"] for s in shards), 3)}
+    for action, by_reason in counts.items():
+        index[action], index[f"{action}_by_reason"] = sum(by_reason.values()), by_reason
+    index["shards"] = [{k: s[k] for k in ("name", "samples", "duration")} for s in shards]
+    atomic_write_bytes(shard_dir / REPORT_NAME, format_report(report))
     atomic_write_json(shard_dir / INDEX_NAME, index)
     return index
 

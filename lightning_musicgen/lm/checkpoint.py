@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from lightning_musicgen.errors import CheckpointError, CheckpointNotFoundError
 from lightning_musicgen.lm.conditioners import ConditionProvider, build_condition_provider
 from lightning_musicgen.lm.model import MusicGenLM
 
@@ -55,7 +56,7 @@ def load_codec(spec: dict | None):
     from lightning_musicgen.codec import CompressionModel
     if spec.get("path"):
         if not Path(spec["path"]).is_file():
-            raise FileNotFoundError(f"codec checkpoint {spec['path']}: missing")
+            raise CheckpointNotFoundError(f"codec checkpoint {spec['path']}: missing")
         return CompressionModel.from_checkpoint(spec["path"])
     return CompressionModel.from_checkpoint_dict(spec, "embedded codec")
 
@@ -73,11 +74,11 @@ def load_musicgen(path: str | os.PathLike, device: str | torch.device = "cpu", l
     "codec" (spec) and "meta"."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
+        raise CheckpointNotFoundError(f"{path}: no such checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
     if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
         lm_part, cond_part, codec_spec, meta = ckpt["lm"], ckpt["conditioner"], ckpt.get("codec"), ckpt.get("meta", {})
         lm_state, cond_state = lm_part["state_dict"], cond_part["state_dict"]
@@ -91,7 +92,7 @@ def load_musicgen(path: str | os.PathLike, device: str | torch.device = "cpu", l
             lm_state = info["ema_state_dict"]
         cond_state = _strip(ckpt["state_dict"], "conditioner.")
     else:
-        raise ValueError(f"{path}: neither a converted MusicGen checkpoint nor a MusicGenModule checkpoint")
+        raise CheckpointError(f"{path}: neither a converted MusicGen checkpoint nor a MusicGenModule checkpoint")
     lm = MusicGenLM(**lm_part["config"])
     lm.load_state_dict(lm_state)
     conditioner = build_condition_provider(cond_part["config"], cond_part.get("text_encoder_config"),

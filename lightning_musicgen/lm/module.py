@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from lightning_musicgen.errors import ConfigError
 from lightning_musicgen.lm.conditioners import ConditionProvider, build_condition_provider
 from lightning_musicgen.lm.model import MusicGenLM
 from lightning_musicgen.optim import adamw_warmup_cosine
@@ -47,12 +48,17 @@ class MusicGenModule(LightningModule):
         lm_kwargs = dict(lm or {})
         self.codec_checkpoint = codec_checkpoint
         self._codec = None  # not a submodule: frozen, never saved, never trained
-        if codec_checkpoint and (lm_kwargs.get("n_q") is None or lm_kwargs.get("card") is None):
-            codec = self._load_codec()  # n_q / card: null in the config -> the codec's
-            lm_kwargs["n_q"] = lm_kwargs.get("n_q") or codec.num_codebooks
+        codec = None
+        if codec_checkpoint:  # loaded now: a missing or wrong-kind file fails here, in one line
+            codec = self._load_codec()
+            lm_kwargs["n_q"] = lm_kwargs.get("n_q") or codec.num_codebooks  # null in the config -> the codec's
             lm_kwargs["card"] = lm_kwargs.get("card") or codec.cardinality
         lm_kwargs = {k: v for k, v in lm_kwargs.items() if v is not None or k not in ("n_q", "card")}
         self.lm = MusicGenLM(**lm_kwargs)
+        if codec is not None and (codec.cardinality != self.lm.card or codec.total_codebooks < self.lm.n_q):
+            raise ConfigError(f"lm.n_q={self.lm.n_q}, lm.card={self.lm.card} do not match the codec {codec_checkpoint} "
+                              f"({codec.total_codebooks} codebooks x {codec.cardinality} codes); set them to null "
+                              "to use the codec's")
         cond_config = dict(conditioner or {"text": {"name": "t5-base"}})
         if cond_config.get("text"):
             cond_config["text"] = {"dim": self.lm.dim, **cond_config["text"]}
@@ -61,7 +67,7 @@ class MusicGenModule(LightningModule):
         self.conditioner_config = cond_config
         self.conditioner: ConditionProvider = build_condition_provider(cond_config)
         if self.conditioner.cross_attention != self.lm.cross_attention:
-            raise ValueError(f"conditioner fuse={cond_config.get('fuse', 'cross')!r} does not match "
+            raise ConfigError(f"conditioner fuse={cond_config.get('fuse', 'cross')!r} does not match "
                              f"lm.cross_attention={self.lm.cross_attention}")
         self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
         self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
@@ -100,7 +106,11 @@ class MusicGenModule(LightningModule):
         if "codes" in batch:
             codes, mask = batch["codes"], batch.get("mask")
             if codes.shape[1] != self.lm.n_q:
-                raise ValueError(f"token batch has {codes.shape[1]} codebooks, the LM models {self.lm.n_q}")
+                raise ConfigError(f"token batch has {codes.shape[1]} codebooks, the LM models lm.n_q={self.lm.n_q}")
+            card = max((int(m.get("cardinality") or 0) for m in batch.get("meta") or []), default=0)
+            if card > self.lm.card:  # token ids beyond the LM's embeddings: fail in one line, not in an index error
+                raise ConfigError(f"token shards hold codes of a {card}-code codec, above lm.card={self.lm.card}; "
+                                  f"set lm.card to {card}")
             if mask is None:
                 mask = torch.ones(codes.shape[0], codes.shape[-1], dtype=torch.bool, device=codes.device)
             return codes, mask.bool()
