@@ -22,7 +22,8 @@ Output (SHARD_DIR)
 
 Safety: `prepare` writes only into an empty or new folder, or one it prepared earlier from the same input;
 a folder holding anything else (another dataset's shards, other files) is refused unless `overwrite`,
-and even then only files with prepare's own names are replaced. A second run on the same folder while
+and even then only files with prepare's own names are replaced (the other files present then are
+recorded in prepare.json and accepted by later runs; new ones are refused again). A second run on the same folder while
 one is writing is refused (an advisory lock, released by the OS when its holder dies).
 
 Shard plan: a first run sorts the inputs and cuts them into shards of `shard_size` files. A re-run keeps
@@ -293,18 +294,24 @@ def _input_identity(source: Path) -> str:
     return str(source.resolve())
 
 
+def read_marker(output: Path) -> dict | None:
+    try:
+        marker = json.loads((output / MARKER_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return marker if isinstance(marker, dict) else {}
+
+
 def foreign_files(output: Path, source: Path, items: list[dict]) -> list[str]:
-    """Names in `output` that this prepare (from `source`) did not write: files of other names, or
-    shards of another input (another marker; without a marker, stats listing files not in the input)."""
+    """Names in `output` that this prepare (from `source`) did not write: files of other names (except
+    those present when an earlier `--overwrite` run adopted the folder), or shards of another input
+    (another marker; without a marker, stats listing files that are not in the input)."""
     names = sorted(os.listdir(output))
-    foreign = [n for n in names if not OWN_NAME.match(n)]
-    marker = output / MARKER_NAME
-    if marker.exists():
-        try:
-            recorded = json.loads(marker.read_text()).get("input")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            recorded = None
-        if recorded != _input_identity(source):
+    marker = read_marker(output)
+    adopted = set(marker.get("kept_foreign", [])) if marker and marker.get("input") == _input_identity(source) else set()
+    foreign = [n for n in names if not OWN_NAME.match(n) and n not in adopted]
+    if marker is not None:
+        if marker.get("input") != _input_identity(source):
             foreign += [n for n in names if OWN_NAME.match(n) and n not in (MARKER_NAME, LOCK_NAME)]
         return foreign
     known = {it["name"] for it in items}  # a folder from before markers existed: judge by its stats
@@ -322,22 +329,32 @@ def foreign_files(output: Path, source: Path, items: list[dict]) -> list[str]:
 
 def claim_output(output: str | os.PathLike, source: str | os.PathLike, items: list[dict],
                  overwrite: bool = False) -> OutputClaim:
-    """Create/lock the output folder and check it is ours to write (see the module docstring)."""
+    """Create/lock the output folder and check it is ours to write (see the module docstring).
+    A refused folder is left exactly as it was (the check runs before anything is written)."""
     output, source = Path(output), Path(source)
     if output.exists() and not output.is_dir():
         raise InputError(f"--output {output}: is a file; give a folder (new, empty, or prepared from this input)")
+
+    def refuse_foreign() -> None:
+        foreign = foreign_files(output, source, items) if output.is_dir() and not overwrite else []
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise InputError(f"--output {output}: holds files this prepare did not write ({shown}); choose "
+                             "another folder, or pass --overwrite to replace prepare's files in it")
+
+    refuse_foreign()
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"--output {output}: cannot create the folder ({exc.strerror})") from None
     claim = OutputClaim(output).acquire()
     try:
-        foreign = foreign_files(output, source, items)
-        if foreign and not overwrite:
-            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-            raise InputError(f"--output {output}: holds files this prepare did not write ({shown}); choose "
-                             "another folder, or pass --overwrite to replace prepare's files in it")
-        atomic_write_json(output / MARKER_NAME, {"format": MARKER_FORMAT, "input": _input_identity(source)})
+        refuse_foreign()  # again under the lock: another run may have claimed it meanwhile
+        marker = read_marker(output) or {}
+        kept = set(marker.get("kept_foreign", [])) if marker.get("input") == _input_identity(source) else set()
+        kept |= {n for n in os.listdir(output) if not OWN_NAME.match(n)}  # only non-empty with --overwrite
+        atomic_write_json(output / MARKER_NAME, {"format": MARKER_FORMAT, "input": _input_identity(source),
+                                                 "kept_foreign": sorted(kept)})
         for stale in output.glob("*.tmp-*"):  # leftovers of a killed run (the lock says none is running)
             if OWN_NAME.match(stale.name):
                 stale.unlink(missing_ok=True)
