@@ -248,6 +248,7 @@ class TokenDataModule(_ShardDataModule):
         self.segment_duration, self.min_segment_ratio = segment_duration, min_segment_ratio
         self.val_segment_duration = val_segment_duration
         self.text = TextAugment(merge_text_p, drop_desc_p, drop_other_p, word_dropout)
+        self._decoder(True)  # validate options now, not in a worker
 
     def _decoder(self, train: bool) -> CodeCrops:
         seg = self.segment_duration if train else (self.val_segment_duration or self.segment_duration)

@@ -65,10 +65,7 @@ class AudioCrops:
     def __init__(self, sample_rate: int = 32000, channels: int = 1, segment_duration: float | None = 30.0,
                  min_segment_ratio: float = 0.8, text: TextAugment | None = None,
                  normalize_loudness: bool = False, loudness_target: float = -14.0):
-        if segment_duration is not None and segment_duration <= 0:
-            raise ConfigError(f"segment_duration={segment_duration}: must be > 0 (or None for whole files)")
-        if not 0.0 <= min_segment_ratio <= 1.0:
-            raise ConfigError(f"min_segment_ratio={min_segment_ratio}: must be in [0, 1]")
+        check_crop_options(segment_duration, min_segment_ratio)
         self.sample_rate, self.channels = sample_rate, channels
         self.segment_duration, self.min_segment_ratio = segment_duration, min_segment_ratio
         self.text = text or TextAugment()
@@ -130,6 +127,13 @@ class AudioCrops:
                 "meta": [it["meta"] for it in items]}
 
 
+def check_crop_options(segment_duration: float | None, min_segment_ratio: float) -> None:
+    if segment_duration is not None and not segment_duration > 0:
+        raise ConfigError(f"segment_duration={segment_duration}: must be > 0 (or None for whole files)")
+    if not 0.0 <= min_segment_ratio <= 1.0:
+        raise ConfigError(f"min_segment_ratio={min_segment_ratio}: must be in [0, 1]")
+
+
 class CodeCrops:
     """Decode token samples (`codes.npy`: int [K, F]) into crops of `segment_duration` seconds of frames.
 
@@ -138,6 +142,7 @@ class CodeCrops:
 
     def __init__(self, segment_duration: float | None = 30.0, min_segment_ratio: float = 0.8,
                  text: TextAugment | None = None):
+        check_crop_options(segment_duration, min_segment_ratio)
         self.segment_duration, self.min_segment_ratio = segment_duration, min_segment_ratio
         self.text = text or TextAugment()
         self.num_codebooks: int | None = None
