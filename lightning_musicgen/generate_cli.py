@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from lightning_musicgen.errors import InputError, UserError
+from lightning_musicgen.errors import InputError
 
 __all__ = ["InputError", "build_parser", "check_inputs", "check_device", "RequestProgress", "run", "main"]
 
@@ -253,16 +253,10 @@ def run(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """A user error (bad input, checkpoint or audio file) is one line `error: ...` and exit code 2."""
     from lightning_musicgen.__main__ import run_verb
-    from lightning_musicgen.audio import AudioReadError
     args = build_parser().parse_args(argv)
 
     def generate() -> int:
-        try:
-            run(args)
-        except AudioReadError as exc:  # a melody/prompt file that fails while decoding
-            if isinstance(exc, UserError):
-                raise
-            raise InputError(str(exc)) from exc
+        run(args)
         return 0
     return run_verb(generate, ["generate"])
 

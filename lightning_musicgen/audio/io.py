@@ -9,10 +9,10 @@ import soundfile as sf
 import torch
 
 from lightning_musicgen.audio import dsp
+from lightning_musicgen.audio.channels import to_channels
+from lightning_musicgen.errors import AudioReadError  # a UserError (and a RuntimeError); importable from here
 
-
-class AudioReadError(RuntimeError):
-    """Raised when an audio file cannot be read; the message names the file and the reason."""
+__all__ = ["AudioReadError", "audio_info", "read_audio", "write_audio", "resample", "convert_channels", "load_audio"]
 
 
 def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
@@ -64,18 +64,10 @@ def resample(wav: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     return dsp.resample(wav, orig_sr, new_sr)
 
 
-def convert_channels(wav: torch.Tensor, channels: int) -> torch.Tensor:
-    """Convert [..., C, T] to `channels` (1: average; 2 from mono: duplicate)."""
-    have = wav.shape[-2]
-    if have == channels:
-        return wav
-    if channels == 1:
-        return wav.mean(dim=-2, keepdim=True)
-    if have == 1:
-        return wav.expand(*wav.shape[:-2], channels, wav.shape[-1]).contiguous()
-    if have > channels:
-        return wav[..., :channels, :]
-    raise ValueError(f"cannot convert {have} channels to {channels}")
+def convert_channels(wav: torch.Tensor, channels: int, order: str = "wav") -> torch.Tensor:
+    """Convert [..., C, T] to `channels`: mono is duplicated, stereo averaged to mono, surround (3-8
+    channels in `order`, "wav" or "vorbis") downmixed with ITU-R BS.775 coefficients (audio/channels.py)."""
+    return to_channels(wav, channels, order)
 
 
 def load_audio(path, sample_rate: int | None = None, channels: int | None = None,
