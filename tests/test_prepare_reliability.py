@@ -110,6 +110,19 @@ def test_7_output_folder_of_another_dataset_a_file_or_a_running_prepare_is_refus
     # the same input again: no --overwrite needed (the folder is prepare's now)
     assert prepare(tmp_path / "a", mixed, sample_rate=SR, min_duration=0.1, progress=False)["samples"] == 3
 
+    # folders without prepare.json (older versions, other tools): judged by their records
+    (theirs / "prepare.json").unlink()
+    assert prepare(tmp_path / "a", theirs, sample_rate=SR, shard_size=2, min_duration=0.1,
+                   progress=False)["samples"] == 3                      # its stats list only files of this input
+    tokens = tmp_path / "tokens"                                        # token shards written by `tokenize`
+    tokens.mkdir()
+    (tokens / "shard-000000.tar").write_bytes(b"tokens")
+    (tokens / "shard-000000.stats.json").write_text(json.dumps({"name": "shard-000000.tar", "codec": {}}))
+    (tokens / "index.json").write_text(json.dumps({"kind": "tokens"}))
+    with pytest.raises(InputError, match="holds files this prepare did not write"):
+        prepare(tmp_path / "a", tokens, sample_rate=SR, min_duration=0.1, progress=False)
+    assert (tokens / "shard-000000.tar").read_bytes() == b"tokens" and not (tokens / ".prepare.lock").exists()
+
     # a second prepare while one is writing: refused by the lock; the first completes intact
     write_tones(tmp_path / "big", [f"c{i:02d}.wav" for i in range(8)], seconds=1.0)
     out = tmp_path / "out"

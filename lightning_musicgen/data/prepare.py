@@ -111,7 +111,8 @@ def _manifest_row(row: dict, where: str, base: Path) -> dict:
 
 def walk_folder(source: Path, exclude: Path | None = None) -> tuple[dict[Path, list[Path]], list[dict]]:
     """Files per folder under `source` (symlinked folders followed once) and the ignored paths:
-    unreadable folders, broken symlinks, symlink loops. `exclude` (the output folder) is not entered."""
+    unreadable folders, broken symlinks, second paths to a folder (symlinks). `exclude` (the output folder)
+    is not entered."""
     ignored: list[dict] = []
     folders: dict[Path, list[Path]] = {}
     seen: set[tuple[int, int]] = set()
@@ -128,7 +129,8 @@ def walk_folder(source: Path, exclude: Path | None = None) -> tuple[dict[Path, l
             dirs[:] = []
             continue
         if (st.st_dev, st.st_ino) in seen:  # a symlink back to a folder already scanned
-            ignored.append(report_entry(root_path, "ignored", "symlink_loop", "folder already scanned"))
+            ignored.append(report_entry(root_path, "ignored", "already_scanned",
+                                        "a symlink to a folder scanned before"))
             dirs[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
@@ -308,20 +310,24 @@ def foreign_files(output: Path, source: Path, items: list[dict]) -> list[str]:
     (another marker; without a marker, stats listing files that are not in the input)."""
     names = sorted(os.listdir(output))
     marker = read_marker(output)
-    adopted = set(marker.get("kept_foreign", [])) if marker and marker.get("input") == _input_identity(source) else set()
+    same_input = marker is not None and marker.get("input") == _input_identity(source)
+    adopted = set(marker.get("kept_foreign", [])) if same_input else set()
     foreign = [n for n in names if not OWN_NAME.match(n) and n not in adopted]
     if marker is not None:
         if marker.get("input") != _input_identity(source):
             foreign += [n for n in names if OWN_NAME.match(n) and n not in (MARKER_NAME, LOCK_NAME)]
         return foreign
-    known = {it["name"] for it in items}  # a folder from before markers existed: judge by its stats
+    # a folder from before markers existed: prepare's if its records list only files of this input
+    known = {it["name"] for it in items}
     for n in names:
-        if STATS_NAME.match(n):
+        if STATS_NAME.match(n) or n == "index.json":
             try:
-                sources = json.loads((output / n).read_text()).get("sources", [])
-            except (OSError, json.JSONDecodeError, AttributeError):
-                sources = [None]
-            if not set(sources) <= known:
+                record = json.loads((output / n).read_text())
+                ours = (record.get("kind") == "audio" if n == "index.json"
+                        else isinstance(record.get("sources"), list) and set(record["sources"]) <= known)
+            except (OSError, json.JSONDecodeError, AttributeError, TypeError):
+                ours = False
+            if not ours:  # token shards, another input's shards, or unreadable records
                 foreign += [m for m in names if OWN_NAME.match(m) and m != LOCK_NAME]
                 break
     return foreign
@@ -385,7 +391,8 @@ def previous_plan(output: Path, shard_size: int) -> dict[int, list[str]]:
     return plan
 
 
-def plan_shards(items: list[dict], shard_size: int, previous: dict[int, list[str]] | None = None) -> dict[int, list[dict]]:
+def plan_shards(items: list[dict], shard_size: int,
+                previous: dict[int, list[str]] | None = None) -> dict[int, list[dict]]:
     """Shard number -> items. Known files stay in their shard; new ones fill the last shard, then new ones."""
     by_name = {it["name"]: it for it in items}
     plan: dict[int, list[dict]] = {}
@@ -498,7 +505,8 @@ def _fingerprint(items: list[dict]) -> str:
             stamp = [st.st_size, st.st_mtime_ns]
         except OSError:
             stamp = None
-        h.update(json.dumps([it["name"], it["meta"], stamp], sort_keys=True, default=str).encode("utf-8", "backslashreplace"))
+        record = json.dumps([it["name"], it["meta"], stamp], sort_keys=True, default=str)
+        h.update(record.encode("utf-8", "backslashreplace"))
     return h.hexdigest()
 
 
@@ -612,7 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parallel processes (default: CPU count, at most 8)")
     p.add_argument("--min-duration", type=float, default=1.0, help="skip files shorter than this (s, default 1)")
     p.add_argument("--silence-db", type=float, default=-60.0,
-                   help="skip files whose RMS after the channel conversion is at or below this level (dBFS, default -60)")
+                   help="skip files whose RMS after the channel conversion is at or below this level "
+                        "(dBFS, default -60)")
     p.add_argument("--skip-truncated", action="store_true",
                    help="skip truncated files (default: keep what decodes; either way they are in report.tsv)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
