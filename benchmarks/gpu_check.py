@@ -448,20 +448,21 @@ def measure_training(ctx, size: LMSize, lm, bf16: bool, tag: str) -> dict:
     """tokens/s, MFU and peak memory of the LM training step at `size`'s batch (halved on OOM)."""
     device, batch = ctx.device, size.batch
     while True:
+        step = opt = None
         try:
-            codes, cond = lm_batch(size, device, batch, size.frames, seed=1)
             free_memory(device)
+            codes, cond = lm_batch(size, device, batch, size.frames, seed=1)
             step, opt = lm_train_step_fn(lm, codes, cond, device, bf16)
             times = time_steps(step, device, ctx.plan.warmup_steps, ctx.plan.timed_steps)
             peak = peak_gib(device)
-            del opt, step
             break
         except Exception as exc:  # noqa: BLE001 - only OOM is retried
             if not is_oom(exc) or batch == 1:
                 raise
-            lm.zero_grad(set_to_none=True)
             batch //= 2
-    lm.zero_grad(set_to_none=True)
+        finally:
+            step = opt = None  # the optimizer states go before a retry
+            lm.zero_grad(set_to_none=True)
     free_memory(device)
     return training_figures(ctx, size, lm.config, batch, times, peak, tag)
 
@@ -1146,8 +1147,7 @@ def main(argv=None) -> int:
         print("--device cuda: no CUDA device is visible", file=sys.stderr)
         return 2
     device = torch.device("cuda" if (args.device != "cpu" and torch.cuda.is_available()) else "cpu")
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 is the reference of the comparisons
-    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False  # (torch's default) fp32 matmuls are the comparisons' reference
     tiny = args.tiny or device.type == "cpu"
     plan = make_plan(device, tiny, args.compile_backend)
     bf16, precision_line = precision_decision(device)
