@@ -641,7 +641,7 @@ def sdpa_check(name: str, seen: dict, forced: dict, device: torch.device) -> Che
 
 
 def check_sdpa(ctx: Context) -> list[Check]:
-    from lightning_musicgen.generation import default_dtype
+    from lightning_musicgen.precision import inference_dtype
     size, device = ctx.plan.sizes["small"], ctx.device
     lm = build_lm(size, device)
     codes, cond = lm_batch(size, device, ctx.plan.compare_batch, ctx.plan.compare_frames)
@@ -655,7 +655,7 @@ def check_sdpa(ctx: Context) -> list[Check]:
     checks = [sdpa_check("sdpa_training", seen, forced, device)]
     checks[0].values["precision"] = "bf16 autocast" if ctx.bf16 else "fp32"
     # cached decoding as MusicGen runs it: LM weights in the generation dtype, CFG doubles the batch
-    dtype = default_dtype(device)
+    dtype = inference_dtype("auto", device)
     lm = lm.to(dtype).eval()
     B = 2 * ctx.plan.compare_batch
     cond2 = cond.cat(cond)
@@ -1006,11 +1006,11 @@ def check_generation_equal(ctx: Context) -> list[Check]:
 
 
 def check_generation_speed(ctx: Context) -> list[Check]:
-    from lightning_musicgen.generation import default_dtype
+    from lightning_musicgen.precision import inference_dtype
     size, device = ctx.plan.sizes["small"], ctx.device
-    lm = build_lm(size, torch.device("cpu") if device.type == "cpu" else device).eval()
+    lm = build_lm(size, device).eval()
     conditioner = minilm_conditioner(size.dim)
-    dtype = default_dtype(device)
+    dtype = inference_dtype("auto", device)
     model = musicgen(ctx, lm, conditioner, device, dtype)
     del lm
     figures, ok = {}, True
@@ -1077,18 +1077,10 @@ def machine_info(device: torch.device) -> dict:
 
 
 def precision_decision(device: torch.device) -> tuple[bool, str]:
-    """(train in bf16?, a line saying what decided it)."""
-    try:
-        from lightning_musicgen import precision as package_precision  # the package's single decision
-    except ImportError:
-        package_precision = None
-    if package_precision is not None and hasattr(package_precision, "default_precision"):
-        chosen = str(package_precision.default_precision(device))
-        return chosen.startswith("bf16"), f"{chosen} (lightning_musicgen.precision.default_precision)"
-    from lightning_musicgen.generation import bf16_available
-    bf16 = bf16_available(device)
-    return bf16, (f"{'bf16-mixed' if bf16 else '32-true'} (lightning_musicgen.generation.bf16_available: "
-                  f"{'native bf16' if bf16 else 'no fast bf16'} on this {device.type})")
+    """(train in bf16?, a line saying what decided it): the package's one precision decision."""
+    from lightning_musicgen.precision import training_precision
+    chosen, reason = training_precision("auto", device.type)
+    return chosen.startswith("bf16"), f"{chosen} ({reason}; lightning_musicgen.precision.training_precision)"
 
 
 def measured_matmul_tflops(device: torch.device, n: int = 1024, seconds: float = 0.5) -> float:

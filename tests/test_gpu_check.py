@@ -58,7 +58,9 @@ def test_cpu_mode_report_structure(run):
     assert report["mode"] == "cpu-tiny" and "no CUDA GPU" in report["note"]
     assert report["machine"]["torch"] == torch.__version__ and report["machine"]["cpu"]
     assert "measured fp32 matmul on this CPU" in report["peak"]["label"] and report["peak"]["flops"] > 0
-    assert "bf16_available" in report["precision"] or "lightning_musicgen.precision" in report["precision"]
+    from lightning_musicgen.precision import training_precision
+    expected = training_precision("auto", "cpu")[0]  # 32-true on an AVX2-only CPU
+    assert report["precision"].startswith(expected) and report["bf16"] == expected.startswith("bf16")
     checks = by_name(report)
     assert len(checks) == len(report["checks"]) and set(checks) == EXPECTED_CHECKS
     for c in report["checks"]:
@@ -85,7 +87,8 @@ def test_cpu_mode_outcomes(run):
     compiled = checks["compile_vs_eager"]
     assert compiled["status"] == "PASS" and compiled["values"]["backend"] == "aot_eager"
     assert compiled["values"]["compiled_layers"] == report["sizes"]["small"]["layers"]
-    assert compiled["values"]["relative_difference"] <= 1e-4 and compiled["values"]["grad_cosine"] >= 0.9999
+    tol, cos = (1e-2, 0.99) if report["bf16"] else (1e-4, 0.9999)
+    assert compiled["values"]["relative_difference"] <= tol and compiled["values"]["grad_cosine"] >= cos
     gen = checks["generation_greedy_equal"]
     assert gen["status"] == "PASS" and gen["values"]["differ"] == 0 and gen["values"]["tokens"] > 0
     assert gen["values"]["sides"] == ["CPU (CpuDecodeKernels)", "CPU (plain torch kernels)"]
