@@ -1143,6 +1143,10 @@ def main(argv=None) -> int:
     transformers.utils.logging.disable_progress_bar()
     from lightning_musicgen.cli import silence_expected_warnings
     silence_expected_warnings()
+    for message in (r"You defined a `validation_step` but have no `val_dataloader`",  # no validation here
+                    r"Found \d+ module\(s\) in eval mode",  # the frozen text encoder
+                    r"When using ``NO_SHARD`` for ``ShardingStrategy``"):  # world size 1 (said in the figure)
+        warnings.filterwarnings("ignore", message=message)
     budget = Budget(args.max_seconds)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device is visible", file=sys.stderr)
