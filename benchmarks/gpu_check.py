@@ -1,6 +1,6 @@
 """GPU check: every CUDA path of the package run once, checked, and measured, in one short command.
 
-    python benchmarks/gpu_check.py                      # no arguments needed; < 8 min on one H100
+    python benchmarks/gpu_check.py                      # no arguments needed; sized for < 8 min on one H100
     python benchmarks/gpu_check.py --peak-tflops 989    # name the GPU's peak bf16 TFLOP/s yourself
     python benchmarks/gpu_check.py --only lm,generation # a subset (name prefixes)
 
