@@ -49,7 +49,6 @@ so (the test suite runs it that way: tests/test_gpu_check.py); there torch.compi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import gc
 import json
@@ -418,8 +417,8 @@ def hf_train_step_fn(size: LMSize, device: torch.device, bf16: bool, codes, cond
     K, card = size.n_q, size.card
     cfg = MusicgenDecoderConfig(vocab_size=card, hidden_size=size.dim, num_hidden_layers=layers,
                                 num_attention_heads=size.heads, ffn_dim=4 * size.dim, num_codebooks=K,
-                                pad_token_id=card, bos_token_id=card, max_position_embeddings=max(2048, codes.shape[-1] + K),
-                                attn_implementation="sdpa", dropout=0.0)
+                                pad_token_id=card, bos_token_id=card, attn_implementation="sdpa", dropout=0.0,
+                                max_position_embeddings=max(2048, codes.shape[-1] + K))
     torch.manual_seed(0)
     with torch.device(device):
         model = MusicgenForCausalLM(cfg).train()
@@ -480,12 +479,10 @@ def training_figures(ctx, size: LMSize, config: dict, batch: int, times: list[fl
     detail = (f"{tag}: batch {batch} x {size.frames} frames, {step_s * 1e3:.1f} ms/step, "
               f"{r['achieved_tflops']:.3g} TFLOP/s" + ("" if peak is None else f", peak memory {peak:.1f} GiB"))
     ctx.report.measure(f"lm_train/{tag}/tokens_per_s", r["tokens_per_s"], "tokens/s", detail)
-    is_small_bf16 = size.label == "small" and ctx.bf16
-    ctx.report.measure(f"lm_train/{tag}/mfu", None if mfu is None else 100 * mfu, "%",
-                       f"over {ctx.peak_label}",
-                       target=f">= {TARGET_MFU_SMALL:.0%} (bf16, flash)" if is_small_bf16 and not ctx.plan.tiny else None,
-                       target_met=(mfu >= TARGET_MFU_SMALL) if is_small_bf16 and mfu is not None and not ctx.plan.tiny
-                       else None)
+    has_target = size.label == "small" and ctx.bf16 and not ctx.plan.tiny
+    ctx.report.measure(f"lm_train/{tag}/mfu", None if mfu is None else 100 * mfu, "%", f"over {ctx.peak_label}",
+                       target=f">= {TARGET_MFU_SMALL:.0%} (bf16, flash)" if has_target else None,
+                       target_met=mfu >= TARGET_MFU_SMALL if has_target and mfu is not None else None)
     if peak is not None:
         ctx.report.measure(f"lm_train/{tag}/peak_memory", peak, "GiB", "torch.cuda.max_memory_allocated")
     return r
@@ -1005,8 +1002,9 @@ def check_generation_equal(ctx: Context) -> list[Check]:
     first = None
     if differ:
         first = int((codes_a != codes_b).any(dim=0).any(dim=0).nonzero()[0])
+    outcome = "all equal" if not differ else f"{differ} differ (first at frame {first})"
     figure = (f"{a_name} vs {b_name}, greedy, CFG 3, fp32, {codes_a.shape[0]} x {codes_a.shape[1]} x "
-              f"{codes_a.shape[2]} tokens: {'all equal' if not differ else f'{differ} differ (first at frame {first})'}")
+              f"{codes_a.shape[2]} tokens: {outcome}")
     del a, b
     free_memory(device)
     return [Check("generation_greedy_equal", "PASS" if differ == 0 and codes_a.numel() > 0 else "FAIL", figure,
@@ -1031,7 +1029,8 @@ def check_generation_speed(ctx: Context) -> list[Check]:
         deltas = [b - a for a, b in zip(stamps, stamps[1:])]
         ms = statistics.median(deltas) * 1e3
         frames = model.num_frames(ctx.plan.gen_seconds)
-        valid = tuple(codes.shape) == (batch, size.n_q, frames) and int(codes.min()) >= 0 and int(codes.max()) < size.card
+        in_range = 0 <= int(codes.min()) <= int(codes.max()) < size.card
+        valid = tuple(codes.shape) == (batch, size.n_q, frames) and in_range
         ok = ok and valid
         peak = peak_gib(device)
         figures[batch] = dict(ms_per_step=ms, steps=len(stamps), valid_codes=valid, peak_gib=peak)
