@@ -17,7 +17,7 @@ Checks (random weights, MusicGen sizes):
   call runs a fused kernel (not math);
 - `xformers_vs_sdpa`: an LM with `attention_backend="xformers"` equal to the SDPA one (logits,
   loss, gradients, cached decoding) within bf16 tolerance; SKIP with the reason when xformers is
-  not installed or there is no GPU (the comparison still runs on the SDPA fallback);
+  not installed or there is no GPU (on CPU the comparison still runs, on the SDPA fallback);
 - `compile_vs_eager`: the LM with each DecoderLayer compiled (the `CompileLayers` callback of
   configs/trainer/compile.yaml) gives the eager loss and gradients;
 - `codec_gan_step/{fp32,bf16}`: CodecModule (configs/codec/encodec_32khz.yaml) trained for a few
