@@ -614,33 +614,39 @@ def forced_backends(calls: dict, device: torch.device) -> dict[str, dict[str, st
     return out
 
 
-def profile_sdpa(lm, run, device: torch.device) -> tuple[dict, dict]:
+def profile_sdpa(lm, run, device: torch.device) -> tuple[dict, dict, list[str]]:
+    """(backends seen per call kind, backends that run each call alone, CUDA attention kernel names)."""
     recorder = SdpaRecorder(lm)
     activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
     try:
         with torch.profiler.profile(activities=activities) as prof, recorder:
             run()
             sync(device)
     finally:
         recorder.close()
-    return sdpa_backends_seen(prof), forced_backends(recorder.calls, device)
+    kernels = sorted({e.name for e in prof.events() if str(e.device_type).endswith("CUDA")
+                      and re.search(r"flash|fmha|attention|cudnn|sdp", e.name, re.IGNORECASE)})
+    return sdpa_backends_seen(prof), forced_backends(recorder.calls, device), kernels
 
 
-def sdpa_check(name: str, seen: dict, forced: dict, device: torch.device) -> Check:
+def sdpa_check(name: str, seen: dict, forced: dict, kernels: list[str], device: torch.device) -> Check:
     fused = {"flash", "memory-efficient", "cudnn"}
     parts = [f"{label}: {'+'.join(b)}" for label, b in sorted(seen.items())]
     alone = "; ".join(f"{label} forced alone: " + ", ".join(k for k, v in r.items() if v == "runs")
                       for label, r in sorted(forced.items()))
+    values = dict(seen=seen, forced=forced, cuda_kernels=kernels)
     if not seen:
-        return Check(name, "FAIL", "no attention call was recorded", dict(seen=seen, forced=forced))
+        return Check(name, "FAIL", "no attention call was recorded", values)
     if device.type == "cuda":
         ok = all(set(b) <= fused for b in seen.values())
         verdict = "every call runs a fused kernel" if ok else "a call falls back to math"
     else:
         ok = True
         verdict = "CPU: what runs here (no flash/memory-efficient CUDA kernels on CPU)"
-    return Check(name, "PASS" if ok else "FAIL", f"{'; '.join(parts)} ({verdict}). {alone}",
-                 dict(seen=seen, forced=forced))
+    shown = f". CUDA kernels: {', '.join(k[:60] for k in kernels[:4])}" if kernels else ""
+    return Check(name, "PASS" if ok else "FAIL", f"{'; '.join(parts)} ({verdict}). {alone}{shown}", values)
 
 
 def check_sdpa(ctx: Context) -> list[Check]:
@@ -654,8 +660,7 @@ def check_sdpa(ctx: Context) -> list[Check]:
             loss = lm.loss(codes, cond)[0]
         loss.backward()
 
-    seen, forced = profile_sdpa(lm, train_step, device)
-    checks = [sdpa_check("sdpa_training", seen, forced, device)]
+    checks = [sdpa_check("sdpa_training", *profile_sdpa(lm, train_step, device), device)]
     checks[0].values["precision"] = "bf16 autocast" if ctx.bf16 else "fp32"
     # cached decoding as MusicGen runs it: LM weights in the generation dtype, CFG doubles the batch
     dtype = inference_dtype("auto", device)
@@ -672,8 +677,7 @@ def check_sdpa(ctx: Context) -> list[Check]:
             logits = lm(x, cond2, cache=cache)
             x = logits[:, :, -1:].argmax(-1)
 
-    seen, forced = profile_sdpa(lm, decode, device)
-    checks.append(sdpa_check("sdpa_decoding", seen, forced, device))
+    checks.append(sdpa_check("sdpa_decoding", *profile_sdpa(lm, decode, device), device))
     checks[1].values["dtype"] = str(dtype)
     if device.type == "cpu":
         checks[1].figure += " (MusicGen.generate on CPU replaces the 1-query attention by CpuDecodeKernels)"
