@@ -4,7 +4,7 @@
     python benchmarks/gpu_check.py --peak-tflops 989    # name the GPU's peak bf16 TFLOP/s yourself
     python benchmarks/gpu_check.py --only lm,generation # a subset (name prefixes)
 
-Prints a table and writes a JSON report (`--out`, default gpu_check_report.json). Each check is
+Prints a table and writes a JSON report (`--out`, default runs/gpu_check/report.json). Each check is
 PASS / FAIL / SKIP with the figure it was decided on; any FAIL makes the exit status 1.
 
 Checks (random weights, MusicGen sizes):
@@ -1123,7 +1123,7 @@ def peak_decision(device: torch.device, override: float | None) -> tuple[float |
 # ---- main ---------------------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="gpu_check_report.json", help="the JSON report (default: %(default)s)")
+    p.add_argument("--out", default="runs/gpu_check/report.json", help="the JSON report (default: %(default)s)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--tiny", action="store_true", help="tiny sizes (implied on CPU)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's peak bf16 TFLOP/s (overrides the table)")
