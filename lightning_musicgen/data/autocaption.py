@@ -10,8 +10,10 @@
   prior around 120 BPM (one octave). Beat periods are found up to a factor of two (it may report the
   eighth-note or half-note pulse of the notated beat).
 - Key (`KeyEstimator`): the time-averaged chroma of the package's `ChromaExtractor` (without its argmax
-  bottleneck; bin 0 = C) correlated (Pearson) with the 24 rotations of the Krumhansl-Kessler (default) or
-  Temperley major/minor key profiles; the best rotation is the key, its correlation the confidence.
+  bottleneck; bin 0 = C) correlated (Pearson) with the 24 rotations of the Temperley (Kostka-Payne corpus,
+  default) or Krumhansl-Kessler major/minor key profiles, each first spread over the pitch classes of a
+  note's harmonics 2..7 (amplitude 0.6**(h-1)) as an audio chroma sees them; the best rotation is the key,
+  its correlation the confidence.
 
 `AutoCaptioner.analyze(list of mono 16 kHz waveforms [T])` -> one dict per file:
 `{"tags": {tag: probability} (top 10), "bpm": float, "bpm_confidence": float, "key": "D minor",
@@ -93,7 +95,7 @@ def harmonic_profile(profile: np.ndarray, decay: float) -> np.ndarray:
 class KeyEstimator:
     """mono [T] at `sample_rate` -> (key name, correlation with its profile)."""
 
-    def __init__(self, sample_rate: int = SAMPLE_RATE, profiles: str = "krumhansl", harmonic_decay: float = 0.6):
+    def __init__(self, sample_rate: int = SAMPLE_RATE, profiles: str = "temperley", harmonic_decay: float = 0.6):
         if profiles not in KEY_PROFILES:
             raise ValueError(f"key profiles {profiles!r}: not one of {sorted(KEY_PROFILES)}")
         # ~0.5 s windows: enough frequency resolution to separate semitones down to ~C2
@@ -220,7 +222,7 @@ class AutoCaptioner:
     Args:
         tagger_checkpoint: a musicnn TensorFlow checkpoint prefix (default: `MTT_vgg` inside the installed
             `musicnn` package; `pip install --no-deps musicnn`).
-        key_profiles: "krumhansl" or "temperley".
+        key_profiles: "temperley" or "krumhansl".
         max_seconds: analyse at most this much of each file (its middle part).
         max_tag_patches: the tagger sees at most this many 3 s patches per file, evenly spaced (it costs
             ~0.3 s of one CPU core per patch; tempo and key always use the whole excerpt).
@@ -229,7 +231,7 @@ class AutoCaptioner:
 
     version = 1  # bump when the analysis changes: cached results of other versions are recomputed
 
-    def __init__(self, tagger_checkpoint: str | None = None, key_profiles: str = "krumhansl",
+    def __init__(self, tagger_checkpoint: str | None = None, key_profiles: str = "temperley",
                  min_bpm: float = 40.0, max_bpm: float = 240.0, max_seconds: float = 180.0,
                  max_tag_patches: int = 10, max_tags: int = 3, tag_threshold: float = 0.2):
         from lightning_musicgen.metrics.embedders.musicnn import MTT_LABELS, MusicnnVGG

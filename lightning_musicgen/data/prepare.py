@@ -176,13 +176,17 @@ def melody_member(item: dict, sample_rate: int, channels: int) -> bytes | None:
     return encode_flac(wav / peak if peak > 1.0 else wav, sample_rate)
 
 
-def auto_caption(items: list[dict], output: Path, progress: bool) -> list[dict]:
-    """`--auto-caption`: a caption for every item without a description (users' captions win)."""
+def auto_caption(items: list[dict], output: Path, progress: bool, options: dict | None = None) -> list[dict]:
+    """`--auto-caption`: a caption for every item without a description (users' captions win); `options`
+    are `AutoCaptioner` keyword arguments."""
     import importlib.util
     if importlib.util.find_spec("musicnn") is None:
         raise InputError("--auto-caption needs the musicnn tagger weights: pip install --no-deps musicnn")
-    from lightning_musicgen.data.autocaption import fill_captions
-    return fill_captions(items, cache_path=output / AUTOCAPTION_CACHE, progress=progress)
+    from lightning_musicgen.data.autocaption import AutoCaptioner, fill_captions, has_caption
+    if not any(not has_caption(it["meta"]) for it in items):
+        return items
+    return fill_captions(items, cache_path=output / AUTOCAPTION_CACHE, progress=progress,
+                         captioner=AutoCaptioner(**(options or {})))
 
 
 def _shard_task(task: dict) -> dict:
@@ -261,8 +265,9 @@ def _done(output: Path, task: dict) -> dict | None:
 
 def prepare(source, output, sample_rate: int = 32000, channels: int = 1, shard_size: int = 100,
             workers: int = 1, min_duration: float = 1.0, silence_db: float = -60.0, progress: bool = True,
-            extra_index: dict | None = None, auto_captions: bool = False) -> dict:
-    """Build (or complete) the shard directory `output` from `source`; returns the index dict."""
+            extra_index: dict | None = None, auto_captions: bool | dict = False) -> dict:
+    """Build (or complete) the shard directory `output` from `source`; returns the index dict.
+    `auto_captions`: caption inputs without a description (True, or `AutoCaptioner` keyword options)."""
     if shard_size < 1:
         raise InputError(f"--shard-size {shard_size}: must be >= 1")
     if channels not in (1, 2) or sample_rate <= 0:
@@ -273,7 +278,7 @@ def prepare(source, output, sample_rate: int = 32000, channels: int = 1, shard_s
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     if auto_captions:
-        items = auto_caption(items, output, progress)
+        items = auto_caption(items, output, progress, {} if auto_captions is True else dict(auto_captions))
     for stale in output.glob("*.tmp-*"):  # leftovers of a killed run
         stale.unlink(missing_ok=True)
     tasks = [{"name": shard_name(i), "items": items[s:s + shard_size], "first_index": s, "output": str(output),
