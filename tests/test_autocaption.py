@@ -89,7 +89,7 @@ def test_caption_sentence_and_batched_tagging():
 
 @pytest.fixture(scope="module")
 def demo_pieces(tmp_path_factory):
-    """The first 14 pieces of the demo dataset (seed 0), 20 s each, with their real key and tempo."""
+    """The first 12 pieces of the demo dataset (seed 0), 20 s each, with their real key and tempo."""
     from lightning_musicgen.data import demo
     out = tmp_path_factory.mktemp("demo")
     common = {"out_dir": str(out), "soundfont": demo.default_soundfont(), "sample_rate": 32000, "channels": 1,
@@ -99,7 +99,7 @@ def demo_pieces(tmp_path_factory):
         meta = demo.render_piece({**spec, **common})
         if "error" not in meta and meta["duration"] >= 10 and meta.get("key"):
             pieces.append(meta)
-        if len(pieces) == 14:
+        if len(pieces) == 12:
             return out, pieces
 
 

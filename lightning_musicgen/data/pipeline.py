@@ -15,9 +15,9 @@ start, deterministic captions.
 Decoders turn a raw sample into a tensor: `AudioCrops` (FLAC/wav/ogg/mp3 blobs -> wav crops) and
 `CodeCrops` (`codes.npy` -> code crops). A sample with a melody conditioning file (`melody.flac`, written by
 `prepare` from `melody_path`) also gets that file cropped at the same time span; a batch in which any sample
-has one carries `melody` [B, C, T] (the samples without one get their own crop there). A sample that fails to decode, has no audio, or has non-finite
-values is skipped and counted; the count travels in each item's `meta["skipped_samples"]` (per worker,
-cumulative) and the datamodule sums it.
+has one carries `melody` [B, C, T] (the samples without one get their own crop there). A sample that fails to
+decode, has no audio, or has non-finite values is skipped and counted; the count travels in each item's
+`meta["skipped_samples"]` (per worker, cumulative) and the datamodule sums it.
 """
 from __future__ import annotations
 
