@@ -144,3 +144,23 @@ def test_auto_captions_of_demo_pieces(demo_pieces, tmp_path):
     prepare(manifest, out, sample_rate=16000, shard_size=8, progress=False, auto_captions=options)
     assert (out / "autocaption.jsonl").read_text() == cache
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")} == stamps
+
+
+def test_prepare_cli_auto_caption_fills_only_the_gaps(tmp_path):
+    from lightning_musicgen.data.prepare import main
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sf.write(folder / "clicks.wav", click_track(100.0, seconds=8.0).numpy(), SR)
+    sf.write(folder / "mine.wav", click_track(140.0, seconds=8.0).numpy(), SR)
+    (folder / "mine.json").write_text(json.dumps({"description": "my metronome"}))
+    (folder / "broken.wav").write_bytes(b"RIFF not really audio")
+    assert main(["--input", str(folder), "--output", str(tmp_path / "out"), "--auto-caption", "--workers", "1",
+                 "--no-progress"]) == 0
+    with tarfile.open(tmp_path / "out" / "shard-000000.tar") as tar:
+        metas = {m["source"]: m for m in (json.loads(tar.extractfile(x).read()) for x in tar.getmembers()
+                                          if x.name.endswith(".json"))}
+    assert set(metas) == {"clicks.wav", "mine.wav"}  # the unreadable file is skipped and reported, not fatal
+    assert metas["mine.wav"]["description"] == "my metronome" and "auto_caption" not in metas["mine.wav"]
+    auto = metas["clicks.wav"]["auto_caption"]
+    assert metas["clicks.wav"]["description"] == auto["caption"] and within(auto["bpm"], 100.0, 0.01)
+    assert "broken.wav" in (tmp_path / "out" / "report.tsv").read_text()
