@@ -87,6 +87,9 @@ def test_the_melody_file_is_cropped_at_the_audio_crop_span(dataset):
     assert torch.equal(batch["melody"][1], batch["wav"][1])  # no melody file: its own crop
     short = crops._melody_crop(a, 7.0, 2 * SR)  # past the melody file's end: zero-padded to the crop's length
     assert short.shape == (1, 2 * SR) and short[:, SR:].abs().max() == 0 and short[:, :SR].abs().max() > 0.4
+    assert torch.equal(crops._melody_crop(a, 9.0, 2 * SR), torch.zeros(1, 2 * SR))  # entirely past its end
+    resampling = AudioCrops(sample_rate=SR * 2, channels=2, segment_duration=2.0, min_segment_ratio=1.0)
+    assert torch.equal(resampling._melody_crop(a, 9.0, 4 * SR), torch.zeros(2, 4 * SR))
 
 
 def test_the_lm_is_conditioned_on_the_melody_file_chroma(dataset, tmp_path):

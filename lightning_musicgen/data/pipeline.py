@@ -131,6 +131,8 @@ class AudioCrops:
             raise CorruptSample(f"{sample.get('__key__')}: melody: {exc}") from None
         if not torch.isfinite(wav).all():
             raise CorruptSample(f"{sample.get('__key__')}: non-finite melody samples")
+        if wav.shape[-1] == 0:  # the melody file ended before this crop: silence, i.e. the null melody
+            return torch.zeros(self.channels, length)
         wav = resample(convert_channels(wav, self.channels), sr, self.sample_rate)[:, :length]
         return torch.nn.functional.pad(wav, (0, length - wav.shape[-1]))
 
