@@ -20,6 +20,15 @@ Output (SHARD_DIR)
     kept with a problem (truncated) or ignored, and why;
   - `prepare.json`: which input the folder was prepared from; `.prepare.lock`: held while a run writes.
 
+Melody conditioning files: an input whose metadata has `melody_path` (a path relative to its sidecar's folder
+or to the manifest; absolute paths as they are) gets that file, converted like the audio, as an extra member
+`KEY.melody.flac`; the streaming pipeline crops it at the same time span as the audio and the melody
+conditioner takes its chroma instead of the crop's. An unreadable melody file skips the sample
+(`melody_unreadable`).
+
+`--auto-caption`: inputs without a description get one from `data/autocaption.py` (tags, tempo, key), with
+the raw analysis in `auto_caption`; the analyses are cached in `OUTPUT/autocaption.jsonl`.
+
 Safety: `prepare` writes only into an empty or new folder, or one it prepared earlier from the same input;
 a folder holding anything else (another dataset's shards, other files) is refused unless `overwrite`,
 and even then only files with prepare's own names are replaced (the other files present then are
@@ -58,21 +67,23 @@ import torch
 
 from lightning_musicgen.audio.channels import channel_order, to_channels
 from lightning_musicgen.audio.integrity import read_checked
-from lightning_musicgen.audio.io import resample, write_audio
-from lightning_musicgen.data.shards import (AtomicShardWriter, atomic_write_json, json_bytes, sample_key,
-                                            shard_name, write_index)
+from lightning_musicgen.audio.io import convert_channels, read_audio, resample, write_audio
+from lightning_musicgen.data.shards import (MELODY_MEMBER, AtomicShardWriter, atomic_write_json, json_bytes,
+                                            sample_key, shard_name, write_index)
 from lightning_musicgen.errors import AudioReadError, InputError
 
 AUDIO_SUFFIXES = {".flac", ".wav", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".w64", ".caf"}
 PATH_COLUMNS = ("path", "audio", "file", "filepath")
 CAPTION_COLUMNS = ("description", "caption", "text")
+MELODY_KEY = "melody_path"
+AUTOCAPTION_CACHE = "autocaption.jsonl"
 MARKER_NAME = "prepare.json"
 LOCK_NAME = ".prepare.lock"
 MARKER_FORMAT = "lightning_musicgen.prepare/1"
 STATS_VERSION = 2
 # Every name prepare writes into its output folder (a `.tmp-PID` suffix is a write in progress).
 OWN_NAME = re.compile(r"^(shard-\d{6,}\.tar|shard-\d{6,}\.stats\.json|index\.json|report\.tsv|"
-                      + re.escape(MARKER_NAME) + "|" + re.escape(LOCK_NAME) + r")(\.tmp-\d+)?$")
+                      + "|".join(map(re.escape, (MARKER_NAME, LOCK_NAME, AUTOCAPTION_CACHE))) + r")(\.tmp-\d+)?$")
 STATS_NAME = re.compile(r"^shard-(\d{6,})\.stats\.json$")
 
 __all__ = ["InputError", "prepare", "scan_inputs", "scan_source", "plan_shards", "claim_output", "main"]
@@ -415,6 +426,51 @@ def plan_shards(items: list[dict], shard_size: int,
     return plan
 
 
+def resolve_melody_paths(items: list[dict], source: str | os.PathLike) -> list[dict]:
+    """Items whose metadata names a melody conditioning file (`melody_path`) get `item["melody"]`, its path
+    (relative paths: to the sidecar's folder for folder inputs, to the manifest's folder for manifests).
+    Files that are some item's melody file are conditioning inputs, not samples: they are dropped."""
+    source = Path(source)
+    for it in items:
+        value = it["meta"].get(MELODY_KEY)
+        if value in (None, ""):
+            continue
+        if not isinstance(value, str):
+            raise InputError(f"{it['name']}: {MELODY_KEY} must be a path, got {value!r}")
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            path = (Path(it["path"]).parent if source.is_dir() else source.parent) / path
+        it["melody"] = str(path)
+    melodies = {os.path.realpath(it["melody"]) for it in items if it.get("melody")}
+    return [it for it in items if os.path.realpath(it["path"]) not in melodies] if melodies else items
+
+
+def melody_member(item: dict, sample_rate: int, channels: int) -> bytes | None:
+    """The item's melody file as FLAC at the shard's rate and channels (None without one); raises
+    AudioReadError when it cannot be used."""
+    if not item.get("melody"):
+        return None
+    wav, sr = read_audio(item["melody"])
+    if wav.shape[-1] == 0 or not torch.isfinite(wav).all():
+        raise AudioReadError(f"{item['melody']}: empty or non-finite audio")
+    wav = resample(convert_channels(wav, channels), sr, sample_rate)
+    peak = float(wav.abs().max())
+    return encode_flac(wav / peak if peak > 1.0 else wav, sample_rate)
+
+
+def auto_caption(items: list[dict], output: Path, progress: bool, options: dict | None = None) -> list[dict]:
+    """`--auto-caption`: a caption for every item without a description (users' captions win); `options`
+    are `AutoCaptioner` keyword arguments."""
+    import importlib.util
+    if importlib.util.find_spec("musicnn") is None:
+        raise InputError("--auto-caption needs the musicnn tagger weights: pip install --no-deps musicnn")
+    from lightning_musicgen.data.autocaption import AutoCaptioner, fill_captions, has_caption
+    if not any(not has_caption(it["meta"]) for it in items):
+        return items
+    return fill_captions(items, cache_path=output / AUTOCAPTION_CACHE, progress=progress,
+                         captioner=AutoCaptioner(**(options or {})))
+
+
 # ---- one shard -----------------------------------------------------------------------------------------
 
 def check_audio(wav: torch.Tensor, sr: int, min_duration: float, silence_db: float) -> tuple[str, str] | None:
@@ -475,12 +531,21 @@ def _shard_task(task: dict) -> dict:
     with AtomicShardWriter(out / task["name"]) as writer:
         for position, item in enumerate(task["items"]):
             wav, meta, entry = load_item(item, task)
+            melody = None
+            if wav is not None:
+                try:
+                    melody = melody_member(item, sr, task["channels"])
+                except AudioReadError as exc:
+                    wav, entry = None, report_entry(item["path"], "skipped", "melody_unreadable", str(exc)[:300])
             if entry is not None:
                 report.append(entry)
             if wav is None:
                 continue
             key = sample_key(task["first_index"] + position, Path(item["name"]).with_suffix("").as_posix())
-            writer.write(key, {"flac": encode_flac(wav, sr), "json": json_bytes(meta)})
+            files = {"flac": encode_flac(wav, sr), "json": json_bytes(meta)}
+            if melody is not None:
+                files[MELODY_MEMBER] = melody
+            writer.write(key, files)
             samples += 1
             duration += meta["duration"]
     stats = {"version": STATS_VERSION, "name": task["name"], "sources": [it["name"] for it in task["items"]],
@@ -497,15 +562,18 @@ def _shard_options(task: dict) -> dict:
 
 
 def _fingerprint(items: list[dict]) -> str:
-    """Identity of a shard's inputs: names, metadata, sizes and modification times."""
+    """Identity of a shard's inputs: names, metadata, sizes and modification times (of melody files too)."""
+    def stamp(path):
+        try:
+            st = os.stat(path)
+            return [st.st_size, st.st_mtime_ns]
+        except OSError:
+            return None
+
     h = hashlib.sha1()
     for it in items:
-        try:
-            st = os.stat(it["path"])
-            stamp = [st.st_size, st.st_mtime_ns]
-        except OSError:
-            stamp = None
-        record = json.dumps([it["name"], it["meta"], stamp], sort_keys=True, default=str)
+        melody = [stamp(it["melody"])] if it.get("melody") else []  # a changed melody file rewrites the shard
+        record = json.dumps([it["name"], it["meta"], stamp(it["path"])] + melody, sort_keys=True, default=str)
         h.update(record.encode("utf-8", "backslashreplace"))
     return h.hexdigest()
 
@@ -527,8 +595,10 @@ def _done(output: Path, task: dict) -> dict | None:
 
 def prepare(source, output, sample_rate: int = 32000, channels: int = 1, shard_size: int = 100,
             workers: int = 1, min_duration: float = 1.0, silence_db: float = -60.0, progress: bool = True,
-            extra_index: dict | None = None, overwrite: bool = False, skip_truncated: bool = False) -> dict:
-    """Build (or complete) the shard directory `output` from `source`; returns the index dict."""
+            extra_index: dict | None = None, overwrite: bool = False, skip_truncated: bool = False,
+            auto_captions: bool | dict = False) -> dict:
+    """Build (or complete) the shard directory `output` from `source`; returns the index dict.
+    `auto_captions`: caption inputs without a description (True, or `AutoCaptioner` keyword options)."""
     if shard_size < 1:
         raise InputError(f"--shard-size {shard_size}: must be >= 1")
     if channels not in (1, 2) or sample_rate <= 0:
@@ -537,11 +607,14 @@ def prepare(source, output, sample_rate: int = 32000, channels: int = 1, shard_s
     if output.exists() and not output.is_dir():
         raise InputError(f"--output {output}: is a file; give a folder (new, empty, or prepared from this input)")
     items, scan_report = scan_source(source, exclude=output)
+    items = resolve_melody_paths(items, source)
     if not items:
         raise InputError(f"{source}: no audio files found" + (f" ({len(scan_report)} paths ignored or skipped)"
                                                               if scan_report else ""))
     claim = claim_output(output, source, items, overwrite)
     try:
+        if auto_captions:
+            items = auto_caption(items, output, progress, {} if auto_captions is True else dict(auto_captions))
         options = {"output": str(output), "sample_rate": sample_rate, "channels": channels,
                    "min_duration": min_duration, "silence_db": silence_db, "skip_truncated": skip_truncated,
                    "shard_size": shard_size}
@@ -624,6 +697,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(dBFS, default -60)")
     p.add_argument("--skip-truncated", action="store_true",
                    help="skip truncated files (default: keep what decodes; either way they are in report.tsv)")
+    p.add_argument("--auto-caption", action="store_true",
+                   help="caption inputs that have no description: musicnn tags, tempo and key (offline, CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -644,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     index = prepare(args.input, args.output, args.sample_rate, args.channels, args.shard_size, args.workers,
                     args.min_duration, args.silence_db, progress=not args.no_progress,
-                    overwrite=args.overwrite, skip_truncated=args.skip_truncated)
+                    overwrite=args.overwrite, skip_truncated=args.skip_truncated, auto_captions=args.auto_caption)
     print(summary_line(args.output, index))
     return 0
 
