@@ -26,7 +26,8 @@ import torch
 
 from lightning_musicgen.errors import AudioReadError, one_line
 
-BLOCK_FRAMES = 1 << 13  # a failing read loses its whole block: keep blocks small
+BLOCK_FRAMES = 1 << 16
+RETRY_FRAMES = 1 << 12  # a failing read loses its whole block: the failed span is re-read in small blocks
 OGG_MAX_PAGE = 27 + 255 + 255 * 255
 
 
@@ -47,23 +48,11 @@ def read_checked(path: str | os.PathLike) -> CheckedAudio:
     except Exception as exc:  # soundfile raises several types for bad files
         raise AudioReadError(f"{path}: cannot read audio ({exc})") from exc
     with f:
-        sr, announced, fmt, subtype = f.samplerate, f.frames, f.format, f.subtype
-        blocks, decoded, failure = [], 0, None
-        while True:
-            try:
-                block = f.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
-            except Exception as exc:
-                failure = exc
-                break
-            if len(block) == 0:
-                break
-            blocks.append(block)
-            decoded += len(block)
+        sr, announced, fmt, subtype, channels = f.samplerate, f.frames, f.format, f.subtype, f.channels
+        data, decoded, failure = _decode(f, announced, channels)
     if failure is not None and decoded == 0:
         raise AudioReadError(f"{path}: cannot decode audio ({failure})") from failure
-    channels = f.channels
-    data = np.concatenate(blocks) if blocks else np.zeros((0, channels), np.float32)
-    wav = torch.from_numpy(np.ascontiguousarray(data.T))
+    wav = torch.from_numpy(np.ascontiguousarray(data[:decoded].T))
     truncated = None
     if failure is not None:
         reason = one_line(str(failure)).removeprefix("Error : ") or type(failure).__name__
@@ -77,6 +66,31 @@ def read_checked(path: str | os.PathLike) -> CheckedAudio:
     elif fmt == "OGG" and not ogg_ends_with_eos(path):
         truncated = "no complete end-of-stream Ogg page at the end of the file"
     return CheckedAudio(wav, sr, fmt, subtype, truncated)
+
+
+def _decode(f: sf.SoundFile, announced: int, channels: int) -> tuple[np.ndarray, int, Exception | None]:
+    """(frames [N, C] float32, frames decoded, the exception that stopped decoding or None)."""
+    # preallocate what the header announces (at most an hour: a corrupt header can announce anything)
+    out = np.empty((min(max(announced, 0), f.samplerate * 3600), channels), np.float32)
+    decoded, block, first_error = 0, BLOCK_FRAMES, None
+    while True:
+        if decoded + block > len(out):  # longer than announced (or unknown): grow
+            out = np.concatenate([out, np.empty((max(block, len(out)), channels), np.float32)])
+        try:
+            n = len(f.read(block, dtype="float32", always_2d=True, out=out[decoded:decoded + block]))
+        except Exception as exc:
+            if block == RETRY_FRAMES:  # the damage itself: stop; the first error says what is wrong
+                return out, decoded, first_error or exc
+            first_error = exc
+            try:
+                f.seek(decoded)
+            except Exception:
+                return out, decoded, exc
+            block = RETRY_FRAMES
+            continue
+        if n == 0:
+            return out, decoded, None
+        decoded += n
 
 
 def wav_data_shortfall(path: str | os.PathLike) -> tuple[int, int] | None:
