@@ -15,7 +15,8 @@ TOOL_VERBS = {
     "demo-data": ("lightning_musicgen.data.demo", "render the offline demo music dataset into shards"),
     "tokenize": ("lightning_musicgen.data.tokenize", "audio shards -> codec token shards for LM training"),
     "generate": ("lightning_musicgen.generate_cli", "generate music from text/melody/prompt to wav files"),
-    "convert": ("lightning_musicgen.convert.cli", "official weights (transformers layout) -> our checkpoint"),
+    "convert": ("lightning_musicgen.convert.cli", "transformers / audiocraft weights -> our model folder"),
+    "export": ("lightning_musicgen.convert.export", "checkpoint -> model folder, transformers or audiocraft files"),
     "submit": ("lightning_musicgen.cluster.submit", "render and submit a SLURM (sbatch) training job"),
 }
 
