@@ -58,6 +58,8 @@ def tiny_musicgen(tokenizer_files, melody=False, t5_dim=24, name="t5-tiny", seed
             p.copy_(torch.randn_like(p) * 0.05 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
         for head in lm.heads:
             head.weight.mul_(20)  # spread the logits: greedy decoding is not a tie-break lottery
+        t5_model = conditioner.text.encoder  # T5 ties its input embeddings to `shared`, as released T5s do
+        t5_model.encoder.embed_tokens.weight.copy_(t5_model.shared.weight)
     return lm.eval(), conditioner.eval(), cond_cfg, tiny_codec(seed)
 
 
@@ -268,3 +270,56 @@ def test_model_folder_generates_identically_from_anywhere(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     a, b = torch.load(here / "a.pt"), torch.load(there / "b.pt")
     assert a.shape == (2, K, 12) and torch.equal(a, b)
+
+
+def test_demo_checkpoint_holds_trainable_state_and_the_folder_holds_the_lm_once(tmp_path):
+    """configs/demo/musicgen.yaml's LM: checkpoint <= trainable params + AdamW moments + 1 MB (no 92 MB
+    MiniLM); the exported model.safetensors holds the LM's weights once."""
+    import yaml
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from conftest import ROOT
+    from lightning_musicgen.lm.module import MusicGenModule
+    from lightning_musicgen.model_files import export_model_folder
+    init = yaml.safe_load((ROOT / "configs/demo/musicgen.yaml").read_text())["model"]["init_args"]
+    tiny_codec(bins=CARD).save(tmp_path / "codec-model")
+    init["codec_checkpoint"] = str(tmp_path / "codec-model")
+    module = MusicGenModule(**init)
+    g = torch.Generator().manual_seed(0)
+    batches = [{"codes": torch.randint(0, CARD, (2, K, 16), generator=g), "mask": torch.ones(2, 16, dtype=torch.bool),
+                "text": ["a choir", "an organ"]} for _ in range(2)]
+    trainer = Trainer(default_root_dir=tmp_path, accelerator="cpu", max_steps=2, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)])
+    trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=None))
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in module.conditioner.text.encoder.parameters())
+    assert frozen > 10 * trainable  # the MiniLM dwarfs the demo LM: embedding it would fail below
+    size = (tmp_path / "ckpt" / "last.ckpt").stat().st_size
+    assert size <= 4 * trainable * 3 + 2**20, (size, trainable)  # fp32 weights + AdamW's two moments + 1 MB
+    folder = export_model_folder(tmp_path / "ckpt" / "last.ckpt", tmp_path / "model")
+    lm_bytes = 4 * sum(p.numel() for p in module.lm.parameters())
+    weights = (folder / "model.safetensors").stat().st_size
+    assert lm_bytes <= weights <= 4 * trainable + 2**16, (weights, lm_bytes)
+    assert not (folder / "text_encoder" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("--model.init_args.lm.dim=48", None),
+    ("--model.init_args.lm.dimm=48", ["model.init_args.lm.dimm='48'", "unknown option", "LMConfig"]),
+    ("--model.init_args.conditioner.text.word_dropout=x",
+     ["model.init_args.conditioner.text.word_dropout='x'", "expected float"]),
+])
+def test_nested_lm_and_conditioner_options_are_typed(override, expected):
+    """Issue 13 case 12: nested options are typed and validated; a bad one is one line naming the
+    config file, the key, the value and what was expected."""
+    res = run_cli("fit", "--print_config", "--config", "configs/demo/musicgen.yaml", override)
+    if expected is None:
+        assert res.returncode == 0, res.stderr[-2000:]
+        lm = __import__("yaml").safe_load(res.stdout)["model"]["init_args"]["lm"]
+        assert lm["dim"] == 48 and isinstance(lm["dim"], int)
+        return
+    assert res.returncode == 2
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "configs/demo/musicgen.yaml" in lines[0] and all(part in lines[0] for part in expected), lines[0]
