@@ -6,6 +6,9 @@ At train time it applies classifier-free-guidance dropout (all conditions droppe
 batch as in audiocraft, or per sample), per-attribute dropout and word dropout. `null(...)`
 builds the all-dropped conditions used by classifier-free guidance at inference.
 
+Configured by `ConditionerConfig` (with `TextConfig` / `MelodyConfig`): the YAML `conditioner:`
+block, checkpoints and model folders; `build_condition_provider(config)` builds the module.
+
 A dropped text is an all-zero embedding with an all-False mask; a dropped melody is the chroma
 one-hot on bin 0 (the convention of the official melody model in transformers).
 """

@@ -1,4 +1,5 @@
-"""MusicGenLM: the token language model over K parallel codebook streams (plain nn.Module).
+"""MusicGenLM: the token language model over K parallel codebook streams (plain nn.Module),
+configured by `LMConfig` (a dataclass: the YAML `lm:` block, checkpoints and model folders).
 
 Input: a pattern-built token sequence `seq[B, K, S]` (see `lm.patterns`), shifted right by one
 step with the special token (id `card`) in front. Embedding: the sum of K tables (each of size

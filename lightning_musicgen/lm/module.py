@@ -4,7 +4,9 @@ Batches are either audio `{"wav", "mask", "text", "meta"}` (AudioDataModule; enc
 frozen CompressionModel under no_grad) or tokens `{"codes", "mask", "text", "meta"}`
 (TokenDataModule, pre-tokenized shards). AdamW (betas 0.9/0.95, weight decay 0.1) with linear
 warmup + cosine decay stepped per step; gradient clipping comes from the trainer config
-(`gradient_clip_val: 1.0`); optional EMA of the LM weights (used by `load_musicgen`).
+(`gradient_clip_val: 1.0`); optional EMA of the LM weights (`lightning_musicgen.ema`, one update per
+optimizer step). Checkpoints hold the trainable state only: the configs once (resolved, in
+`hyper_parameters`), the frozen codec and text encoder as path/name + content hash (`model_files`).
 
 Logged: `train/loss`, `train/ce_q{k}`, `val/loss`, `val/ce_q{k}`, `lm/ppl_q{k}` (train),
 `val/ppl_q{k}`, `lm/tokens_per_s`.
