@@ -238,6 +238,8 @@ def lm_from_audiocraft(cfg: dict, state: dict, source: str, text_encoder: str | 
             or fuser.get("cross") != ["description"]:
         raise NotExpressible(f"{source}: only text-to-music models (T5 description by cross-attention) are "
                              f"converted; conditioners {sorted(conds)}")
+    if fuser.get("cross_attention_pos_emb", False):
+        raise NotExpressible(f"{source}: fuser.cross_attention_pos_emb=true is not supported")
     checks = {"norm_first": True, "bias_proj": False, "norm": "layer_norm", "layer_scale": None,
               "qk_layer_norm": False, "kv_repeat": 1, "positional_scale": 1.0}
     for key, want in checks.items():
