@@ -66,6 +66,9 @@ def _nested_error(lines: list[str]) -> tuple[str, str | None, str] | None:
     given = [g for g in given if g]
     if value is None and given:
         value = given[-1].group(1)
+    if value is None:
+        plain = [text.split(":", 1)[1].strip() for _, text in rows if text.startswith("Given value:")]
+        value = plain[-1] if plain else None
     if not chain:
         return None
     if chain[0] in ("model", "data") and len(chain) > 1:
@@ -79,7 +82,8 @@ def config_error_line(message: str, argv: list[str]) -> str:
     lines = message.strip().splitlines()
     stripped = [ln.strip() for ln in lines if ln.strip()]
     head = stripped[0].rstrip(":") if stripped else "invalid configuration"
-    nested = _nested_error(lines) if len(stripped) > 2 else None
+    in_class = any(ln.startswith("- Problem with given class_path") for ln in stripped)
+    nested = _nested_error(lines) if in_class else None
     if nested is not None:
         key, value, reason = nested
         head = f"{key}" + (f"={value!r}" if value is not None else "") + f": {reason}"
