@@ -418,8 +418,9 @@ def model_kind(path: str | os.PathLike) -> str:
 
 
 def export_model_folder(path: str | os.PathLike, out: str | os.PathLike, use_ema: bool = True,
-                        copy_text_encoder: bool = False) -> Path:
-    """Any checkpoint or folder -> our model folder (`export` without --format)."""
+                        copy_text_encoder: bool = False, codec: str | os.PathLike | None = None) -> Path:
+    """Any checkpoint or folder -> our model folder (`export` without --format). `codec`: the codec
+    to put in (any codec file) when the checkpoint records none (a run on token shards)."""
     path, out = Path(path), Path(out)
     if model_kind(path) == "codec":
         weights = "trained"
@@ -428,7 +429,8 @@ def export_model_folder(path: str | os.PathLike, out: str | os.PathLike, use_ema
             if "state_dict" in ckpt and "format" not in ckpt:
                 weights = codec_module_state(ckpt, use_ema)[2]
         return save_codec(load_codec(path, use_ema=use_ema), out, weights)
-    lm, conditioner, codec, info = load_musicgen(path, use_ema=use_ema)
-    return save_musicgen(out, lm, conditioner, info["conditioner"], codec, weights=info["weights"],
+    lm, conditioner, recorded, info = load_musicgen(path, use_ema=use_ema, load_codec_model=codec is None)
+    codec_model = load_codec(codec) if codec is not None else recorded
+    return save_musicgen(out, lm, conditioner, info["conditioner"], codec_model, weights=info["weights"],
                          copy_text_encoder=copy_text_encoder, max_duration=info["max_duration"],
                          meta=info["meta"])

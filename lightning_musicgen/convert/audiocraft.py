@@ -137,7 +137,8 @@ def lm_cfg(lm, conditioner, max_duration: float) -> dict:
         raise NotExpressible("only text-to-music models (T5 text by cross-attention) are exported to audiocraft; "
                              "this one has melody or prepended conditions")
     if text.encoder.config.model_type != "t5" or Path(str(text.name)).name not in {n.split("/")[-1] for n in T5_NAMES}:
-        raise NotExpressible(f"text encoder {text.name!r}: audiocraft loads T5 by one of the names {', '.join(T5_NAMES)}")
+        raise NotExpressible(f"text encoder {text.name!r}: audiocraft loads T5 by one of the names "
+                             f"{', '.join(T5_NAMES)}")
     name = next(n for n in T5_NAMES if n.split("/")[-1] == Path(str(text.name)).name)
     if c.pattern == "delay":
         pattern = {"modeling": "delay", "delay": {"delays": list(lm.pattern.delays), "flatten_first": 0,
@@ -295,8 +296,8 @@ def _to_audiocraft(k: str) -> str:
     """One MusicGenLM weight name -> audiocraft's LMModel name (cross-attention q/kv are fused apart)."""
     for ours, theirs in ((".norm_self.", ".norm1."), (".norm_ffn.", ".norm2."), (".ffn.0.", ".linear1."),
                          (".ffn.2.", ".linear2."), (".self_attn.qkv.weight", ".self_attn.in_proj_weight"),
-                         (".self_attn.qkv.bias", ".self_attn.in_proj_bias"), (".self_attn.out.", ".self_attn.out_proj."),
-                         (".cross_attn.out.", ".cross_attention.out_proj.")):
+                         (".self_attn.qkv.bias", ".self_attn.in_proj_bias"),
+                         (".self_attn.out.", ".self_attn.out_proj."), (".cross_attn.out.", ".cross_attention.out_proj.")):
         k = k.replace(ours, theirs)
     return re.sub(r"^heads\.", "linears.", k)
 

@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--format", default="model", choices=["model", "transformers", "audiocraft"],
                    help="model: our model folder (default); transformers; audiocraft")
+    p.add_argument("--codec", metavar="PATH", default=None,
+                   help="model format: the codec to include when the checkpoint records none (token-shard runs)")
     p.add_argument("--raw-weights", action="store_true", help="the trained weights even when the run kept an EMA")
     p.add_argument("--copy-text-encoder", action="store_true",
                    help="copy the text encoder's weights into the model folder (default: its name + tokenizer "
@@ -31,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def export(path: str | Path, out: str | Path, format: str = "model", use_ema: bool = True,
-           copy_text_encoder: bool = False) -> Path:
+           copy_text_encoder: bool = False, codec: str | None = None) -> Path:
     if format == "transformers":
         from lightning_musicgen.convert.to_transformers import export_transformers
         return export_transformers(path, out, use_ema=use_ema)
@@ -39,7 +41,7 @@ def export(path: str | Path, out: str | Path, format: str = "model", use_ema: bo
         from lightning_musicgen.convert.audiocraft import export_audiocraft
         return export_audiocraft(path, out, use_ema=use_ema)
     from lightning_musicgen.model_files import export_model_folder
-    return export_model_folder(path, out, use_ema=use_ema, copy_text_encoder=copy_text_encoder)
+    return export_model_folder(path, out, use_ema=use_ema, copy_text_encoder=copy_text_encoder, codec=codec)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         written = export(args.ckpt, out, args.format, use_ema=not args.raw_weights,
-                         copy_text_encoder=args.copy_text_encoder)
+                         copy_text_encoder=args.copy_text_encoder, codec=args.codec)
     except (FileNotFoundError, ValueError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"error: {message}", file=sys.stderr)

@@ -85,7 +85,8 @@ def _load_exact(hf, state: dict, what: str) -> None:
         raise NotExpressible(f"{what}: transformers expects weights we do not have, e.g. {missing[:3]}")
     for k, v in state.items():
         if v.shape != expected[k].shape:
-            raise NotExpressible(f"{what}: weight {k} has shape {list(v.shape)}, transformers {list(expected[k].shape)}")
+            raise NotExpressible(f"{what}: weight {k} has shape {list(v.shape)}, "
+                                 f"transformers {list(expected[k].shape)}")
     hf.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=True)
 
 
