@@ -293,7 +293,7 @@ def lm_from_audiocraft(cfg: dict, state: dict, source: str, text_encoder: str | 
 
 
 def _to_audiocraft(k: str) -> str:
-    """One MusicGenLM weight name -> audiocraft's LMModel name (cross-attention q/kv are fused apart)."""
+    """One MusicGenLM weight name -> audiocraft's LMModel name (the cross-attention q/kv are fused separately)."""
     for ours, theirs in ((".norm_self.", ".norm1."), (".norm_ffn.", ".norm2."), (".ffn.0.", ".linear1."),
                          (".ffn.2.", ".linear2."), (".self_attn.qkv.weight", ".self_attn.in_proj_weight"),
                          (".self_attn.qkv.bias", ".self_attn.in_proj_bias"),
