@@ -470,6 +470,7 @@ def measure_training(ctx, size: LMSize, lm, bf16: bool, tag: str) -> dict:
 def training_figures(ctx, size: LMSize, config: dict, batch: int, times: list[float], peak: float | None,
                      tag: str) -> dict:
     from lightning_musicgen.lm.patterns import get_pattern
+    config = config.to_dict() if hasattr(config, "to_dict") else config  # an LMConfig or its dict
     steps = get_pattern(config["pattern"], config["n_q"], **config["pattern_kwargs"]).num_steps(size.frames)
     step_s = statistics.median(times)
     tokens = batch * size.frames * size.n_q
