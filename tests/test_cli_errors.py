@@ -85,7 +85,7 @@ def test_13_init_checks_and_yaml_errors_are_one_line(fit_config, capsys):
         (["--model.init_args.codec_checkpoint", str(folder / "not_a_codec.pt")],
          f"error: MusicGenModule: {folder / 'not_a_codec.pt'}: neither a "),
         (["--model.init_args.codec_checkpoint", str(ok)],
-         f"error: MusicGenModule: {ok}: cannot read checkpoint (UnpicklingError"),
+         f"error: MusicGenModule: {ok}: not a readable checkpoint (UnpicklingError"),
     ]
     for extra, expected in cases:
         assert main(["fit", "--config", str(ok), *extra]) == 2, extra
