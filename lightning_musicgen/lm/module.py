@@ -20,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from lightning_musicgen.lm.conditioners import ConditionProvider, build_condition_provider
 from lightning_musicgen.lm.model import MusicGenLM
-from lightning_musicgen.optim import adamw_warmup_cosine
+from lightning_musicgen.optim import WEIGHT_DECAY_ON, adamw_warmup_cosine
 
 
 class MusicGenModule(LightningModule):
@@ -34,16 +34,22 @@ class MusicGenModule(LightningModule):
         codec_checkpoint: CompressionModel checkpoint (CodecModule or converted) used to encode wav
             batches; not needed with token batches. It stays frozen and out of the state dict.
         lr, betas, weight_decay, warmup_steps, total_steps (default: trainer.max_steps), min_lr_ratio:
-            AdamW + warmup-cosine.
+            AdamW + warmup-cosine. `weight_decay_on`: "matrices" (norms and 1-D parameters get none)
+            or "all" (audiocraft: every parameter decays).
+        keep_only_valid_steps: leave the pattern's overhang steps out of the loss (audiocraft's
+            training; see `MusicGenLM.loss`). False scores every code that generation samples.
         ema_decay: keep an exponential moving average of the LM weights (None: off).
     """
 
     def __init__(self, lm: dict | None = None, conditioner: dict | None = None, codec_checkpoint: str | None = None,
                  lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.1,
                  warmup_steps: int = 4000, total_steps: int | None = None, min_lr_ratio: float = 0.0,
-                 ema_decay: float | None = None):
+                 ema_decay: float | None = None, weight_decay_on: str = "matrices",
+                 keep_only_valid_steps: bool = False):
         super().__init__()
         self.save_hyperparameters()
+        if weight_decay_on not in WEIGHT_DECAY_ON:
+            raise ValueError(f"model.init_args.weight_decay_on: one of {WEIGHT_DECAY_ON}, got {weight_decay_on!r}")
         lm_kwargs = dict(lm or {})
         self.codec_checkpoint = codec_checkpoint
         self._codec = None  # not a submodule: frozen, never saved, never trained
@@ -65,6 +71,7 @@ class MusicGenModule(LightningModule):
                              f"lm.cross_attention={self.lm.cross_attention}")
         self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
         self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
+        self.weight_decay_on, self.keep_only_valid_steps = weight_decay_on, keep_only_valid_steps
         self.ema = None
         if ema_decay:
             self.ema = AveragedModel(self.lm, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
@@ -128,7 +135,7 @@ class MusicGenModule(LightningModule):
     def _shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         codes, mask = self.tokens(batch)
         conditions = self.conditions(batch)
-        loss, per_codebook = self.lm.loss(codes, conditions, mask)
+        loss, per_codebook = self.lm.loss(codes, conditions, mask, keep_only_valid_steps=self.keep_only_valid_steps)
         B = codes.shape[0]
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=B, on_step=on_step, on_epoch=not on_step,
@@ -164,7 +171,8 @@ class MusicGenModule(LightningModule):
             raise ValueError("model.init_args.total_steps: set it (or trainer.max_steps) for the cosine schedule")
         warmup = min(self.warmup_steps, total)
         return adamw_warmup_cosine(self, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay,
-                                   warmup_steps=warmup, total_steps=total, min_lr_ratio=self.min_lr_ratio)
+                                   warmup_steps=warmup, total_steps=total, min_lr_ratio=self.min_lr_ratio,
+                                   weight_decay_on=self.weight_decay_on)
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
