@@ -37,7 +37,8 @@ class _StubMeta(type):
     def __getattr__(cls, name):
         if name.startswith("__"):
             raise AttributeError(name)
-        return _stub_class(f"{cls.__qualname__}.{name}")
+        full = f"{cls.__qualname__}.{name}"
+        return SUBSTITUTES[full] if full in SUBSTITUTES else _stub_class(full)
 
     def __call__(cls, *args, **kwargs):
         return _call_stub(cls.__qualname__, args, kwargs)
