@@ -195,3 +195,16 @@ def test_ten_codec_training_steps_equal_audiocrafts(ac, own_tmp):
             assert ((a - b).abs().max() / b.abs().max()) <= 1e-5, name
     # the codebooks did move: the comparison is not between two untouched copies
     assert not torch.allclose(module.generator.quantizer.layers[0].cluster_size, torch.zeros(16))
+
+
+def test_paper_codec_config_selects_audiocrafts_recipe(root):
+    """configs/codec/encodec_32khz.yaml builds the module whose options the tests above compare."""
+    import yaml
+    args = yaml.safe_load((root / "configs/codec/encodec_32khz.yaml").read_text())["model"]["init_args"]
+    module = CodecModule(**{**args, "codec": CodecConfig.from_dict(args["codec"])})
+    assert module.codec_config.pad_mode == "constant"
+    assert module.hparams.adv_loss == "hinge" and module.hparams.feature_matching == "l1"
+    for disc in module.discriminator.discriminators:
+        assert (disc.center, disc.stft_norm, disc.channel_layout, disc.activation_slope) == \
+            (False, "window", "real_imag", 0.3)
+        assert not hasattr(disc.convs[0], "parametrizations") and hasattr(disc.convs[1], "parametrizations")

@@ -142,3 +142,11 @@ def test_twenty_lm_training_steps_equal_audiocrafts(ac, pattern, own_tmp):
     for ours, theirs in _pairs(module.lm, model):
         err = float((ours.detach() - theirs.detach()).norm() / theirs.detach().norm())
         assert err <= 1e-5, f"{pattern}: relative difference {err:.2e} on a tensor of shape {tuple(ours.shape)}"
+
+
+def test_paper_lm_configs_select_audiocrafts_recipe(root):
+    import yaml
+    for path in sorted((root / "configs/musicgen").glob("*.yaml")):
+        args = yaml.safe_load(path.read_text())["model"]["init_args"]
+        assert args["keep_only_valid_steps"] is True and args["weight_decay_on"] == "all", path.name
+        assert (args["lr"], args["weight_decay"], tuple(args["betas"])) == (1e-4, 0.1, (0.9, 0.95)), path.name
