@@ -18,6 +18,7 @@ from torch import nn
 
 from audiocraft_ref import TorchaudioSpectrogram, import_audiocraft
 from lightning_musicgen.codec.discriminators import MultiScaleSTFTDiscriminator
+from lightning_musicgen.codec.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
 from lightning_musicgen.codec.model import CodecConfig
 from lightning_musicgen.codec.module import CodecModule
 
@@ -32,7 +33,7 @@ AUDIOCRAFT_STFT = dict(center=False, stft_norm="window", channel_layout="real_im
 def ac():
     names = {"msstftd": "audiocraft.adversarial.discriminators.msstftd",
              "solvers_builders": "audiocraft.solvers.builders", "compression": "audiocraft.solvers.compression",
-             "models_builders": "audiocraft.models.builders"}
+             "models_builders": "audiocraft.models.builders", "adv": "audiocraft.adversarial.losses"}
     mods = import_audiocraft(*names.values(), substitutes={"torchaudio.transforms.Spectrogram": TorchaudioSpectrogram})
     return types.SimpleNamespace(**dict(zip(names, mods)))
 
@@ -95,6 +96,24 @@ def test_discriminator_equals_audiocrafts(ac, channels):
     # this project's default spectrogram is another one (centred: more frames)
     default = MultiScaleSTFTDiscriminator(channels, filters=4, n_ffts=N_FFTS)
     assert default(wav)[0][0].shape[2] > logits[0].shape[2]
+
+
+@pytest.mark.parametrize("kind", ["hinge", "hinge2", "mse"])
+def test_adversarial_and_feature_losses_equal_audiocrafts(ac, kind):
+    g = torch.Generator().manual_seed(2)
+    real = [1.5 * torch.randn(2, 1, 7, 5, generator=g) for _ in range(3)]
+    fake = [1.5 * torch.randn(2, 1, 7, 5, generator=g) for _ in range(3)]
+    their_gen = sum(ac.adv.get_adv_criterion(kind)(f) for f in fake) / 3
+    their_disc = sum(ac.adv.get_fake_criterion(kind)(f) + ac.adv.get_real_criterion(kind)(r)
+                     for r, f in zip(real, fake)) / 3
+    torch.testing.assert_close(generator_adversarial_loss(fake, kind), their_gen.reshape(()))
+    torch.testing.assert_close(discriminator_loss(real, fake, "mse" if kind == "mse" else "hinge"), their_disc)
+    feats_real = [[torch.randn(2, 4, 7, 5, generator=g) for _ in range(4)] for _ in range(3)]
+    feats_fake = [[torch.randn(2, 4, 7, 5, generator=g) for _ in range(4)] for _ in range(3)]
+    fm = ac.adv.FeatureMatchingLoss(torch.nn.L1Loss(), normalize=True)
+    their_feat = sum(fm(f, r) for f, r in zip(feats_fake, feats_real)) / 3
+    torch.testing.assert_close(feature_matching_loss(feats_fake, feats_real, "l1"), their_feat)
+    assert not torch.allclose(feature_matching_loss(feats_fake, feats_real, "relative"), their_feat)
 
 
 # ---- 10 training steps ----------------------------------------------------------------------------

@@ -150,3 +150,17 @@ def test_paper_lm_configs_select_audiocrafts_recipe(root):
         args = yaml.safe_load(path.read_text())["model"]["init_args"]
         assert args["keep_only_valid_steps"] is True and args["weight_decay_on"] == "all", path.name
         assert (args["lr"], args["weight_decay"], tuple(args["betas"])) == (1e-4, 0.1, (0.9, 0.95)), path.name
+
+
+def test_weight_decay_on_all_decays_every_parameter():
+    from lightning_musicgen.optim import decay_groups
+    net = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    decay, no_decay = decay_groups(net.named_parameters(), 0.1, "all")
+    assert len(decay["params"]) == 4 and not no_decay["params"]
+    decay, no_decay = decay_groups(net.named_parameters(), 0.1, "matrices")
+    assert len(decay["params"]) == 1 and len(no_decay["params"]) == 3
+    with pytest.raises(ValueError, match="weight_decay_on"):
+        decay_groups(net.named_parameters(), 0.1, "some")
+    with pytest.raises(ValueError, match="weight_decay_on"):
+        MusicGenModule(lm={"n_q": K, "card": CARD, "dim": DIM, "num_heads": HEADS, "num_layers": 1},
+                       conditioner={"text": {"name": "minilm"}}, weight_decay_on="vectors")
