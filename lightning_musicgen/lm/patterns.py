@@ -41,13 +41,13 @@ class Pattern:
         raise NotImplementedError
 
     def valid_steps(self, num_frames: int) -> int:
-        """Leading steps whose context is fully defined (audiocraft's `valid_layout`): the last
-        `overhang(T)` steps exist only to complete delayed codebooks; audiocraft's training with
-        `keep_only_valid_steps` drops them (and the codes they hold) from the loss."""
+        """Leading steps audiocraft trains on (its `valid_layout`, `keep_only_valid_steps`): all
+        steps but the last `overhang(T)`, which exist to complete delayed codebooks."""
         return max(0, self.num_steps(num_frames) - self.overhang(num_frames))
 
     def overhang(self, num_frames: int) -> int:
-        """How far (in frames) audiocraft's layout for T frames reaches past frame T - 1."""
+        """audiocraft's `max_delay` for T frames: how many frames past T - 1 its layout reaches
+        (it removes that many steps from the end, also for unrolled patterns)."""
         return 0
 
     def num_frames(self, num_steps: int) -> int:
