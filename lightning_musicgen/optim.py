@@ -34,23 +34,31 @@ class WarmupCosineLR(LambdaLR):
         return warmup_cosine_factor(step, self.warmup_steps, self.total_steps, self.min_lr_ratio)
 
 
-def decay_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: biases, norms and 1-D parameters get none."""
+WEIGHT_DECAY_ON = ("matrices", "all")
+
+
+def decay_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float,
+                 decay_on: str = "matrices") -> list[dict]:
+    """Parameter groups for AdamW. `decay_on="matrices"`: weight decay on matrices only (biases,
+    norms and other 1-D parameters get none); "all": every parameter decays (audiocraft)."""
+    if decay_on not in WEIGHT_DECAY_ON:
+        raise ValueError(f"weight_decay_on must be one of {WEIGHT_DECAY_ON}, got {decay_on!r}")
     decay, no_decay = [], []
     for name, p in named_params:
         if not p.requires_grad:
             continue
-        (decay if p.dim() >= 2 and "norm" not in name.lower() else no_decay).append(p)
+        matrix = p.dim() >= 2 and "norm" not in name.lower()
+        (decay if matrix or decay_on == "all" else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
 
 
 def adamw_warmup_cosine(module: nn.Module, lr: float, betas: tuple[float, float] = (0.9, 0.95),
                         weight_decay: float = 0.1, warmup_steps: int = 0, total_steps: int = 1,
-                        min_lr_ratio: float = 0.0, eps: float = 1e-8) -> dict:
+                        min_lr_ratio: float = 0.0, eps: float = 1e-8, weight_decay_on: str = "matrices") -> dict:
     """What `configure_optimizers` returns for AdamW + warmup-cosine stepped every step."""
     fused = any(p.is_cuda for p in module.parameters())
-    opt = torch.optim.AdamW(decay_groups(module.named_parameters(), weight_decay), lr=lr,
-                            betas=tuple(betas), eps=eps, fused=fused or None)
+    groups = decay_groups(module.named_parameters(), weight_decay, weight_decay_on)
+    opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)
     sched = WarmupCosineLR(opt, warmup_steps, total_steps, min_lr_ratio)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}

@@ -24,6 +24,7 @@ import sys
 import types
 
 import pytest
+import torch
 
 SUBSTITUTES: dict[str, object] = {}  # dotted name inside a missing package -> real object (see import_audiocraft)
 
@@ -36,7 +37,8 @@ class _StubMeta(type):
     def __getattr__(cls, name):
         if name.startswith("__"):
             raise AttributeError(name)
-        return _stub_class(f"{cls.__qualname__}.{name}")
+        full = f"{cls.__qualname__}.{name}"
+        return SUBSTITUTES[full] if full in SUBSTITUTES else _stub_class(full)
 
     def __call__(cls, *args, **kwargs):
         return _call_stub(cls.__qualname__, args, kwargs)
@@ -162,3 +164,32 @@ def import_audiocraft(*modules: str, substitutes: dict | None = None, leaf_only:
         for name in finder.created:
             sys.modules.pop(name, None)
     return imported
+
+
+class TorchaudioSpectrogram(torch.nn.Module):
+    """Substitute for `torchaudio.transforms.Spectrogram` (no torchaudio wheel loads against this
+    torch): torchaudio's definition of the complex spectrogram (power=None), i.e. torch.stft of
+    the flattened leading dimensions, with `normalized=True` meaning division by
+    sqrt(sum(window**2)) ("window") and "frame_length" meaning torch.stft's own normalisation."""
+
+    def __init__(self, n_fft=400, win_length=None, hop_length=None, pad=0, window_fn=torch.hann_window,
+                 power=2.0, normalized=False, wkwargs=None, center=True, pad_mode="reflect", onesided=True):
+        super().__init__()
+        if power is not None or pad:
+            raise StubUsed("TorchaudioSpectrogram substitute: only power=None, pad=0 are implemented")
+        self.n_fft, self.center, self.pad_mode, self.onesided = n_fft, center, pad_mode, onesided
+        self.win_length = win_length or n_fft
+        self.hop_length = hop_length or self.win_length // 2
+        self.register_buffer("window", window_fn(self.win_length, **(wkwargs or {})))
+        self.window_norm = normalized is True or normalized == "window"
+        self.frame_length_norm = normalized == "frame_length"
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        shape = waveform.shape
+        spec = torch.stft(waveform.reshape(-1, shape[-1]), self.n_fft, self.hop_length, self.win_length,
+                          self.window, self.center, self.pad_mode or "reflect", self.frame_length_norm,
+                          self.onesided, return_complex=True)
+        spec = spec.reshape(shape[:-1] + spec.shape[-2:])
+        if self.window_norm:
+            spec = spec / self.window.pow(2.0).sum().sqrt()
+        return spec

@@ -3,7 +3,8 @@
 - `MultiScaleMelLoss`: L1 + L2 on log-mel spectrograms at windows 2**5 .. 2**11 (EnCodec's msspec);
 - `MelDistance`: one-scale log-mel L1 distance, the quality metric the tests and logs track;
 - `si_snr`: scale-invariant SNR in dB;
-- hinge adversarial losses and feature matching;
+- adversarial losses (hinge, hinge2, mse: audiocraft's names) and feature matching (relative or
+  plain L1);
 - `Balancer`: each loss gets a fixed share of the gradient w.r.t. the decoder output.
 """
 from __future__ import annotations
@@ -86,24 +87,65 @@ def si_snr(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8) -
     return (10 * torch.log10((proj.pow(2).sum(-1) + eps) / (noise.pow(2).sum(-1) + eps))).mean()
 
 
+ADV_LOSSES = ("hinge", "hinge2", "mse")
+
+
+def discriminator_loss(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor],
+                       kind: str = "hinge") -> torch.Tensor:
+    """Mean over sub-discriminators of the real + fake terms: hinge (and hinge2) relu(1 - D(x)) +
+    relu(1 + D(y)); mse (LSGAN) (D(x) - 1)**2 + D(y)**2."""
+    _check_adv_loss(kind)
+    total = 0.0
+    for r, f in zip(real_logits, fake_logits):
+        r, f = r.float(), f.float()
+        if kind == "mse":
+            total = total + (r - 1).pow(2).mean() + f.pow(2).mean()
+        else:
+            total = total + F.relu(1 - r).mean() + F.relu(1 + f).mean()
+    return total / len(real_logits)
+
+
+def generator_adversarial_loss(fake_logits: list[torch.Tensor], kind: str = "hinge2") -> torch.Tensor:
+    """Mean over sub-discriminators of the generator's term (audiocraft's names): "hinge" -D(y)
+    (EnCodec's recipe), "hinge2" relu(1 - D(y)) (no gradient once D(y) > 1), "mse" (D(y) - 1)**2."""
+    _check_adv_loss(kind)
+    terms = {"hinge": lambda f: -f.mean(), "hinge2": lambda f: F.relu(1 - f).mean(),
+             "mse": lambda f: (f - 1).pow(2).mean()}[kind]
+    return sum(terms(f.float()) for f in fake_logits) / len(fake_logits)
+
+
+def _check_adv_loss(kind: str) -> None:
+    if kind not in ADV_LOSSES:
+        raise ValueError(f"adversarial loss must be one of {ADV_LOSSES}, got {kind!r}")
+
+
 def hinge_discriminator_loss(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> torch.Tensor:
-    loss = sum(F.relu(1 - r.float()).mean() + F.relu(1 + f.float()).mean() for r, f in zip(real_logits, fake_logits))
-    return loss / len(real_logits)
+    return discriminator_loss(real_logits, fake_logits, "hinge")
 
 
 def hinge_generator_loss(fake_logits: list[torch.Tensor]) -> torch.Tensor:
-    return sum(F.relu(1 - f.float()).mean() for f in fake_logits) / len(fake_logits)
+    """relu(1 - D(y)): audiocraft's "hinge2" (kept under its old name)."""
+    return generator_adversarial_loss(fake_logits, "hinge2")
 
 
-def feature_matching_loss(fake_feats: list[list[torch.Tensor]], real_feats: list[list[torch.Tensor]]) -> torch.Tensor:
-    """Mean over discriminators and layers of L1(fake, real) / mean|real| (real features detached)."""
-    total, n = 0.0, 0
+FEATURE_MATCHING = ("relative", "l1")
+
+
+def feature_matching_loss(fake_feats: list[list[torch.Tensor]], real_feats: list[list[torch.Tensor]],
+                          kind: str = "relative") -> torch.Tensor:
+    """Mean over discriminators of the mean over their layers of L1(fake, real) (real features
+    detached); "relative" divides each layer's L1 by mean|real|, "l1" does not (audiocraft)."""
+    if kind not in FEATURE_MATCHING:
+        raise ValueError(f"feature matching must be one of {FEATURE_MATCHING}, got {kind!r}")
+    total = 0.0
     for fakes, reals in zip(fake_feats, real_feats):
+        layers = 0.0
         for f, r in zip(fakes, reals):
             r = r.detach().float()
-            total = total + F.l1_loss(f.float(), r) / (r.abs().mean() + 1e-8)
-            n += 1
-    return total / max(n, 1)
+            l1 = F.l1_loss(f.float(), r)
+            layers = layers + (l1 / (r.abs().mean() + 1e-8) if kind == "relative" else l1)
+        total = total + layers / max(len(fakes), 1)
+    return total / max(len(fake_feats), 1)
 
 
 class Balancer:

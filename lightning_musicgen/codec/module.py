@@ -2,8 +2,8 @@
 
 One training step (one batch of wav[B, C, T]):
 1. the generator reconstructs y (the RVQ updates its EMA codebooks on the way);
-2. after `adversarial_warmup_steps`, the discriminator takes a hinge-loss step on (x, y.detach());
-3. the generator losses L1 (time), multi-scale mel, hinge adversarial and feature matching are
+2. after `adversarial_warmup_steps`, the discriminator takes a step on (x, y.detach());
+3. the generator losses L1 (time), multi-scale mel, adversarial and feature matching are
    combined by the gradient balancer (on d loss / d y), the commitment loss is added as is, and the
    generator takes an Adam step; optional EMA of the generator weights follows (`lightning_musicgen.ema`).
 
@@ -21,8 +21,9 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_musicgen.codec.discriminators import build_discriminator
-from lightning_musicgen.codec.losses import (Balancer, MelDistance, MultiScaleMelLoss, feature_matching_loss,
-                                             hinge_discriminator_loss, hinge_generator_loss, si_snr)
+from lightning_musicgen.codec.losses import (ADV_LOSSES, FEATURE_MATCHING, Balancer, MelDistance, MultiScaleMelLoss,
+                                             discriminator_loss, feature_matching_loss, generator_adversarial_loss,
+                                             si_snr)
 from lightning_musicgen.codec.model import CodecConfig, CompressionModel
 from lightning_musicgen.ema import EMA
 from lightning_musicgen.optim import WarmupCosineLR
@@ -36,7 +37,12 @@ class CodecModule(LightningModule):
     Args:
         codec: the CompressionModel hyperparameters (defaults: MusicGen's EnCodec 32 kHz).
         discriminator: 'msstftd' (EnCodec) or 'mpd' (HiFi-GAN multi-period); `discriminator_kwargs`
-            go to its constructor (e.g. filters, n_ffts).
+            go to its constructor (e.g. filters, n_ffts, and the spectrogram options of
+            `STFTDiscriminator`).
+        adv_loss: audiocraft's names: "hinge" (generator -D(y), EnCodec's recipe), "hinge2"
+            (generator relu(1 - D(y))), "mse" (LSGAN); the discriminator's loss is the hinge for
+            both hinges. feature_matching: "relative" (each layer's L1 over mean|real|) or "l1"
+            (audiocraft).
         loss_weights: balanced losses {adv, feat, l1, msspec}; a missing or 0 weight disables one.
         commitment_weight: weight of the RVQ commitment loss (added outside the balancer).
         balance_grads, balancer_total_norm, balancer_ema_decay: the gradient balancer.
@@ -58,7 +64,8 @@ class CodecModule(LightningModule):
                  betas: tuple[float, float] = (0.5, 0.9), warmup_steps: int = 0, total_steps: int | None = None,
                  min_lr_ratio: float = 1.0, adversarial_warmup_steps: int = 0, disc_every: int = 1,
                  gradient_clip_val: float | None = None, ema_decay: float | None = None,
-                 log_audio_every_n_steps: int = 1000, log_audio_samples: int = 2):
+                 log_audio_every_n_steps: int = 1000, log_audio_samples: int = 2, adv_loss: str = "hinge2",
+                 feature_matching: str = "relative"):
         super().__init__()
         if isinstance(codec, dict):
             codec = CodecConfig.from_dict(codec)
@@ -69,6 +76,10 @@ class CodecModule(LightningModule):
             raise ValueError(f"loss_weights: unknown loss(es) {unknown}; known: {sorted(DEFAULT_WEIGHTS)}")
         if disc_every < 1:
             raise ValueError(f"disc_every must be >= 1, got {disc_every}")
+        if adv_loss not in ADV_LOSSES:
+            raise ValueError(f"model.init_args.adv_loss: one of {ADV_LOSSES}, got {adv_loss!r}")
+        if feature_matching not in FEATURE_MATCHING:
+            raise ValueError(f"model.init_args.feature_matching: one of {FEATURE_MATCHING}, got {feature_matching!r}")
         self.save_hyperparameters(ignore=["codec"])
         self.hparams["codec"] = codec.to_dict()
         self.automatic_optimization = False
@@ -124,7 +135,7 @@ class CodecModule(LightningModule):
         if adversarial and step % hp.disc_every == 0:
             real_logits, _ = self.discriminator(x)
             fake_logits, _ = self.discriminator(y.detach())
-            d_loss = hinge_discriminator_loss(real_logits, fake_logits)
+            d_loss = discriminator_loss(real_logits, fake_logits, "mse" if hp.adv_loss == "mse" else "hinge")
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
             self._clip(opt_d)
@@ -138,8 +149,8 @@ class CodecModule(LightningModule):
             fake_logits, fake_feats = self.discriminator(y)
             with torch.no_grad():
                 _, real_feats = self.discriminator(x)
-            losses["adv"] = hinge_generator_loss(fake_logits)
-            losses["feat"] = feature_matching_loss(fake_feats, real_feats)
+            losses["adv"] = generator_adversarial_loss(fake_logits, hp.adv_loss)
+            losses["feat"] = feature_matching_loss(fake_feats, real_feats, hp.feature_matching)
         grad_y = self.balancer.backward_gradient(losses, y)
         # one backward for the balanced gradient into y and the commitment loss
         surrogate = (y * grad_y.detach()).sum() + hp.commitment_weight * q.commit_loss

@@ -157,15 +157,20 @@ class MusicGenLM(nn.Module):
         return values, valid
 
     def loss(self, codes: torch.Tensor, conditions: LMConditions | None = None,
-             padding_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             padding_mask: torch.Tensor | None = None,
+             keep_only_valid_steps: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked cross-entropy: (mean over codebooks, per-codebook CE [K]); only valid (k, t)
         positions count: padded frames and steps where the pattern holds no code never do.
+        `keep_only_valid_steps` (audiocraft's training) also leaves out the pattern's last
+        `overhang` steps (under the delay pattern, the last d_k frames of codebook k).
 
         Computed in pattern space (logits at step s against `seq[:, :, s]`): every valid (k, t)
         sits at exactly one step, so this equals the CE of `compute_logits` without gathering
         the [B, K, T, card] logits back to frame order."""
         seq, logits = self._teacher_forced(codes, conditions, padding_mask)
         valid = seq != self.special_token
+        if keep_only_valid_steps:
+            valid[..., self.pattern.valid_steps(codes.shape[-1]):] = False
         ce = F.cross_entropy(logits.float().flatten(0, 2), seq.masked_fill(~valid, -100).flatten(),
                              ignore_index=-100, reduction="none").view_as(seq)  # 0 where not valid
         per_codebook = ce.sum(dim=(0, 2)) / valid.sum(dim=(0, 2)).clamp(min=1)

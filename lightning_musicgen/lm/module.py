@@ -24,7 +24,7 @@ from lightning_musicgen.ema import EMA
 from lightning_musicgen.errors import ConfigError
 from lightning_musicgen.lm.conditioners import ConditionerConfig, ConditionProvider, build_condition_provider
 from lightning_musicgen.lm.model import LMConfig, MusicGenLM
-from lightning_musicgen.optim import adamw_warmup_cosine
+from lightning_musicgen.optim import WEIGHT_DECAY_ON, adamw_warmup_cosine
 
 
 class MusicGenModule(LightningModule):
@@ -39,7 +39,10 @@ class MusicGenModule(LightningModule):
             wav batches and recorded (path + content hash) in checkpoints; not needed with token
             batches. It stays frozen and out of the state dict.
         lr, betas, weight_decay, warmup_steps, total_steps (default: trainer.max_steps), min_lr_ratio:
-            AdamW + warmup-cosine.
+            AdamW + warmup-cosine. `weight_decay_on`: "matrices" (norms and 1-D parameters get none)
+            or "all" (audiocraft: every parameter decays).
+        keep_only_valid_steps: leave the pattern's overhang steps out of the loss (audiocraft's
+            training; see `MusicGenLM.loss`). False scores every code that generation samples.
         ema_decay: keep an exponential moving average of the LM weights, one update per optimizer
             step (None: off); exported model folders hold the EMA weights when it is on.
     """
@@ -47,8 +50,11 @@ class MusicGenModule(LightningModule):
     def __init__(self, lm: LMConfig | None = None, conditioner: ConditionerConfig | None = None,
                  codec_checkpoint: str | None = None, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.95),
                  weight_decay: float = 0.1, warmup_steps: int = 4000, total_steps: int | None = None,
-                 min_lr_ratio: float = 0.0, ema_decay: float | None = None):
+                 min_lr_ratio: float = 0.0, ema_decay: float | None = None, weight_decay_on: str = "matrices",
+                 keep_only_valid_steps: bool = False):
         super().__init__()
+        if weight_decay_on not in WEIGHT_DECAY_ON:
+            raise ValueError(f"model.init_args.weight_decay_on: one of {WEIGHT_DECAY_ON}, got {weight_decay_on!r}")
         lm_cfg = LMConfig.from_dict(lm) if isinstance(lm, dict) else (lm or LMConfig())
         cond_cfg = ConditionerConfig.from_dict(conditioner) if isinstance(conditioner, dict) \
             else (conditioner or ConditionerConfig())
@@ -76,6 +82,7 @@ class MusicGenModule(LightningModule):
         self.hparams["conditioner"] = self.conditioner_config.to_dict()
         self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
         self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
+        self.weight_decay_on, self.keep_only_valid_steps = weight_decay_on, keep_only_valid_steps
         self.ema = EMA(self.lm, ema_decay) if ema_decay else None
         self._step_start, self._warned_melody = None, False
         self._text_encoder_hash = None
@@ -143,7 +150,7 @@ class MusicGenModule(LightningModule):
     def _shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         codes, mask = self.tokens(batch)
         conditions = self.conditions(batch)
-        loss, per_codebook = self.lm.loss(codes, conditions, mask)
+        loss, per_codebook = self.lm.loss(codes, conditions, mask, keep_only_valid_steps=self.keep_only_valid_steps)
         B = codes.shape[0]
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=B, on_step=on_step, on_epoch=not on_step,
@@ -179,7 +186,8 @@ class MusicGenModule(LightningModule):
             raise ValueError("model.init_args.total_steps: set it (or trainer.max_steps) for the cosine schedule")
         warmup = min(self.warmup_steps, total)
         return adamw_warmup_cosine(self, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay,
-                                   warmup_steps=warmup, total_steps=total, min_lr_ratio=self.min_lr_ratio)
+                                   warmup_steps=warmup, total_steps=total, min_lr_ratio=self.min_lr_ratio,
+                                   weight_decay_on=self.weight_decay_on)
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def _frozen_text_encoder(self):

@@ -40,6 +40,16 @@ class Pattern:
     def step_of(self, num_frames: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def valid_steps(self, num_frames: int) -> int:
+        """Leading steps audiocraft trains on (its `valid_layout`, `keep_only_valid_steps`): all
+        steps but the last `overhang(T)`, which exist to complete delayed codebooks."""
+        return max(0, self.num_steps(num_frames) - self.overhang(num_frames))
+
+    def overhang(self, num_frames: int) -> int:
+        """audiocraft's `max_delay` for T frames: how many frames past T - 1 its layout reaches
+        (it removes that many steps from the end, also for unrolled patterns)."""
+        return 0
+
     def num_frames(self, num_steps: int) -> int:
         """Largest T whose whole pattern fits in `num_steps` steps (inverse of `num_steps`)."""
         lo, hi = 0, max(1, num_steps)
@@ -84,36 +94,58 @@ class Pattern:
 class DelayPattern(Pattern):
     """Codebook k at frame t is predicted at step t + delays[k] (parallel: all delays 0).
 
-    MusicGen's default is delays [0, 1, 2, 3]: about T steps instead of K*T."""
+    MusicGen's default is delays [0, 1, 2, 3]: about T steps instead of K*T. audiocraft's two
+    extras: `flatten_first` F predicts the first F frames one codebook per step (K*F steps), the
+    delays apply from frame F on; `empty_initial` E puts E empty steps before everything."""
 
     name = "delay"
 
-    def __init__(self, n_q: int, delays: Sequence[int] | None = None):
+    def __init__(self, n_q: int, delays: Sequence[int] | None = None, flatten_first: int = 0,
+                 empty_initial: int = 0):
         super().__init__(n_q)
         self.delays = list(range(n_q)) if delays is None else [int(d) for d in delays]
         if len(self.delays) != n_q or min(self.delays) < 0:
             raise ValueError(f"{self.name} pattern: need {n_q} non-negative delays, got {self.delays}")
+        if flatten_first < 0 or empty_initial < 0:
+            raise ValueError(f"{self.name} pattern: flatten_first ({flatten_first}) and empty_initial "
+                             f"({empty_initial}) must be >= 0")
+        self.flatten_first, self.empty_initial = int(flatten_first), int(empty_initial)
 
     def num_steps(self, num_frames: int) -> int:
-        return num_frames + max(self.delays) if num_frames > 0 else 0
+        if num_frames <= 0:
+            return 0
+        flat = min(num_frames, self.flatten_first)
+        return self.empty_initial + flat * self.n_q + max(0, num_frames + max(self.delays) - self.flatten_first)
 
     def step_of(self, num_frames: int) -> torch.Tensor:
         t = torch.arange(num_frames)
-        return torch.stack([t + d for d in self.delays])
+        F, E = self.flatten_first, self.empty_initial
+        flat_end = E + min(num_frames, F) * self.n_q
+        return torch.stack([torch.where(t < F, E + t * self.n_q + k, flat_end + t - F + d)
+                            for k, d in enumerate(self.delays)])
+
+    def overhang(self, num_frames: int) -> int:
+        last = num_frames + max(self.delays) - min(self.delays)  # 1 + the last frame index in the layout
+        if num_frames <= 0 or last - 1 < self.flatten_first:
+            return 0
+        return last - num_frames
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(n_q={self.n_q}, delays={self.delays})"
+        extra = "".join(f", {n}={getattr(self, n)}" for n in ("flatten_first", "empty_initial") if getattr(self, n))
+        return f"{type(self).__name__}(n_q={self.n_q}, delays={self.delays}{extra})"
 
 
 class UnrolledPattern(Pattern):
     """Each frame takes `max(groups) + 1` steps; codebook k is predicted at sub-step groups[k].
 
     Flatten: groups [0, 1, ..., K-1] (K*T steps). Partial flatten: groups [0, 1, 1, ...]: the
-    first codebook alone, then the others in parallel (2T steps)."""
+    first codebook alone, then the others in parallel (2T steps). `delays` (audiocraft's unroll
+    delays; one value per codebook, equal within a group) move group g's sub-step of frame t to
+    the place of frame t + delays[k] in the unrolled order, the way audiocraft orders its layout."""
 
     name = "unrolled"
 
-    def __init__(self, n_q: int, groups: Sequence[int] | None = None):
+    def __init__(self, n_q: int, groups: Sequence[int] | None = None, delays: Sequence[int] | None = None):
         super().__init__(n_q)
         self.groups = list(range(n_q)) if groups is None else [int(g) for g in groups]
         if len(self.groups) != n_q or min(self.groups) < 0:
@@ -121,16 +153,43 @@ class UnrolledPattern(Pattern):
         if sorted(set(self.groups)) != list(range(max(self.groups) + 1)):
             raise ValueError(f"{self.name} pattern: groups must use every sub-step 0..G-1, got {self.groups}")
         self.steps_per_frame = max(self.groups) + 1
+        self.delays = [0] * n_q if delays is None else [int(d) for d in delays]
+        if len(self.delays) != n_q or min(self.delays) < 0:
+            raise ValueError(f"{self.name} pattern: need {n_q} non-negative delays, got {self.delays}")
+        self.group_delay = [0] * self.steps_per_frame
+        for g, d in zip(self.groups, self.delays):
+            self.group_delay[g] = d
+        if any(self.group_delay[g] != d for g, d in zip(self.groups, self.delays)):
+            raise ValueError(f"{self.name} pattern: codebooks of one group need one delay, got groups "
+                             f"{self.groups} and delays {self.delays}")
 
     def num_steps(self, num_frames: int) -> int:
-        return num_frames * self.steps_per_frame
+        if num_frames <= 0:
+            return 0
+        padded = num_frames + max(self.delays)
+        return self.steps_per_frame * padded - sum(self.group_delay)
 
     def step_of(self, num_frames: int) -> torch.Tensor:
-        t = torch.arange(num_frames)
-        return torch.stack([t * self.steps_per_frame + g for g in self.groups])
+        G, padded = self.steps_per_frame, num_frames + max(self.delays)
+        if not any(self.delays):
+            return torch.stack([torch.arange(num_frames) * G + g for g in self.groups])
+        # entry (frame t, group g) sits at position t + delay[g]; ties: earlier frame, then lower codebook
+        t = torch.arange(padded)[:, None].expand(padded, G)
+        g = torch.arange(G)[None, :].expand(padded, G)
+        first_q = torch.tensor([self.groups.index(i) for i in range(G)])
+        position = t + torch.tensor(self.group_delay)[None, :]
+        kept = position < padded
+        order = (position * padded + t) * self.n_q + first_q[g]
+        rank = torch.full((padded, G), -1, dtype=torch.long)
+        rank[kept] = torch.argsort(torch.argsort(order[kept]))
+        return torch.stack([rank[:num_frames, gk] for gk in self.groups])
+
+    def overhang(self, num_frames: int) -> int:
+        return max(self.delays) - min(self.delays) if num_frames > 0 else 0
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(n_q={self.n_q}, groups={self.groups})"
+        extra = f", delays={self.delays}" if any(self.delays) else ""
+        return f"{type(self).__name__}(n_q={self.n_q}, groups={self.groups}{extra})"
 
 
 class CoarseFirstPattern(Pattern):
@@ -154,6 +213,9 @@ class CoarseFirstPattern(Pattern):
     def step_of(self, num_frames: int) -> torch.Tensor:
         t = torch.arange(num_frames)
         return torch.stack([t] + [num_frames + t + d for d in self.delays])
+
+    def overhang(self, num_frames: int) -> int:
+        return max(self.delays) - min(self.delays) if num_frames > 0 and self.delays else 0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n_q={self.n_q}, delays={self.delays})"
@@ -189,8 +251,13 @@ PATTERNS = ("parallel", "delay", "partial_delay", "flatten", "partial_flatten", 
 
 
 def get_pattern(name: str, n_q: int, **kw) -> Pattern:
-    """Pattern by name: parallel, delay(delays), partial_delay, flatten, partial_flatten(groups),
-    vall_e, coarse_first(delays), musiclm(group_by)."""
+    """Pattern by name: parallel(empty_initial), delay(delays, flatten_first, empty_initial),
+    partial_delay, flatten(delays), partial_flatten(groups, delays), vall_e, coarse_first(delays),
+    musiclm(group_by); "unroll" (groups, delays) is the unrolled pattern under audiocraft's name.
+
+    audiocraft's keyword names are accepted too: `flattening` for `groups`."""
+    if "flattening" in kw:
+        kw["groups"] = kw.pop("flattening")
     if name == "parallel":
         return DelayPattern(n_q, delays=[0] * n_q, **kw)
     if name == "delay":
@@ -200,6 +267,8 @@ def get_pattern(name: str, n_q: int, **kw) -> Pattern:
         return DelayPattern(n_q, **kw)
     if name == "flatten":
         return UnrolledPattern(n_q, groups=list(range(n_q)), **kw)
+    if name == "unroll":  # audiocraft's name for the general unrolled pattern
+        return UnrolledPattern(n_q, **kw)
     if name == "partial_flatten":
         kw.setdefault("groups", [0] + [1] * (n_q - 1))
         return UnrolledPattern(n_q, **kw)
