@@ -171,5 +171,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             hint = (f"the newest readable checkpoint there is {newest} (resume with --ckpt_path {newest})"
                     if newest else "no other readable checkpoint in that folder")
             raise RunAborted(f"cannot read checkpoint {path} ({size} bytes, {type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0].split(". ")[0] if str(exc) else "truncated"}); "
+                             f"{str(exc).splitlines()[0].split('. ')[0] if str(exc) else 'truncated'}); "
                              f"{hint}") from None
