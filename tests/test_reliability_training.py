@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch import Callback
 
 from conftest import ROOT
 
@@ -165,21 +166,22 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(own_tmp):
     assert out.returncode == 1, out.stderr[-3000:]
     lines = error_lines(out.stderr)
     assert len(lines) == 1 and "3 training steps in a row had a non-finite loss" in lines[0], out.stderr[-3000:]
-    assert "steps 4..7" in lines[0] and "stops at step 7" in lines[0]
+    assert "steps 5..7" in lines[0] and "stops at step 7" in lines[0]
     # every checkpoint holds finite weights, and the skipped steps changed nothing
     ckpts = {p.name: torch.load(p, weights_only=True) for p in (own_tmp / "ckpt").glob("*.ckpt")}
-    assert "epoch=0-step=7.ckpt" in ckpts and "epoch=0-step=4.ckpt" in ckpts
+    assert sorted(ckpts) == [f"epoch=0-step={i}.ckpt" for i in range(1, 7)] + ["last.ckpt"]  # none at the stop
     for name, ck in ckpts.items():
         assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point()), name
-    before, after = ckpts["epoch=0-step=4.ckpt"], ckpts["epoch=0-step=7.ckpt"]
+    before, after = ckpts["epoch=0-step=4.ckpt"], ckpts["epoch=0-step=6.ckpt"]
+    assert not torch.equal(ckpts["epoch=0-step=3.ckpt"]["state_dict"]["lm.heads.0.weight"],
+                           before["state_dict"]["lm.heads.0.weight"])   # finite steps do train
     for key, value in before["state_dict"].items():
-        assert torch.equal(value, after["state_dict"][key]), key
-    state = after["callbacks"]["NonFiniteGuard"]
-    assert state["skipped_steps"] == 3
+        assert torch.equal(value, after["state_dict"][key]), key      # skipped steps change nothing
+    assert after["callbacks"]["NonFiniteGuard"]["skipped_steps"] == 2
     import csv
     rows = list(csv.DictReader(open(own_tmp / "csv/version_0/metrics.csv")))
     logged = [float(r["train/nonfinite_steps"]) for r in rows if r.get("train/nonfinite_steps")]
-    assert logged[:4] == [0.0, 0.0, 0.0, 0.0] and logged[-1] == 3.0
+    assert logged[:4] == [0.0, 0.0, 0.0, 0.0] and logged[-1] == 2.0  # the stopping step is not flushed
 
 
 def test_a_real_learning_rate_explosion_never_reaches_a_checkpoint(own_tmp):
@@ -196,23 +198,21 @@ def test_a_real_learning_rate_explosion_never_reaches_a_checkpoint(own_tmp):
         assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point()), path
 
 
-class PoisonLoss:
+class PoisonLoss(Callback):
     """Imported by the subprocess through the config: from optimizer step `from_step` on, the LM's loss
     is multiplied by NaN (a real non-finite loss flowing through backward)."""
 
-    def __new__(cls, from_step: int):
-        from lightning.pytorch import Callback
+    def __init__(self, from_step: int):
+        self.from_step = from_step
 
-        class _Poison(Callback):
-            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-                if trainer.global_step >= from_step and not hasattr(pl_module.lm, "_poisoned"):
-                    real = pl_module.lm.loss
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step >= self.from_step and not hasattr(pl_module.lm, "_poisoned"):
+            real = pl_module.lm.loss
 
-                    def poisoned(*args, **kwargs):
-                        loss, per_codebook = real(*args, **kwargs)
-                        return loss * float("nan"), per_codebook
-                    pl_module.lm.loss, pl_module.lm._poisoned = poisoned, True
-        return _Poison()
+            def poisoned(*args, **kwargs):
+                loss, per_codebook = real(*args, **kwargs)
+                return loss * float("nan"), per_codebook
+            pl_module.lm.loss, pl_module.lm._poisoned = poisoned, True
 
 
 # ---------------------------------------------------------------------------------------------
