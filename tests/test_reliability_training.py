@@ -56,7 +56,8 @@ def tiny_codec(path: Path) -> Path:
 
 
 def lm_override(tmp: Path, steps: int, ckpt_every: int = 2, callbacks: str = "", model: str = "",
-                data: str = "", trainer: str = "", logger: str = "false") -> Path:
+                data: str = "", trainer: str = "", logger: str = "false", val_shards=None, val_batches: int = 0,
+                codec=None, workers: int = 0) -> Path:
     cfg = tmp / "override.yaml"
     cfg.write_text(f"""
 trainer:
@@ -64,7 +65,7 @@ trainer:
   devices: 1
   precision: 32-true
   max_steps: {steps}
-  limit_val_batches: 0
+  limit_val_batches: {val_batches}
   log_every_n_steps: 1
   enable_progress_bar: false
   enable_model_summary: false
@@ -78,16 +79,16 @@ trainer:
 model:
   init_args:
     lm: {{n_q: 4, card: {CARD}, dim: 32, num_heads: 2, num_layers: 1}}
-    codec_checkpoint: null
+    codec_checkpoint: {codec or 'null'}
     warmup_steps: 2
 {model}
 data:
   init_args:
     train_shards: {tmp / 'train'}
-    val_shards: null
+    val_shards: {val_shards or 'null'}
     segment_duration: 0.4
     batch_size: 2
-    num_workers: 0
+    num_workers: {workers}
     shuffle_buffer: 4
     epoch_steps: 8
 {data}
@@ -118,9 +119,8 @@ def test_long_captions_are_truncated_in_fit_validation_and_generate(own_tmp):
     write_tokens(own_tmp / "train", caption=long_caption)
     write_tokens(own_tmp / "valid", n=4, caption=long_caption, seed=1)
     codec = tiny_codec(own_tmp / "codec.pt")
-    cfg = lm_override(own_tmp, steps=3, ckpt_every=3, trainer="  limit_val_batches: 1\n  val_check_interval: 3",
-                      data=f"    val_shards: {own_tmp / 'valid'}",
-                      model=f"    codec_checkpoint: {codec}")
+    cfg = lm_override(own_tmp, steps=3, ckpt_every=3, trainer="  val_check_interval: 3", val_batches=1,
+                      val_shards=own_tmp / "valid", codec=codec)
     fit = lm_fit(own_tmp, cfg)
     assert fit.returncode == 0, fit.stderr[-3000:]
     warning = "was truncated"
