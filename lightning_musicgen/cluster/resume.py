@@ -132,17 +132,21 @@ class PreemptionCheckpoint(Callback):
         self.requeue, self.check_every_n_steps, self.stall_timeout = requeue, check_every_n_steps, stall_timeout
         self._received: signal.Signals | None = None
         self._previous_handlers: dict[signal.Signals, Any] = {}
-        self._last_progress = time.monotonic()
+        self._last_progress = self._signal_time = time.monotonic()
         self._saving = False
         self._trainer: Trainer | None = None
 
     # -- the handler: records, forwards, and never lets a signal go unanswered -----------------------
     def _handler(self, signum, frame) -> None:
         signum = signal.Signals(signum)
-        if self._received is not None:  # asked twice: stop now
-            os.write(2, f"[lightning_musicgen] second signal {signum.name}: exiting without a checkpoint\n".encode())
-            os._exit(128 + int(signum))
-        self._received = signum
+        if self._received is not None:
+            # a copy within a second is the same request (a process-group kill also reaches the ranks that
+            # rank 0 forwards it to); asked again later: stop now
+            if time.monotonic() - self._signal_time > 1.0:
+                os.write(2, f"[lightning_musicgen] second signal {signum.name}: exiting without a checkpoint\n".encode())
+                os._exit(128 + int(signum))
+            return
+        self._received, self._signal_time = signum, time.monotonic()
         self._last_progress = time.monotonic()
         if self._trainer is not None:
             forward_signal_to_launched_processes(self._trainer, signum)
