@@ -20,8 +20,8 @@ counted under a short reason; an unreadable or missing shard counts once. The co
 `meta["skip_examples"]`) and the datamodule sums and reports them.
 
 No usable data never means a silent spin: a train stream raises `NoUsableSamples` (naming the shards and the
-skip reasons) once every shard was tried and none gave a decodable sample (or 2000 samples in a row failed
-before the first success), or when shard after shard is unreadable.
+skip reasons) when 2000 samples in a row failed before any decoded (10000 after one did) and every shard gave
+one of the failures, or when shard after shard is unreadable.
 """
 from __future__ import annotations
 
@@ -318,8 +318,10 @@ class TrainStream(IterableDataset):
                     counter.add(exc)
                     failures_in_a_row += 1
                     bad_shards.add(sample.get("__url__"))
-                    if bad_shards >= all_shards or (not decoded_any and failures_in_a_row >= 2000):
-                        raise self._no_usable_samples(counter, "no sample decodes") from None
+                    limit = 10_000 if decoded_any else 2_000
+                    if failures_in_a_row >= limit and bad_shards >= all_shards:
+                        raise self._no_usable_samples(counter, f"{failures_in_a_row} samples in a row failed, "
+                                                      "from every shard") from None
             if replay:  # a placeholder keeps the DataLoader's worker round-robin aligned with batch indices
                 yield {REPLAYED: batch_index}
                 continue
