@@ -96,7 +96,7 @@ data:
     return cfg
 
 
-def lm_fit(tmp: Path, cfg: Path, *extra: str, wait: bool = True, timeout: float = 300):
+def lm_fit(tmp: Path, cfg: Path, *extra: str, wait: bool = True, timeout: float = 600):
     """`fit` with default.yaml + the demo LM + `cfg` in a subprocess (PYTHONPATH also holds tests/)."""
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                OMP_NUM_THREADS="1", WANDB_DIR=str(tmp), WANDB_MODE="offline")
