@@ -65,3 +65,10 @@ def forward_signal_to_launched_processes(trainer, signum: int) -> None:
     kill = getattr(launcher, "kill", None)
     if kill is not None and getattr(launcher, "procs", None):
         kill(signal.Signals(signum))
+
+
+def launched_by_spawn(strategy) -> bool:
+    """The strategy's processes were started by Lightning's multiprocessing launcher (ddp_spawn,
+    ddp_fork, ddp_notebook): children that exit right after `fit`."""
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+    return isinstance(getattr(strategy, "launcher", None), _MultiProcessingLauncher)
