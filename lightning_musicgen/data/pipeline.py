@@ -152,9 +152,9 @@ class AudioCrops:
             wav, sr = read_audio(io.BytesIO(sample[MELODY_MEMBER]), start=start,
                                  duration=length / self.sample_rate)
         except AudioReadError as exc:
-            raise CorruptSample(f"{sample.get('__key__')}: melody: {exc}") from None
+            raise CorruptSample(f"{sample.get('__key__')}: melody: {exc}", "undecodable melody") from None
         if not torch.isfinite(wav).all():
-            raise CorruptSample(f"{sample.get('__key__')}: non-finite melody samples")
+            raise CorruptSample(f"{sample.get('__key__')}: non-finite melody samples", "non-finite melody")
         if wav.shape[-1] == 0:  # the melody file ended before this crop: silence, i.e. the null melody
             return torch.zeros(self.channels, length)
         wav = resample(convert_channels(wav, self.channels), sr, self.sample_rate)[:, :length]
