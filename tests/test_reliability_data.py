@@ -162,3 +162,31 @@ def test_codec_gan_steps_with_nonfinite_losses_are_skipped_and_stop_the_run(tmp_
     assert all(torch.equal(step3[k], step5[k]) for k in disc)                  # skipped: unchanged
     assert any(not torch.equal(step3[k], step5[k]) for k in gen)               # finite: trained
     assert all(torch.isfinite(v).all() for v in step5.values() if v.is_floating_point())
+
+
+# ---------------------------------------------------------------------------------------------
+# case 2: every signal that should end a process ends it, even when the data loader is stuck
+def test_sigterm_ends_a_run_whose_data_loader_never_returns(own_tmp):
+    import signal
+    import time
+    from test_reliability_training import DEMO_LM, TRAIN_DEFAULT, _wait_for
+    cfg = lm_override(own_tmp, steps=20, callbacks="""    - class_path: lightning_musicgen.cluster.resume.PreemptionCheckpoint
+      init_args: {stall_timeout: 5}""")
+    cfg.write_text(cfg.read_text().replace(f"train_shards: {own_tmp / 'train'}", "train_shards: 'pipe:sleep 900'"))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    log = open(own_tmp / "fit.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "lightning_musicgen", "fit", "--config", str(TRAIN_DEFAULT),
+                             "--config", str(DEMO_LM), "--config", str(cfg)], cwd=own_tmp, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(own_tmp / "fit.log", "TPU available", proc)   # the trainer is set up; the loader then blocks
+        time.sleep(10)
+        assert proc.poll() is None, "blocked in the data loader"
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=120)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+        subprocess.run(["pkill", "-KILL", "-s", str(proc.pid)], capture_output=True)  # the `sleep` of the pipe
+    text = (own_tmp / "fit.log").read_text()
+    assert code == 128 + signal.SIGTERM, text[-3000:]
+    assert "no training step finished within 5 s, exiting without a checkpoint" in text

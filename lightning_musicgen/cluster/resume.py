@@ -167,15 +167,26 @@ class PreemptionCheckpoint(Callback):
     def _progress(self) -> None:
         self._last_progress = time.monotonic()
 
+    def _install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.signums:
+                previous = signal.signal(signum, self._handler)
+                self._previous_handlers.setdefault(signum, previous)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # from setup on, so that a signal during checkpoint loading, the sanity check or the first batch (a
+        # stuck data loader) is answered too; Lightning then chains its own SIGTERM handler before ours
+        if stage == "fit":
+            self._received, self._trainer = None, trainer
+            self._install()
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         rank_zero_info(f"[lightning_musicgen] train start: global_step={trainer.global_step} "
                        f"ckpt_path={trainer.ckpt_path} restart={os.environ.get('SLURM_RESTART_COUNT', 0)}")
-        self._received, self._trainer = None, trainer
-        if getattr(trainer, "received_sigterm", False):  # caught by Lightning's handler before training began
+        self._trainer = trainer
+        if getattr(trainer, "received_sigterm", False) and self._received is None:  # caught by Lightning only
             self._received = signal.SIGTERM
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.signums:
-                self._previous_handlers[signum] = signal.signal(signum, self._handler)
+        self._install()  # replaces Lightning's SIGTERM handler, which would stop without a checkpoint
 
     def on_validation_batch_end(self, *args, **kwargs) -> None:
         self._progress()
