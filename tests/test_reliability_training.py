@@ -263,7 +263,7 @@ def test_sigkill_and_resume_of_the_demo_lm_equals_an_uninterrupted_run(own_tmp):
     global generators, so without RNG states the resumed weights differ."""
     from test_resume import KillAtStep  # noqa: F401  (imported by the subprocess)
     write_tokens(own_tmp / "train", n=16)
-    steps = 7
+    steps = 8   # a multiple of the checkpoint interval: last.ckpt holds the final weights
     for run in ("ref", "run"):
         write_tokens(own_tmp / run / "train", n=16)
     ref = lm_fit(own_tmp / "ref", lm_override(own_tmp / "ref", steps=steps, ckpt_every=2))
