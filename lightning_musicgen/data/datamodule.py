@@ -38,10 +38,10 @@ from lightning_musicgen.reliability import RunAborted
 
 
 def _worker_ignores_stop_signals(worker_id: int) -> None:
-    """A SIGTERM/SIGUSR1 sent to the whole process group is for the main process, which checkpoints and
-    stops the workers itself; by default it would kill a worker and crash the loader before the checkpoint."""
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(signum, signal.SIG_IGN)
+    """SLURM's SIGUSR1 warning reaches every process of the job step: it is for the main process (which
+    checkpoints, then stops the workers); by default it would kill a worker and crash the loader first.
+    SIGTERM keeps its default action: multiprocessing terminates workers with it at exit."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def _one_line(exc: BaseException) -> str:
