@@ -174,11 +174,14 @@ class PreemptionCheckpoint(Callback):
                 self._previous_handlers.setdefault(signum, previous)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        # from setup on, so that a signal during checkpoint loading, the sanity check or the first batch (a
-        # stuck data loader) is answered too; Lightning then chains its own SIGTERM handler before ours
         if stage == "fit":
             self._received, self._trainer = None, trainer
-            self._install()
+
+    def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # installed after Lightning's own handlers (so its teardown puts back the ones from before the run):
+        # a stuck validation loader in the sanity check is answered too
+        self._trainer = trainer
+        self._install()
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         rank_zero_info(f"[lightning_musicgen] train start: global_step={trainer.global_step} "
