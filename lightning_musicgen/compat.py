@@ -3,8 +3,13 @@
 Everything here is a thin wrapper with a public-API fallback, so that a change in a private name
 breaks one function in this file (and its test), not the package. Supported versions: see
 setup.cfg (`torch>=2.11`, `lightning>=2.4`).
+
+Lightning: `is_accumulating` (fit loop internals) and `forward_signal_to_launched_processes` (the
+private launcher classes' `kill`), used by the signal handling in cluster/resume.py.
 """
 from __future__ import annotations
+
+import signal
 
 import torch
 
@@ -45,6 +50,21 @@ def onednn_pack_linear_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
 def onednn_linear(x2d: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x2d[N, in] @ packed_weight^T + bias with oneDNN's kernel (no activation fused)."""
     return torch.ops.mkldnn._linear_pointwise(x2d, packed_weight, bias, "none", [], "")
+
+
+def is_accumulating(trainer) -> bool:
+    """True between the micro-batches of one optimizer step (`fit_loop._should_accumulate`)."""
+    return bool(trainer.fit_loop._should_accumulate())
+
+
+def forward_signal_to_launched_processes(trainer, signum: int) -> None:
+    """Send `signum` to the processes Lightning's launcher started (the other local DDP ranks when `python
+    -m ...` launched them), as Lightning's own SIGTERM handler does (`launcher.kill`, private launcher
+    classes). Under SLURM/torchrun every rank receives the signal itself and there is nothing to forward."""
+    launcher = getattr(trainer.strategy, "launcher", None)
+    kill = getattr(launcher, "kill", None)
+    if kill is not None and getattr(launcher, "procs", None):
+        kill(signal.Signals(signum))
 
 
 def launched_by_spawn(strategy) -> bool:

@@ -281,8 +281,9 @@ def test_wandb_logger_knows_its_folder_before_the_run_starts(tmp_path, monkeypat
 
 
 def test_preemption_signal_checkpoints_at_the_next_check_and_stops(tmp_path, monkeypatch):
-    """SIGUSR1 at step 3: the ranks notice it at step 5 (check_every_n_steps=5), write last.ckpt
-    there and stop; outside SLURM nothing is requeued."""
+    """SIGUSR1 at step 3: a single process notices it at the next step boundary (several ranks every
+    check_every_n_steps), writes last.ckpt there and exits with 128 + SIGUSR1; outside SLURM nothing is
+    requeued."""
     from lightning.pytorch import Trainer
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -301,9 +302,11 @@ def test_preemption_signal_checkpoints_at_the_next_check_and_stops(tmp_path, mon
                       enable_model_summary=False, default_root_dir=tmp_path,
                       callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=100, save_last=True),
                                  PreemptionCheckpoint(check_every_n_steps=5), SignalAt()])
-    trainer.fit(ToyRegression(total_steps=50), datamodule=ToyData())
-    assert trainer.global_step == 5
-    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 5
+    with pytest.raises(SystemExit) as stopped:
+        trainer.fit(ToyRegression(total_steps=50), datamodule=ToyData())
+    assert stopped.value.code == 128 + signal.SIGUSR1
+    assert trainer.global_step == 4
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 4
     assert signal.getsignal(signal.SIGUSR1) == previous          # the handler is put back
     with pytest.raises(ValueError, match="unknown signal 'SIGFOO'"):
         PreemptionCheckpoint(signal_name="SIGFOO")

@@ -1,4 +1,5 @@
-"""Exact resume: every rank's RNG states travel with the checkpoint.
+"""Exact resume and signals: every rank's RNG states travel with the checkpoint (`RNGStateCheckpoint`);
+SIGTERM/SIGUSR1 write a checkpoint at the next step boundary and end the run non-zero (`PreemptionCheckpoint`).
 
 Lightning checkpoints hold model, optimizer, LR scheduler, loop progress, callback states
 (EMA, ...) and `datamodule.state_dict()`, but no random-number-generator states. Without them a
@@ -12,6 +13,7 @@ import random
 import signal
 import subprocess
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,10 @@ import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from lightning_musicgen.compat import forward_signal_to_launched_processes, is_accumulating
+from lightning_musicgen.reliability import SignalExit
 
 log = logging.getLogger("lightning.pytorch.callbacks.preemption")  # shown by Lightning's INFO handler
 
@@ -91,68 +97,146 @@ def slurm_job_id(environ: dict | None = None) -> str | None:
 
 
 class PreemptionCheckpoint(Callback):
-    """Checkpoint-and-requeue at an optimizer-step boundary when SLURM warns of the end of a job.
+    """Checkpoint at an optimizer-step boundary and exit non-zero on SIGUSR1 (SLURM's warning, then requeue)
+    and on SIGTERM (a scheduler or a user ending the job).
 
-    `submit` asks SLURM for `--signal=USR1@90`: 90 s before the time limit (or before a
-    preemption, with the cluster's GraceTime) every task receives SIGUSR1. This callback only
-    records the signal; at the end of the current training step all ranks agree on it (one
-    all-reduce of a bool), write `last.ckpt` through the trainer's first ModelCheckpoint (so
-    `--ckpt_path last` of the requeued job finds it), then rank 0 runs `scontrol requeue` and
-    the trainer stops. It replaces the handler of Lightning's SLURMEnvironment(auto_requeue=True),
-    which writes an `hpc_ckpt_N.ckpt` from inside the signal handler, possibly in the middle of
-    a step. Outside SLURM (`requeue=False` or no job id) it checkpoints and stops.
+    `submit` asks SLURM for `--signal=USR1@90`: 90 s before the time limit (or before a preemption, with the
+    cluster's GraceTime) every task receives SIGUSR1. The handler only records a signal; at the end of the
+    current training step all ranks agree on it (one all-reduce of a bool), write `last.ckpt` through the
+    trainer's first ModelCheckpoint (so `--ckpt_path last` finds it), rank 0 runs `scontrol requeue` for the
+    requeue signal under SLURM, and the run ends with exit status 128 + signal number (`SignalExit`).
+    It replaces the handlers of Lightning's SLURMEnvironment(auto_requeue=True), which writes an
+    `hpc_ckpt_N.ckpt` from inside the signal handler, possibly mid-step, and of Lightning's SIGTERM
+    connector, which stops without a checkpoint and exits 0 (a SIGTERM that Lightning catches before training
+    starts still ends the run with status 143).
 
-    The ranks compare notes every `check_every_n_steps` optimizer steps (an all-reduce and a host
-    sync, so not every step); that many steps plus a checkpoint write must fit in the warning time.
+    Single-process runs check after every step; with several ranks every `check_every_n_steps` optimizer
+    steps (an all-reduce and a host sync): that many steps plus a checkpoint write must fit in the warning
+    time. A signal always ends the process: a second one exits at once, and if no training or validation batch
+    finishes within `stall_timeout` seconds of the first (a stuck data loader or collective) the process
+    exits without a checkpoint (the previous one is intact: writes are atomic).
 
     It also prints the global step training starts from, so logs show where a job resumed.
     """
 
-    def __init__(self, signal_name: str = "SIGUSR1", requeue: bool = True, check_every_n_steps: int = 5):
+    def __init__(self, signal_name: str = "SIGUSR1", requeue: bool = True, check_every_n_steps: int = 5,
+                 stop_signals: list[str] | None = None, stall_timeout: float = 120.0):
+        names = [signal_name] + list(["SIGTERM"] if stop_signals is None else stop_signals)
         try:
-            self.signum = signal.Signals[signal_name]
-        except KeyError:
-            raise ValueError(f"PreemptionCheckpoint: unknown signal {signal_name!r}") from None
+            signums = [signal.Signals[name] for name in names]
+        except KeyError as exc:
+            raise ValueError(f"PreemptionCheckpoint: unknown signal {exc.args[0]!r}") from None
         if check_every_n_steps < 1:
             raise ValueError(f"PreemptionCheckpoint: check_every_n_steps must be >= 1, got {check_every_n_steps}")
-        self.requeue, self.check_every_n_steps = requeue, check_every_n_steps
-        self._received = False
-        self._previous_handler: Any = None
+        self.signum, self.signums = signums[0], list(dict.fromkeys(signums))
+        self.requeue, self.check_every_n_steps, self.stall_timeout = requeue, check_every_n_steps, stall_timeout
+        self._received: signal.Signals | None = None
+        self._previous_handlers: dict[signal.Signals, Any] = {}
+        self._last_progress = self._signal_time = time.monotonic()
+        self._saving = False
+        self._trainer: Trainer | None = None
 
+    # -- the handler: records, forwards, and never lets a signal go unanswered -----------------------
     def _handler(self, signum, frame) -> None:
-        self._received = True
+        signum = signal.Signals(signum)
+        if self._received is not None:
+            # a copy within a second is the same request (a process-group kill also reaches the ranks that
+            # rank 0 forwards it to); asked again later: stop now
+            if time.monotonic() - self._signal_time > 1.0:
+                os.write(2, f"[lightning_musicgen] second signal {signum.name}: exiting without a checkpoint\n".encode())
+                os._exit(128 + int(signum))
+            return
+        self._received, self._signal_time = signum, time.monotonic()
+        self._last_progress = time.monotonic()
+        if self._trainer is not None:
+            forward_signal_to_launched_processes(self._trainer, signum)
+        threading.Thread(target=self._watchdog, args=(signum,), daemon=True).start()
+
+    def _watchdog(self, signum: signal.Signals) -> None:
+        while True:
+            time.sleep(min(1.0, self.stall_timeout / 4))
+            if self._received is None:  # handled (or the run ended): nothing to watch
+                return
+            if self._saving:
+                continue
+            if time.monotonic() - self._last_progress > self.stall_timeout:
+                os.write(2, (f"[lightning_musicgen] {signum.name}: no training step finished within "
+                             f"{self.stall_timeout:g} s, exiting without a checkpoint\n").encode())
+                os._exit(128 + int(signum))
+
+    def _progress(self) -> None:
+        self._last_progress = time.monotonic()
+
+    def _install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.signums:
+                previous = signal.signal(signum, self._handler)
+                self._previous_handlers.setdefault(signum, previous)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._received, self._trainer = None, trainer
+
+    def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # installed after Lightning's own handlers (so its teardown puts back the ones from before the run):
+        # a stuck validation loader in the sanity check is answered too
+        self._trainer = trainer
+        self._install()
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         rank_zero_info(f"[lightning_musicgen] train start: global_step={trainer.global_step} "
                        f"ckpt_path={trainer.ckpt_path} restart={os.environ.get('SLURM_RESTART_COUNT', 0)}")
-        self._received = False
-        if threading.current_thread() is threading.main_thread():
-            self._previous_handler = signal.signal(self.signum, self._handler)
+        self._trainer = trainer
+        if getattr(trainer, "received_sigterm", False) and self._received is None:  # caught by Lightning only
+            self._received = signal.SIGTERM
+        self._install()  # replaces Lightning's SIGTERM handler, which would stop without a checkpoint
+
+    def on_validation_batch_end(self, *args, **kwargs) -> None:
+        self._progress()
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if trainer.fit_loop._should_accumulate() or trainer.global_step % self.check_every_n_steps:
+        self._progress()
+        every = 1 if trainer.world_size == 1 else self.check_every_n_steps
+        if is_accumulating(trainer) or trainer.global_step % every:
             return  # only between optimizer steps, every n of them
-        if not trainer.strategy.reduce_boolean_decision(self._received, all=False):
+        if not trainer.strategy.reduce_boolean_decision(self._received is not None, all=False):
             return
+        signum = self._received or self.signum
         path = self.last_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
-        rank_zero_info(f"[lightning_musicgen] signal {self.signum.name}: saved {path} at global_step={trainer.global_step}")
+        self._saving = True
+        try:
+            trainer.save_checkpoint(path)
+        finally:
+            self._saving = False
+        rank_zero_info(f"[lightning_musicgen] signal {signum.name}: saved {path} at global_step={trainer.global_step}")
         trainer.strategy.barrier("preemption_checkpoint")
         job = slurm_job_id()
-        if self.requeue and job and trainer.is_global_zero:
+        if signum == self.signum and self.requeue and job and trainer.is_global_zero:
             result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
             if result.returncode == 0:
                 rank_zero_info(f"[lightning_musicgen] requeued SLURM job {job}")
             else:
                 rank_zero_warn(f"scontrol requeue {job} failed: {result.stderr.strip()}")
         trainer.should_stop = True
-        self._received = False
+        rank_zero_info(f"[lightning_musicgen] exiting with status {128 + int(signum)} after {signum.name}")
+        raise SignalExit(signum)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        # Lightning's own SIGTERM stop (outside training steps) is a SystemExit with status 0: make it 143
+        if isinstance(exception, SIGTERMException) and not exception.code:
+            exception.code = 128 + int(signal.SIGTERM)
+        self._restore_handlers()  # Lightning calls no teardown hook after an exception
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self._previous_handler is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(self.signum, self._previous_handler)
-            self._previous_handler = None
+        self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
+        self._received = None
+        if threading.current_thread() is threading.main_thread():
+            for signum, previous in self._previous_handlers.items():
+                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous_handlers, self._trainer = {}, None
 
     @staticmethod
     def last_checkpoint_path(trainer: Trainer) -> str:

@@ -31,6 +31,10 @@ from lightning_musicgen.optim import WarmupCosineLR
 DEFAULT_WEIGHTS = {"adv": 4.0, "feat": 4.0, "l1": 0.1, "msspec": 2.0}
 
 
+def _no_closure() -> None:
+    return None  # manual optimisation: backward already ran
+
+
 class CodecModule(LightningModule):
     """Trains a CompressionModel (`self.generator`) against an MS-STFT (or multi-period) discriminator.
 
@@ -139,8 +143,9 @@ class CodecModule(LightningModule):
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
             self._clip(opt_d)
-            # stepped directly: Lightning would count it as a second global step per batch
-            opt_d.optimizer.step()
+            # through the strategy, not LightningOptimizer.step: that would count a second global step per
+            # batch; the strategy runs the on_before_optimizer_step hooks (NonFiniteGuard) and precision
+            self.trainer.strategy.optimizer_step(opt_d.optimizer, closure=_no_closure, model=self)
             sched_d.step()  # the discriminator's schedule counts its own steps
             logs["train/d_loss"] = d_loss.detach()
 
@@ -245,6 +250,10 @@ class CodecModule(LightningModule):
         except Exception as exc:  # logging media must never stop a training run
             from lightning.pytorch.utilities import rank_zero_warn
             rank_zero_warn(f"could not log reconstructions ({type(exc).__name__}: {exc})")
+
+    def configure_callbacks(self):
+        from lightning_musicgen.reliability import reliability_callbacks
+        return reliability_callbacks(self.trainer)  # non-finite guard, signals, RNG states, skip reports
 
     # -- checkpoints -----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -8,22 +8,65 @@ so the resumed run sees exactly the batches the uninterrupted run would have see
 num_workers, batch_size, world size and the shard list are unchanged and no sample failed to decode in the
 skipped part (a corrupt sample shifts later batches of that epoch by one sample).
 
-Skipped (corrupt) samples: `datamodule.skipped_samples` is the running total for this process; the
-`SkippedSamplesLogger` callback logs it as `train/skipped_samples`.
+Skipped (corrupt) samples: `datamodule.skipped_samples` is the running total for this process and
+`datamodule.skip_reasons` its split by reason. The first skip of each reason is a warning line (with an example);
+`SkippedSamplesLogger` (added to every fit of this package's modules, see `lightning_musicgen.reliability`) logs
+the count as `train/skipped_samples` and shows it on the progress bar once it is non-zero. At setup, local shards
+named by an index but missing are a warning, and a shard folder without `index.json` (an interrupted `prepare`)
+is used with a warning naming what is missing. If no train sample can be used at all the run ends with one line
+naming the shards and the reasons (`RunAborted`), within seconds, instead of spinning.
 """
 from __future__ import annotations
 
+import glob
 import os
+import signal
+import warnings
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from lightning_musicgen.data.pipeline import REPLAYED, AudioCrops, CodeCrops, TrainStream, ValidStream
-from lightning_musicgen.data.shards import expand_shards
+from lightning_musicgen.data.pipeline import (REPLAYED, AudioCrops, CodeCrops, NoUsableSamples, TrainStream,
+                                              ValidStream)
+from lightning_musicgen.data.shards import INDEX_NAME, expand_shards
 from lightning_musicgen.data.text import TextAugment
 from lightning_musicgen.errors import ConfigError
+from lightning_musicgen.reliability import RunAborted
+
+
+def _worker_ignores_stop_signals(worker_id: int) -> None:
+    """SLURM's SIGUSR1 warning reaches every process of the job step: it is for the main process (which
+    checkpoints, then stops the workers); by default it would kill a worker and crash the loader first.
+    SIGTERM keeps its default action: multiprocessing terminates workers with it at exit."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of an exception re-raised from a DataLoader worker (its last line), or its own."""
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    return last.split(f"{type(exc).__name__}: ", 1)[-1]
+
+
+def check_shards(spec: Any, urls: list[str], what: str) -> None:
+    """Warn about local shards that are missing, and about a shard folder without a complete index."""
+    if isinstance(spec, (str, os.PathLike)) and os.path.isdir(spec) and not os.path.exists(Path(spec) / INDEX_NAME):
+        partial = sorted(glob.glob(str(Path(spec) / "*.tmp*")))
+        warnings.warn(f"{what}: {spec} has no {INDEX_NAME} (an interrupted `prepare`?): using its {len(urls)} "
+                      f"*.tar shard(s) without sample counts" + (f"; unfinished files: {', '.join(partial[:3])}"
+                                                                 if partial else ""), stacklevel=2)
+    local = [u for u in urls if not (u.startswith("pipe:") or "://" in u)]
+    missing = [u for u in local if not os.path.exists(u)]
+    if missing and len(missing) == len(urls):
+        raise RunAborted(f"{what}: none of the {len(urls)} shard(s) exists (first: {missing[0]})")
+    if missing:
+        warnings.warn(f"{what}: {len(missing)} of {len(urls)} shard(s) named by {spec} are missing "
+                      f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); they count as skipped "
+                      "('missing shard')", stacklevel=2)
 
 
 class _TrackedLoader(DataLoader):
@@ -37,12 +80,15 @@ class _TrackedLoader(DataLoader):
         dm = self._datamodule
         if dm is not None and self._train:
             dm._start_epoch(self.dataset)
-        for batch in super().__iter__():
-            if REPLAYED in batch:
-                continue
-            if dm is not None:
-                dm._observe(batch, self._train)
-            yield batch
+        try:
+            for batch in super().__iter__():
+                if REPLAYED in batch:
+                    continue
+                if dm is not None:
+                    dm._observe(batch, self._train)
+                yield batch
+        except NoUsableSamples as exc:  # (re-raised from a worker with its traceback in the message)
+            raise RunAborted(_one_line(exc)) from None
 
     # Lightning treats loaders with these methods as resumable (and stores their state with the loops):
     # both delegate to the datamodule, whose own state_dict is also in the checkpoint.
@@ -75,6 +121,9 @@ class _ShardDataModule(LightningDataModule):
         self._resume: dict | None = None
         self._skipped_done = 0      # skipped samples of finished epochs
         self._skipped_now: dict[int, int] = {}  # worker slot -> cumulative count in this epoch
+        self._reasons_done: dict[str, int] = {}
+        self._reasons_now: dict[int, dict[str, int]] = {}
+        self._warned_reasons: set[tuple[bool, str]] = set()
         self._train_stream: TrainStream | None = None
         self._val_stream: ValidStream | None = None
 
@@ -91,11 +140,13 @@ class _ShardDataModule(LightningDataModule):
         rank, world = self._rank_world()
         if stage in (None, "fit") and self.train_shards is not None:
             urls = expand_shards(self.train_shards)
+            check_shards(self.train_shards, urls, "train_shards")
             self._train_stream = TrainStream(urls, self._decoder(True), self.batch_size, self.epoch_steps,
                                              seed=self.seed, shuffle_buffer=self.shuffle_buffer,
                                              rank=rank, world_size=world)
         if stage in (None, "fit", "validate") and self.val_shards is not None:
             urls = expand_shards(self.val_shards)
+            check_shards(self.val_shards, urls, "val_shards")
             self._val_stream = ValidStream(urls, self._decoder(False), self.val_batch_size,
                                            rank=rank, world_size=world)
 
@@ -103,7 +154,8 @@ class _ShardDataModule(LightningDataModule):
         kwargs: dict[str, Any] = {"num_workers": self.num_workers, "pin_memory": self.pin_memory}
         if self.num_workers > 0:
             # workers must be restarted each epoch: they receive the epoch counter with the dataset
-            kwargs.update(persistent_workers=False, prefetch_factor=self.prefetch_factor or 2)
+            kwargs.update(persistent_workers=False, prefetch_factor=self.prefetch_factor or 2,
+                          worker_init_fn=_worker_ignores_stop_signals)
         return _TrackedLoader(dataset, datamodule=self, train=train, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
@@ -124,6 +176,10 @@ class _ShardDataModule(LightningDataModule):
     def _start_epoch(self, stream: TrainStream) -> None:
         self._skipped_done += sum(self._skipped_now.values())
         self._skipped_now = {}
+        for counts in self._reasons_now.values():
+            for reason, n in counts.items():
+                self._reasons_done[reason] = self._reasons_done.get(reason, 0) + n
+        self._reasons_now = {}
         if self._resume is not None:
             self._epoch, skip = self._resume["epoch"], self._resume["batches_in_epoch"]
             self._resume = None
@@ -140,9 +196,28 @@ class _ShardDataModule(LightningDataModule):
             slot = meta.get("worker")
             if slot is not None:
                 slot_counts[slot] = max(slot_counts.get(slot, 0), int(meta.get("skipped_samples", 0)))
+                self._warn_new_reasons(meta, train)
+                if train and meta.get("skip_reasons"):
+                    self._reasons_now[slot] = dict(meta["skip_reasons"])
         if train:
             for slot, count in slot_counts.items():
                 self._skipped_now[slot] = max(self._skipped_now.get(slot, 0), count)
+
+    def _warn_new_reasons(self, meta: dict, train: bool) -> None:
+        for reason, example in (meta.get("skip_examples") or {}).items():
+            if (train, reason) not in self._warned_reasons:
+                self._warned_reasons.add((train, reason))
+                warnings.warn(f"skipped a {'training' if train else 'validation'} sample ({reason}): {example} "
+                              "[further ones are counted in train/skipped_samples]", stacklevel=2)
+
+    @property
+    def skip_reasons(self) -> dict[str, int]:
+        """Skipped training samples of this process by reason (all epochs)."""
+        total = dict(self._reasons_done)
+        for counts in self._reasons_now.values():
+            for reason, n in counts.items():
+                total[reason] = total.get(reason, 0) + n
+        return total
 
     @property
     def skipped_samples(self) -> int:
@@ -161,7 +236,8 @@ class _ShardDataModule(LightningDataModule):
         if epoch < 0 or done >= self.epoch_steps:
             epoch, done = epoch + 1, 0
         return {"epoch": epoch, "batches_in_epoch": done, "seed": self.seed,
-                "skipped_samples": self.skipped_samples, "num_workers": self.num_workers,
+                "skipped_samples": self.skipped_samples, "skip_reasons": self.skip_reasons,
+                "num_workers": self.num_workers,
                 "batch_size": self.batch_size, "epoch_steps": self.epoch_steps}
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -169,6 +245,7 @@ class _ShardDataModule(LightningDataModule):
             return
         self._resume = {"epoch": int(state_dict["epoch"]), "batches_in_epoch": int(state_dict["batches_in_epoch"])}
         self._skipped_done, self._skipped_now = int(state_dict.get("skipped_samples", 0)), {}
+        self._reasons_done, self._reasons_now = dict(state_dict.get("skip_reasons", {})), {}
         for name in ("seed", "num_workers", "batch_size", "epoch_steps"):
             if name in state_dict and state_dict[name] != getattr(self, name):
                 import warnings
@@ -203,6 +280,7 @@ class AudioDataModule(_ShardDataModule):
             (`data.text.TextAugment`). Word dropout defaults to 0 because MusicGen's text conditioner applies
             its own (0.3); enable it here only if the conditioner's is off.
         normalize_loudness, loudness_target: scale each crop to `loudness_target` LUFS (BS.1770).
+        max_peak: a crop whose absolute peak exceeds this (full scale 1.0) is skipped and counted ("absurd peak").
     """
 
     def __init__(self, train_shards: Any = None, val_shards: Any = None, sample_rate: int = 32000,
@@ -211,9 +289,11 @@ class AudioDataModule(_ShardDataModule):
                  val_batch_size: int | None = None, num_workers: int = 2, shuffle_buffer: int = 32,
                  epoch_steps: int = 1000, seed: int = 0, merge_text_p: float = 0.25, drop_desc_p: float = 0.5,
                  drop_other_p: float = 0.5, word_dropout: float = 0.0, normalize_loudness: bool = False,
-                 loudness_target: float = -14.0, prefetch_factor: int | None = 2, pin_memory: bool = False):
+                 loudness_target: float = -14.0, prefetch_factor: int | None = 2, pin_memory: bool = False,
+                 max_peak: float = 10.0):
         super().__init__(train_shards, val_shards, batch_size, val_batch_size, num_workers, shuffle_buffer,
                          epoch_steps, seed, prefetch_factor, pin_memory)
+        self.max_peak = max_peak
         if sample_rate <= 0 or channels not in (1, 2):
             raise ConfigError(f"sample_rate={sample_rate}, channels={channels}: need a positive rate and 1 or 2 channels")
         self.sample_rate, self.channels = sample_rate, channels
@@ -226,7 +306,7 @@ class AudioDataModule(_ShardDataModule):
     def _decoder(self, train: bool) -> AudioCrops:
         seg = self.segment_duration if train else (self.val_segment_duration or self.segment_duration)
         return AudioCrops(self.sample_rate, self.channels, seg, self.min_segment_ratio, self.text,
-                          self.normalize_loudness, self.loudness_target)
+                          self.normalize_loudness, self.loudness_target, self.max_peak)
 
 
 class TokenDataModule(_ShardDataModule):
@@ -256,15 +336,27 @@ class TokenDataModule(_ShardDataModule):
 
 
 class SkippedSamplesLogger(Callback):
-    """Log the datamodule's `skipped_samples` as `train/skipped_samples` every `every_n_steps` steps."""
+    """Report the datamodule's skipped samples: `train/skipped_samples` to the logger every `every_n_steps`
+    steps, `skipped` on the progress bar once non-zero, and a summary line by reason at the end of training.
+    Added to every fit of this package's modules (`lightning_musicgen.reliability.reliability_callbacks`)."""
 
-    def __init__(self, every_n_steps: int = 50):
+    def __init__(self, every_n_steps: int = 1):
         self.every_n_steps = every_n_steps
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "skipped_samples"):
             return
+        count = dm.skipped_samples
         if trainer.global_step % self.every_n_steps == 0:
-            pl_module.log("train/skipped_samples", float(dm.skipped_samples), on_step=True, on_epoch=False,
-                          rank_zero_only=True)
+            pl_module.log("train/skipped_samples", float(count), on_step=True, on_epoch=False,
+                          rank_zero_only=True, batch_size=1)
+        if count:
+            pl_module.log("skipped", float(count), prog_bar=True, logger=False, on_step=True, on_epoch=False,
+                          rank_zero_only=True, batch_size=1)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        dm = trainer.datamodule
+        if dm is not None and getattr(dm, "skipped_samples", 0):
+            reasons = ", ".join(f"{r}: {n}" for r, n in sorted(dm.skip_reasons.items()))
+            rank_zero_info(f"[lightning_musicgen] skipped {dm.skipped_samples} training sample(s) ({reasons})")

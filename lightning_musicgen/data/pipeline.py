@@ -16,8 +16,15 @@ Decoders turn a raw sample into a tensor: `AudioCrops` (FLAC/wav/ogg/mp3 blobs -
 `CodeCrops` (`codes.npy` -> code crops). A sample with a melody conditioning file (`melody.flac`, written by
 `prepare` from `melody_path`) also gets that file cropped at the same time span; a batch in which any sample
 has one carries `melody` [B, C, T] (the samples without one get their own crop there). A sample that fails to
-decode, has no audio, or has non-finite values is skipped and counted; the count travels in each item's
-`meta["skipped_samples"]` (per worker, cumulative) and the datamodule sums it.
+decode, has no audio, has non-finite values or an absurd peak (above `max_peak`, e.g. a float file of
++-1e30), lacks or has invalid JSON is skipped and counted under a short reason; an unreadable or missing shard
+counts once. The counts travel in each item's `meta["skipped_samples"]` and `meta["skip_reasons"]` (per
+worker, cumulative, with one example per reason in `meta["skip_examples"]`) and the datamodule sums and
+reports them.
+
+No usable data never means a silent spin: a train stream raises `NoUsableSamples` (naming the shards and the
+skip reasons) when 2000 samples in a row failed before any decoded (10000 after one did) and every shard gave
+one of the failures, or when shard after shard is unreadable.
 """
 from __future__ import annotations
 
@@ -40,18 +47,27 @@ REPLAYED = "__replayed_batch__"  # key of the placeholder a worker yields for a 
 
 
 class CorruptSample(Exception):
-    """A sample that cannot be used (undecodable, empty, non-finite, missing members)."""
+    """A sample that cannot be used (undecodable, empty, non-finite, missing members); `reason` is the
+    short category it is counted under, the message the detail."""
+
+    def __init__(self, message: str, reason: str = "undecodable"):
+        super().__init__(message)
+        self.reason = reason
+
+
+class NoUsableSamples(RuntimeError):
+    """No sample of the train shards can be used: training cannot make progress."""
 
 
 def _meta_of(sample: dict) -> dict:
     try:
         meta = json.loads(sample["json"])
     except KeyError:
-        raise CorruptSample(f"{sample.get('__key__')}: no json member") from None
+        raise CorruptSample(f"{sample.get('__key__')}: no json member", "no json member") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptSample(f"{sample.get('__key__')}: invalid json ({exc})") from None
+        raise CorruptSample(f"{sample.get('__key__')}: invalid json ({exc})", "invalid json") from None
     if not isinstance(meta, dict):
-        raise CorruptSample(f"{sample.get('__key__')}: json is not an object")
+        raise CorruptSample(f"{sample.get('__key__')}: json is not an object", "invalid json")
     return meta
 
 
@@ -62,16 +78,20 @@ class AudioCrops:
     `min_segment_ratio` of the crop is real audio whenever the file is that long; shorter files and
     crops that run past the end are zero-padded (the mask marks the real part).
     Valid: crops start at 0. `segment_duration=None` keeps whole files (padded to the batch's longest).
+    A crop whose peak exceeds `max_peak` (full scale is 1.0) is skipped like a non-finite one.
     """
 
     def __init__(self, sample_rate: int = 32000, channels: int = 1, segment_duration: float | None = 30.0,
                  min_segment_ratio: float = 0.8, text: TextAugment | None = None,
-                 normalize_loudness: bool = False, loudness_target: float = -14.0):
+                 normalize_loudness: bool = False, loudness_target: float = -14.0, max_peak: float = 10.0):
         check_crop_options(segment_duration, min_segment_ratio)
         self.sample_rate, self.channels = sample_rate, channels
         self.segment_duration, self.min_segment_ratio = segment_duration, min_segment_ratio
         self.text = text or TextAugment()
         self.normalize_loudness, self.loudness_target = normalize_loudness, loudness_target
+        if not max_peak > 0:
+            raise ValueError(f"max_peak={max_peak}: must be > 0 (full scale is 1.0)")
+        self.max_peak = max_peak
 
     def plan(self, sample: dict, rng: np.random.Generator | None) -> dict:
         """Cheap part (no decoding): metadata, crop position and caption. rng=None -> validation."""
@@ -84,7 +104,7 @@ class AudioCrops:
         for ext in AUDIO_EXTS:
             if ext in sample:
                 return sample[ext]
-        raise CorruptSample(f"{sample.get('__key__')}: no audio member ({'/'.join(AUDIO_EXTS)})")
+        raise CorruptSample(f"{sample.get('__key__')}: no audio member ({'/'.join(AUDIO_EXTS)})", "no audio member")
 
     def load(self, sample: dict, plan: dict) -> dict:
         blob, meta, seg = self._audio_member(sample), plan["meta"], self.segment_duration
@@ -102,11 +122,15 @@ class AudioCrops:
                     first = int(round(start * sr))
                     wav = wav[:, first:first + int(round(seg * sr))]
         except AudioReadError as exc:
-            raise CorruptSample(str(exc)) from None
+            raise CorruptSample(str(exc), "undecodable audio") from None
         if wav.shape[-1] == 0:
-            raise CorruptSample(f"{sample.get('__key__')}: no audio samples")
+            raise CorruptSample(f"{sample.get('__key__')}: no audio samples", "empty audio")
         if not torch.isfinite(wav).all():
-            raise CorruptSample(f"{sample.get('__key__')}: non-finite audio samples")
+            raise CorruptSample(f"{sample.get('__key__')}: non-finite audio samples", "non-finite audio")
+        peak = float(wav.abs().max())
+        if peak > self.max_peak:
+            raise CorruptSample(f"{sample.get('__key__')}: peak {peak:.3g} above max_peak={self.max_peak:g}",
+                                "absurd peak")
         wav = resample(convert_channels(wav, self.channels), sr, self.sample_rate)
         if self.normalize_loudness:
             from lightning_musicgen.audio.loudness import normalize_loudness
@@ -126,9 +150,9 @@ class AudioCrops:
             wav, sr = read_audio(io.BytesIO(sample[MELODY_MEMBER]), start=start,
                                  duration=length / self.sample_rate)
         except AudioReadError as exc:
-            raise CorruptSample(f"{sample.get('__key__')}: melody: {exc}") from None
+            raise CorruptSample(f"{sample.get('__key__')}: melody: {exc}", "undecodable melody") from None
         if not torch.isfinite(wav).all():
-            raise CorruptSample(f"{sample.get('__key__')}: non-finite melody samples")
+            raise CorruptSample(f"{sample.get('__key__')}: non-finite melody samples", "non-finite melody")
         if wav.shape[-1] == 0:  # the melody file ended before this crop: silence, i.e. the null melody
             return torch.zeros(self.channels, length)
         wav = resample(convert_channels(wav, self.channels), sr, self.sample_rate)[:, :length]
@@ -179,14 +203,15 @@ class CodeCrops:
     def load(self, sample: dict, plan: dict) -> dict:
         meta = plan["meta"]
         if "codes.npy" not in sample:
-            raise CorruptSample(f"{sample.get('__key__')}: no codes.npy member")
+            raise CorruptSample(f"{sample.get('__key__')}: no codes.npy member", "no codes member")
         try:
             codes = np.load(io.BytesIO(sample["codes.npy"]), allow_pickle=False)
         except Exception as exc:
-            raise CorruptSample(f"{sample.get('__key__')}: unreadable codes ({exc})") from None
+            raise CorruptSample(f"{sample.get('__key__')}: unreadable codes ({exc})", "unreadable codes") from None
         frame_rate = meta.get("frame_rate")
         if codes.ndim != 2 or codes.shape[1] == 0 or not frame_rate:
-            raise CorruptSample(f"{sample.get('__key__')}: codes shape {codes.shape} / frame_rate {frame_rate}")
+            raise CorruptSample(f"{sample.get('__key__')}: codes shape {codes.shape} / frame_rate {frame_rate}",
+                                "unreadable codes")
         frames, start = codes.shape[1], 0
         if self.segment_duration is not None:
             seg = int(round(self.segment_duration * frame_rate))
@@ -218,16 +243,38 @@ def _worker() -> tuple[int, int]:
     return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
+def skip_reason(exc: BaseException) -> str:
+    """The short category a skipped sample or shard is counted under."""
+    if isinstance(exc, CorruptSample):
+        return exc.reason
+    if isinstance(exc, FileNotFoundError) or "No such file" in str(exc):
+        return "missing shard"
+    return "unreadable shard"
+
+
 class _Counter:
-    """Skipped-sample bookkeeping of one worker."""
+    """Skipped-sample bookkeeping of one worker: total, per reason, first example of each reason."""
 
     def __init__(self, slot: int):
         self.slot, self.skipped, self.errors = slot, 0, []
+        self.reasons: dict[str, int] = {}
+        self.examples: dict[str, str] = {}
 
     def add(self, exc: Exception) -> None:
         self.skipped += 1
+        reason = skip_reason(exc)
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        detail = str(exc).splitlines()[0][:300] if str(exc) else repr(exc)
+        self.examples.setdefault(reason, detail)
         if len(self.errors) < 20:
-            self.errors.append(str(exc).splitlines()[0][:300] if str(exc) else repr(exc))
+            self.errors.append(detail)
+
+    def annotate(self, meta: dict) -> None:
+        meta.update(worker=self.slot, skipped_samples=self.skipped, skip_reasons=dict(self.reasons),
+                    skip_examples=dict(self.examples))
+
+    def summary(self) -> str:
+        return ", ".join(f"{reason} x{n} (e.g. {self.examples[reason]})" for reason, n in self.reasons.items())
 
 
 class TrainStream(IterableDataset):
@@ -251,7 +298,13 @@ class TrainStream(IterableDataset):
     def __len__(self) -> int:
         return self.epoch_batches
 
-    def _samples(self, rng: np.random.Generator, counter: _Counter) -> Iterator[dict]:
+    def _no_usable_samples(self, counter: _Counter, what: str) -> NoUsableSamples:
+        shards = sorted(set(self.urls))
+        named = ", ".join(shards[:5]) + (f" and {len(shards) - 5} more" if len(shards) > 5 else "")
+        return NoUsableSamples(f"no usable training sample: {what} in {len(shards)} shard(s) ({named}); "
+                               f"skipped: {counter.summary() or 'the shards hold no samples'}")
+
+    def _samples(self, rng: np.random.Generator, counter: _Counter, bad_shards: set) -> Iterator[dict]:
         empty_run = 0
         while True:
             url = self.urls[int(rng.integers(len(self.urls)))]
@@ -259,14 +312,15 @@ class TrainStream(IterableDataset):
             for sample in iter_tar_samples(url, counter.add):
                 got += 1
                 yield sample
+            if not got:
+                bad_shards.add(url)
             empty_run = 0 if got else empty_run + 1
             if empty_run > 2 * len(self.urls) + 10:
-                raise RuntimeError(f"no readable samples in the train shards (last tried {url}; "
-                                   f"errors: {counter.errors[-1:] or 'empty shards'})")
+                raise self._no_usable_samples(counter, f"{empty_run} shard reads in a row gave no sample")
 
-    def _shuffled(self, rng: np.random.Generator, counter: _Counter) -> Iterator[dict]:
+    def _shuffled(self, rng: np.random.Generator, counter: _Counter, bad_shards: set) -> Iterator[dict]:
         buffer: list[dict] = []
-        for sample in self._samples(rng, counter):
+        for sample in self._samples(rng, counter, bad_shards):
             if len(buffer) < self.shuffle_buffer:
                 buffer.append(sample)
                 if len(buffer) < self.shuffle_buffer:
@@ -279,7 +333,11 @@ class TrainStream(IterableDataset):
         worker, num_workers = _worker()
         rng = np.random.default_rng([self.seed, self.rank, worker, self.epoch])
         counter = _Counter(self.rank * num_workers + worker)
-        stream = self._shuffled(rng, counter) if self.shuffle_buffer > 1 else self._samples(rng, counter)
+        # shards that gave no usable sample since the last sample that decoded (and whether one ever did)
+        bad_shards: set[str] = set()
+        all_shards, decoded_any, failures_in_a_row = set(self.urls), False, 0
+        stream = self._shuffled(rng, counter, bad_shards) if self.shuffle_buffer > 1 \
+            else self._samples(rng, counter, bad_shards)
         for batch_index in range(worker, self.epoch_batches, num_workers):
             replay = batch_index < self.skip_batches
             items = []
@@ -288,13 +346,22 @@ class TrainStream(IterableDataset):
                 try:
                     plan = self.decoder.plan(sample, rng)
                     items.append(None if replay else self.decoder.load(sample, plan))
+                    decoded_any, failures_in_a_row = True, 0
+                    bad_shards.clear()
                 except CorruptSample as exc:
                     counter.add(exc)
+                    failures_in_a_row += 1
+                    bad_shards.add(sample.get("__url__"))
+                    limit = 10_000 if decoded_any else 2_000
+                    if failures_in_a_row >= limit and bad_shards >= all_shards:
+                        raise self._no_usable_samples(counter, f"{failures_in_a_row} samples in a row failed, "
+                                                      "from every shard") from None
             if replay:  # a placeholder keeps the DataLoader's worker round-robin aligned with batch indices
                 yield {REPLAYED: batch_index}
                 continue
             for it in items:
-                it["meta"].update(worker=counter.slot, skipped_samples=counter.skipped, epoch=self.epoch)
+                counter.annotate(it["meta"])
+                it["meta"]["epoch"] = self.epoch
             yield self.decoder.collate(items)
 
 
@@ -337,7 +404,7 @@ class ValidStream(IterableDataset):
 
     def _finish(self, items: list[dict], counter: _Counter) -> dict:
         for it in items:
-            it["meta"].update(worker=counter.slot, skipped_samples=counter.skipped)
+            counter.annotate(it["meta"])
         return self.decoder.collate(items)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,11 @@ class TextConditioner(nn.Module):
     by default, projected to the LM width, padding zeroed and masked.
 
     `encoder_config`/`tokenizer_files` rebuild it without the original folder (converted and
-    Lightning checkpoints carry both; the weights then come from the state dict)."""
+    Lightning checkpoints carry both; the weights then come from the state dict).
+
+    Descriptions are truncated to `max_tokens` (`max_length` if set, else the encoder's limit: the
+    tokenizer's `model_max_length` and the encoder's `max_position_embeddings`, e.g. 512 for MiniLM/T5),
+    with one warning per conditioner the first time a description is cut."""
 
     def __init__(self, name: str = "t5-base", dim: int = 1024, freeze: bool = True, word_dropout: float = 0.0,
                  max_length: int | None = None, project: bool | None = None, encoder_config: dict | None = None,
@@ -129,6 +134,7 @@ class TextConditioner(nn.Module):
             except OSError as exc:
                 raise FileNotFoundError(f"text encoder {name!r}: cannot load ({str(exc).splitlines()[0]})") from exc
         self.encoder.config.use_cache = False
+        self._warned_truncation = False
         hidden = self.encoder.config.hidden_size if hasattr(self.encoder.config, "hidden_size") \
             else self.encoder.config.d_model
         project = hidden != dim if project is None else project
@@ -158,12 +164,35 @@ class TextConditioner(nn.Module):
         words = text.split()
         return " ".join(w for w in words if random.random() >= self.word_dropout)
 
+    @property
+    def max_tokens(self) -> int | None:
+        """The longest token sequence the encoder takes (None: unbounded)."""
+        limits = [n for n in (self.max_length, getattr(self.tokenizer, "model_max_length", None),
+                              getattr(self.encoder.config, "max_position_embeddings", None))
+                  if isinstance(n, int) and 0 < n < 1_000_000]  # tokenizers without a limit say ~1e30
+        return min(limits) if limits else None
+
+    def _warn_if_truncated(self, texts: list[str], tokens, limit: int) -> None:
+        full = tokens["attention_mask"].sum(-1) >= limit  # only these can have been cut
+        if self._warned_truncation or not bool(full.any()):
+            return
+        for i in full.nonzero().flatten().tolist():
+            if len(self.tokenizer(texts[i], truncation=True, max_length=limit + 1)["input_ids"]) > limit:
+                self._warned_truncation = True
+                warnings.warn(f"text conditioner {self.name!r}: a description longer than {limit} tokens (the "
+                              f"encoder's maximum) was truncated ({len(texts[i].split())} words: "
+                              f"{texts[i][:60]!r}...); further truncations are silent", stacklevel=3)
+                return
+
     def tokenize(self, descriptions: list[str | None]) -> dict[str, torch.Tensor]:
         texts = ["" if d is None else str(d) for d in descriptions]
         if self.training and self.word_dropout > 0:
             texts = [self.drop_words(t) for t in texts]
-        kw = {"truncation": True, "max_length": self.max_length} if self.max_length else {}
+        limit = self.max_tokens
+        kw = {"truncation": True, "max_length": limit} if limit else {}
         tokens = self.tokenizer(texts, padding=True, return_tensors="pt", **kw)
+        if limit:
+            self._warn_if_truncated(texts, tokens, limit)
         empty = torch.tensor([not t.strip() for t in texts])
         tokens["attention_mask"][empty] = 0  # an empty description is no condition at all
         return tokens

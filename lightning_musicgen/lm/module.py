@@ -179,6 +179,10 @@ class MusicGenModule(LightningModule):
             seconds = time.perf_counter() - self._step_start
             self.log("lm/tokens_per_s", self._tokens_in_step / max(seconds, 1e-9), batch_size=1, on_step=True)
 
+    def configure_callbacks(self):
+        from lightning_musicgen.reliability import reliability_callbacks
+        return reliability_callbacks(self.trainer)  # non-finite guard, signals, RNG states, skip reports
+
     # ---- optimizer -----------------------------------------------------------------------------
     def configure_optimizers(self):
         total = self.total_steps or (self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else None)
