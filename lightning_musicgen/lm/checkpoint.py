@@ -8,7 +8,8 @@ Converted format (one `torch.save` file, written by `convert --from-hf` and `sav
      "codec": CompressionModel.to_checkpoint_dict() | {"path": str} | None,
      "meta": {...}}
 A MusicGenModule checkpoint carries the same "lm"/"conditioner" configs in `checkpoint["musicgen"]`
-and the weights in its `state_dict` ("lm." / "conditioner." prefixes; EMA weights if kept).
+and the weights in its `state_dict` ("lm." / "conditioner." prefixes; EMA weights if kept). A
+checkpoint of LoRA fine-tuning (`checkpoint["musicgen"]["lora"]`) loads with its adapters merged.
 """
 from __future__ import annotations
 
@@ -93,7 +94,15 @@ def load_musicgen(path: str | os.PathLike, device: str | torch.device = "cpu", l
     else:
         raise ValueError(f"{path}: neither a converted MusicGen checkpoint nor a MusicGenModule checkpoint")
     lm = MusicGenLM(**lm_part["config"])
-    lm.load_state_dict(lm_state)
+    lora = ckpt.get("musicgen", {}).get("lora") if "musicgen" in ckpt else None
+    if lora:
+        from lightning_musicgen.lm.lora import LoRASettings, add_lora, merge_lora
+        add_lora(lm, LoRASettings.from_any(lora))
+        lm.load_state_dict(lm_state)
+        merge_lora(lm)
+        lm.requires_grad_(True)
+    else:
+        lm.load_state_dict(lm_state)
     conditioner = build_condition_provider(cond_part["config"], cond_part.get("text_encoder_config"),
                                            cond_part.get("tokenizer_files"))
     conditioner.load_state_dict(cond_state)

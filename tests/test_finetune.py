@@ -1,0 +1,232 @@
+"""Fine-tuning the official MusicGen: init_from a converted transformers model, LoRA (adapters only,
+merge, adapters file, transformers round trip), full fine-tuning, global batch size."""
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from lightning_musicgen.lm.checkpoint import load_musicgen
+from lightning_musicgen.lm.conditioners import packaged_minilm_path
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("peft")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CARD, K, DIM, LAYERS = 32, 4, 32, 2
+TEXTS = ["calm piano with strings", "loud rock drums"]
+LORA = {"r": 4, "alpha": 8.0, "dropout": 0.0, "targets": ["self_attn", "cross_attn", "ffn"]}
+
+
+def hf_config():
+    from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
+    t5 = T5Config(vocab_size=30522, d_model=24, d_kv=8, num_heads=3, d_ff=48, num_layers=1, num_decoder_layers=1)
+    enc = EncodecConfig(sampling_rate=32000, audio_channels=1, num_filters=4, num_residual_layers=1,
+                        upsampling_ratios=[8, 5, 4, 4], codebook_size=CARD, hidden_size=8, num_lstm_layers=1,
+                        target_bandwidths=[1.5], codebook_dim=8)
+    dec = MusicgenDecoderConfig(vocab_size=CARD, hidden_size=DIM, num_hidden_layers=LAYERS, num_attention_heads=4,
+                                ffn_dim=64, num_codebooks=K, pad_token_id=CARD, bos_token_id=CARD,
+                                decoder_start_token_id=CARD)
+    return MusicgenConfig(text_encoder=t5.to_dict(), audio_encoder=enc.to_dict(), decoder=dec.to_dict())
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A random MusicGen saved in transformers' layout, converted, and token shards of its codec."""
+    from transformers import AutoTokenizer, MusicgenForConditionalGeneration
+
+    from lightning_musicgen.convert.musicgen import convert_musicgen
+    from lightning_musicgen.data.prepare import prepare
+    from lightning_musicgen.data.tokenize import tokenize_shards
+    tmp = tmp_path_factory.mktemp("finetune")
+    torch.manual_seed(0)
+    hf = MusicgenForConditionalGeneration(hf_config()).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    hf.save_pretrained(tmp / "hf")
+    AutoTokenizer.from_pretrained(packaged_minilm_path(), local_files_only=True).save_pretrained(tmp / "hf")
+    converted = convert_musicgen(tmp / "hf", tmp / "base.pt")
+    rng = np.random.default_rng(0)
+    (tmp / "audio").mkdir()
+    for i in range(4):
+        sf.write(tmp / "audio" / f"clip{i}.flac", 0.3 * rng.standard_normal(32000 * 2), 32000)
+        (tmp / "audio" / f"clip{i}.json").write_text(json.dumps({"description": TEXTS[i % 2]}))
+    prepare(tmp / "audio", tmp / "shards", sample_rate=32000, shard_size=2, progress=False)
+    _, _, codec, _ = load_musicgen(converted)
+    tokenize_shards(codec, tmp / "shards", tmp / "tokens", progress=False)
+    return {"dir": tmp, "hf": hf, "converted": converted, "tokens": tmp / "tokens"}
+
+
+def datamodule(base, batch_size=2):
+    from lightning_musicgen.data import TokenDataModule
+    return TokenDataModule(train_shards=str(base["tokens"]), segment_duration=1.0, batch_size=batch_size,
+                           num_workers=0, epoch_steps=100, drop_desc_p=0.0, merge_text_p=0.0)
+
+
+def trainer(tmp, **kw):
+    from lightning.pytorch import Trainer
+    return Trainer(default_root_dir=tmp, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                   enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                   **{"max_steps": 4, "enable_checkpointing": False, **kw})
+
+
+def fixed_codes():
+    g = torch.Generator().manual_seed(3)
+    return torch.randint(0, CARD, (2, K, 12), generator=g)
+
+
+def logits(lm, conditioner, codes=None):
+    lm.eval(), conditioner.eval()
+    with torch.no_grad():
+        return lm.compute_logits(fixed_codes() if codes is None else codes, conditioner(TEXTS))[0]
+
+
+@pytest.fixture(scope="module")
+def lora_run(base):
+    from lightning_musicgen.lm.module import MusicGenModule
+    torch.manual_seed(0)
+    module = MusicGenModule(init_from=str(base["converted"]), lora=LORA, lr=1e-2, warmup_steps=0, weight_decay=0.0)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    trainer(base["dir"] / "lora", max_steps=4, enable_checkpointing=False).fit(
+        module, datamodule=datamodule(base))
+    ckpt = base["dir"] / "lora.ckpt"
+    module.trainer.save_checkpoint(ckpt)
+    adapters = base["dir"] / "adapters.safetensors"
+    module.save_adapters(adapters)
+    return {"module": module, "before": before, "ckpt": ckpt, "adapters": adapters}
+
+
+def test_init_from_converted_equals_the_converted_model(base):
+    from lightning_musicgen.lm.module import MusicGenModule
+    module = MusicGenModule(init_from=str(base["converted"]), lm={"gradient_checkpointing": True},
+                            conditioner={"cfg_dropout": 0.1, "text": {"word_dropout": 0.0}})
+    lm, cond, _, _ = load_musicgen(base["converted"], load_codec_model=False)
+    assert module.lm.transformer.gradient_checkpointing and module.conditioner.cfg_dropout == 0.1
+    torch.testing.assert_close(logits(module.lm, module.conditioner), logits(lm, cond), atol=0, rtol=0)
+    assert module.codec.num_codebooks == K  # the codec embedded in the converted file
+    with pytest.raises(ValueError, match="lm.dim=64 differs"):
+        MusicGenModule(init_from=str(base["converted"]), lm={"dim": 64})
+
+
+def test_lora_trains_only_adapters(lora_run):
+    module, before = lora_run["module"], lora_run["before"]
+    after = module.state_dict()
+    changed = [k for k in after if not torch.equal(after[k], before[k])]
+    assert changed and all("lora_B" in k or "lora_A" in k for k in changed), changed[:5]
+    assert any("lora_B" in k for k in changed)  # B starts at zero: the adapters really moved
+    frozen = [k for k in after if "lora_" not in k]
+    assert all(torch.equal(after[k], before[k]) for k in frozen)  # base + text encoder bitwise equal
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_merge_adapters_file_and_checkpoint(base, lora_run):
+    import copy
+
+    from lightning_musicgen.lm.lora import load_adapters, merge_lora
+    module = lora_run["module"]
+    tuned = logits(module.lm, module.conditioner)
+    base_lm, base_cond, _, _ = load_musicgen(base["converted"], load_codec_model=False)
+    assert (tuned - logits(base_lm, base_cond)).abs().max() > 1e-3  # fine-tuning changed the model
+    merged = merge_lora(copy.deepcopy(module.lm))
+    assert not any("lora_" in k or "base_layer" in k for k in merged.state_dict())
+    torch.testing.assert_close(logits(merged, module.conditioner), tuned, atol=1e-5, rtol=0)
+    # the adapters alone, onto a freshly loaded base
+    assert lora_run["adapters"].stat().st_size < 0.2 * base["converted"].stat().st_size
+    load_adapters(lora_run["adapters"], base_lm, base_cond)
+    torch.testing.assert_close(logits(base_lm, base_cond), tuned, atol=1e-6, rtol=0)
+    # the Lightning checkpoint loads with the adapters merged (what generation and export read)
+    lm, cond, _, _ = load_musicgen(lora_run["ckpt"], load_codec_model=False)
+    torch.testing.assert_close(logits(lm, cond), tuned, atol=1e-5, rtol=0)
+
+
+def to_transformers_state(lm, conditioner) -> dict:
+    """Our merged LM + text projection -> transformers' MusicGen decoder/projection keys."""
+    sd, out, D = lm.state_dict(), {}, lm.dim
+    pre = "decoder.model.decoder."
+    for k in range(lm.n_q):
+        out[f"{pre}embed_tokens.{k}.weight"] = sd[f"emb.{k}.weight"]
+        out[f"decoder.lm_heads.{k}.weight"] = sd[f"heads.{k}.weight"]
+    for i in range(len(lm.transformer.layers)):
+        src, dst = f"transformer.layers.{i}.", f"{pre}layers.{i}."
+        q, k_, v = sd[src + "self_attn.qkv.weight"].split(D)
+        out |= {dst + "self_attn.q_proj.weight": q, dst + "self_attn.k_proj.weight": k_,
+                dst + "self_attn.v_proj.weight": v, dst + "self_attn.out_proj.weight": sd[src + "self_attn.out.weight"],
+                dst + "encoder_attn.q_proj.weight": sd[src + "cross_attn.q.weight"],
+                dst + "encoder_attn.k_proj.weight": sd[src + "cross_attn.kv.weight"][:D],
+                dst + "encoder_attn.v_proj.weight": sd[src + "cross_attn.kv.weight"][D:],
+                dst + "encoder_attn.out_proj.weight": sd[src + "cross_attn.out.weight"],
+                dst + "fc1.weight": sd[src + "ffn.0.weight"], dst + "fc2.weight": sd[src + "ffn.2.weight"]}
+        for ours, theirs in (("norm_self", "self_attn_layer_norm"), ("norm_cross", "encoder_attn_layer_norm"),
+                             ("norm_ffn", "final_layer_norm")):
+            out[dst + f"{theirs}.weight"], out[dst + f"{theirs}.bias"] = sd[src + f"{ours}.weight"], sd[src + f"{ours}.bias"]
+    out[f"{pre}layer_norm.weight"], out[f"{pre}layer_norm.bias"] = sd["out_norm.weight"], sd["out_norm.bias"]
+    out["enc_to_dec_proj.weight"] = conditioner.text.proj.weight.detach()
+    out["enc_to_dec_proj.bias"] = conditioner.text.proj.bias.detach()
+    return out
+
+
+def test_merged_lora_loads_in_transformers(base, lora_run, tmp_path):
+    """The merged weights in transformers' MusicgenForConditionalGeneration give our logits."""
+    from transformers import AutoTokenizer, MusicgenForConditionalGeneration
+    lm, cond, _, _ = load_musicgen(lora_run["ckpt"], load_codec_model=False)
+    hf = MusicgenForConditionalGeneration.from_pretrained(base["dir"] / "hf").eval()
+    result = hf.load_state_dict(to_transformers_state(lm, cond), strict=False)
+    assert not result.unexpected_keys
+    hf.save_pretrained(tmp_path / "merged_hf")
+    hf = MusicgenForConditionalGeneration.from_pretrained(tmp_path / "merged_hf").eval()
+    tokenizer = AutoTokenizer.from_pretrained(packaged_minilm_path(), local_files_only=True)
+    seq = lm.pattern.build(fixed_codes(), CARD)
+    seq_in = lm.shift_right(seq)
+    with torch.no_grad():
+        ref = hf(**tokenizer(TEXTS, padding=True, return_tensors="pt"),
+                 decoder_input_ids=seq_in.flatten(0, 1)).logits.view(len(TEXTS), K, -1, CARD)
+        ours = lm.eval()(seq_in, cond.eval()(TEXTS))
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
+    base_lm, base_cond, _, _ = load_musicgen(base["converted"], load_codec_model=False)
+    with torch.no_grad():
+        assert (base_lm(seq_in, base_cond(TEXTS)) - ref).abs().max() > 1e-3  # not the base model's logits
+
+
+def test_full_finetuning_loss_falls_and_text_encoder_is_frozen(base):
+    from lightning_musicgen.lm.module import MusicGenModule
+    torch.manual_seed(0)
+    module = MusicGenModule(init_from=str(base["converted"]), lm={"gradient_checkpointing": True},
+                            conditioner={"cfg_dropout": 0.0, "text": {"word_dropout": 0.0}},
+                            lr=3e-3, warmup_steps=0, weight_decay=0.0)
+    encoder_before = {k: v.clone() for k, v in module.conditioner.text.encoder.state_dict().items()}
+    lm_before = [p.detach().clone() for p in module.lm.parameters()]
+    batch = {"codes": fixed_codes(), "mask": torch.ones(2, 12, dtype=torch.bool), "text": TEXTS}
+    losses = []
+
+    class FixedBatch(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            while True:
+                yield batch
+
+    class Record(__import__("lightning").pytorch.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, *args):
+            losses.append(float(outputs["loss"]))
+
+    loader = torch.utils.data.DataLoader(FixedBatch(), batch_size=None)
+    trainer(base["dir"], max_steps=8, callbacks=[Record()]).fit(module, loader)
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert all(torch.equal(v, module.conditioner.text.encoder.state_dict()[k]) for k, v in encoder_before.items())
+    assert all(not torch.equal(a, b) for a, b in zip(lm_before, module.lm.parameters()) if b.requires_grad)
+    assert not any(p.requires_grad for p in module.conditioner.text.encoder.parameters())
+
+
+def test_global_batch_size_sets_accumulation(base):
+    from lightning_musicgen.lm.finetune import accumulation
+    from lightning_musicgen.lm.module import MusicGenModule
+    module = MusicGenModule(init_from=str(base["converted"]), lora=LORA, global_batch_size=6, lr=1e-3,
+                            warmup_steps=0)
+    t = trainer(base["dir"], max_steps=2)
+    t.fit(module, datamodule=datamodule(base, batch_size=2))
+    assert t.accumulate_grad_batches == 3
+    assert t.global_step == 2 and t.fit_loop.epoch_loop.batch_progress.total.completed == 6
+    with pytest.raises(ValueError, match="global_batch_size=10 is not a multiple"):
+        accumulation(10, 4, 1)
+    assert accumulation(64, 4, 2) == 8
