@@ -16,6 +16,7 @@ TOOL_VERBS = {
     "tokenize": ("lightning_musicgen.data.tokenize", "audio shards -> codec token shards for LM training"),
     "generate": ("lightning_musicgen.generate_cli", "generate music from text/melody/prompt to wav files"),
     "convert": ("lightning_musicgen.convert.cli", "official weights (transformers layout) -> our checkpoint"),
+    "lora": ("lightning_musicgen.lm.lora_cli", "LoRA adapters: extract them, or merge them into the base model"),
     "submit": ("lightning_musicgen.cluster.submit", "render and submit a SLURM (sbatch) training job"),
 }
 

@@ -230,3 +230,24 @@ def test_global_batch_size_sets_accumulation(base):
     with pytest.raises(ValueError, match="global_batch_size=10 is not a multiple"):
         accumulation(10, 4, 1)
     assert accumulation(64, 4, 2) == 8
+
+
+def test_lora_cli_extract_and_merge(base, lora_run, tmp_path, capsys):
+    from lightning_musicgen import MusicGen
+    from lightning_musicgen.__main__ import main
+    from lightning_musicgen.lm.lora import read_adapters
+    module = lora_run["module"]
+    tuned = logits(module.lm, module.conditioner)
+    assert main(["lora", "extract", "--ckpt", str(lora_run["ckpt"]), "--out", str(tmp_path / "a.safetensors")]) == 0
+    _, extracted, _ = read_adapters(tmp_path / "a.safetensors")
+    _, saved, _ = read_adapters(lora_run["adapters"])
+    assert extracted.keys() == saved.keys() and all(torch.equal(extracted[k], saved[k]) for k in saved)
+    assert main(["lora", "merge", "--base", str(base["converted"]), "--adapters", str(tmp_path / "a.safetensors"),
+                 "--out", str(tmp_path / "merged.pt")]) == 0
+    model = MusicGen.from_checkpoint(tmp_path / "merged.pt", device="cpu", dtype="float32")
+    torch.testing.assert_close(logits(model.lm, model.conditioner), tuned, atol=1e-5, rtol=0)
+    assert model.codec.num_codebooks == K  # the base's codec came along
+    capsys.readouterr()
+    assert main(["lora", "extract", "--ckpt", str(base["converted"]), "--out", str(tmp_path / "b.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "not a LoRA fine-tuning checkpoint" in err[0]
