@@ -67,9 +67,9 @@ def datamodule(base, batch_size=2):
 
 def trainer(tmp, **kw):
     from lightning.pytorch import Trainer
-    return Trainer(default_root_dir=tmp, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                   enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                   **{"max_steps": 4, "enable_checkpointing": False, **kw})
+    return Trainer(default_root_dir=tmp, accelerator="cpu", devices=1, enable_progress_bar=False,
+                   enable_model_summary=False, num_sanity_val_steps=0,
+                   **{"max_steps": 4, "enable_checkpointing": False, "logger": False, "limit_val_batches": 0, **kw})
 
 
 def fixed_codes():
@@ -251,3 +251,37 @@ def test_lora_cli_extract_and_merge(base, lora_run, tmp_path, capsys):
     assert main(["lora", "extract", "--ckpt", str(base["converted"]), "--out", str(tmp_path / "b.safetensors")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "not a LoRA fine-tuning checkpoint" in err[0]
+
+
+def test_evaluation_scores_the_base_model_once_at_the_start(base, tmp_path):
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_musicgen.callbacks import EvaluateGeneration
+    from lightning_musicgen.data import TokenDataModule
+    from lightning_musicgen.lm.module import MusicGenModule
+    callback = EvaluateGeneration(every_n_steps=2, metrics=["chroma_cosine"], num_prompts=2, batch_size=2,
+                                  duration=0.3, top_k=5, use_ema=False, num_audio_samples=0, score_base=True)
+    calls = []
+    original = callback.evaluate
+
+    def spy(trainer, pl_module, prefix="eval"):
+        lm_state = {k: v.clone() for k, v in pl_module.lm.state_dict().items()}
+        calls.append((prefix, trainer.global_step, lm_state))
+        return original(trainer, pl_module, prefix)
+
+    callback.evaluate = spy
+    torch.manual_seed(0)
+    module = MusicGenModule(init_from=str(base["converted"]), lora=LORA, lr=1e-2, warmup_steps=0)
+    initial = {k: v.clone() for k, v in module.lm.state_dict().items()}
+    data = TokenDataModule(train_shards=str(base["tokens"]), val_shards=str(base["tokens"]), segment_duration=1.0,
+                           batch_size=2, num_workers=0, epoch_steps=100)
+    trainer(tmp_path, max_steps=2, logger=CSVLogger(tmp_path, name="csv"), callbacks=[callback]).fit(module, datamodule=data)
+    assert [(p, s) for p, s, _ in calls] == [("eval_base", 0), ("eval", 2)]
+    assert all(torch.equal(calls[0][2][k], v) for k, v in initial.items())  # scored before any update
+    assert any(not torch.equal(calls[1][2][k], v) for k, v in initial.items())
+    rows = list(csv.DictReader(open(next(tmp_path.glob("csv/*/metrics.csv")))))
+    base_rows = [r for r in rows if r.get("eval_base/chroma_cosine")]
+    tuned_rows = [r for r in rows if r.get("eval/chroma_cosine")]
+    assert [r["step"] for r in base_rows] == ["0"] and [r["step"] for r in tuned_rows] == ["2"]
