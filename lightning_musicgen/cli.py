@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import warnings
+from typing import Literal, Optional, Union, get_type_hints
 
-import torch
+import lightning.pytorch as pl
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_musicgen.precision import training_precision
 
 
 # Lightning warnings that are expected with this package's modules and data, silenced so that real
@@ -24,11 +28,21 @@ def silence_expected_warnings() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
-def bf16_supported() -> bool:
-    """bf16 autocast works on every CPU torch build; on CUDA it needs Ampere or newer."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return True
+# Lightning's own accepted precision values, plus "auto".
+PrecisionInput = Optional[Union[Literal["auto"], get_type_hints(pl.Trainer.__init__)["precision"]]]
+
+
+class Trainer(pl.Trainer):
+    """Lightning's Trainer whose `precision` defaults to "auto": bf16-mixed where bf16 is fast (CUDA
+    with native bf16, a CPU with AVX512-BF16/AMX), 32-true elsewhere; one log line says which and
+    why (`lightning_musicgen.precision.training_precision`). Any other value works as in Lightning."""
+
+    def __init__(self, *args, precision: PrecisionInput = "auto", **kwargs):
+        accelerator = str(kwargs.get("accelerator") or "auto")
+        device_type = "cpu" if accelerator == "cpu" else ("cuda" if accelerator in ("cuda", "gpu") else None)
+        precision, reason = training_precision(precision, device_type)
+        rank_zero_info(reason)
+        super().__init__(*args, precision=precision, **kwargs)
 
 
 class MusicGenCLI(LightningCLI):
@@ -45,14 +59,8 @@ class MusicGenCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)  # modules own their optimizers
         super().__init__(
-            LightningModule, LightningDataModule,
+            LightningModule, LightningDataModule, trainer_class=Trainer,
             subclass_mode_model=True, subclass_mode_data=True,
             parser_kwargs={"parser_mode": "omegaconf", "default_env": True, "exit_on_error": False},
             args=args, run=run, **kwargs)
 
-    def before_instantiate_classes(self) -> None:
-        cfg = self.config[self.subcommand] if self.subcommand else self.config
-        precision = str(cfg.trainer.get("precision") or "")
-        if precision.startswith("bf16") and not bf16_supported():
-            warnings.warn(f"precision={precision} is not supported on this GPU; using 32-true")
-            cfg.trainer.precision = "32-true"

@@ -29,38 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from lightning_musicgen import compat
 from lightning_musicgen.lm.conditioners import ConditionProvider, LMConditions
 from lightning_musicgen.lm.model import MusicGenLM
 from lightning_musicgen.lm.sampling import SamplingParams, cfg_combine, make_generator, sample_next_token
+from lightning_musicgen.precision import inference_dtype
 
 UNKNOWN = -1  # a code still to be generated, in a pattern-built sequence
-
-
-def bf16_available(device: torch.device | str = "cpu") -> bool:
-    """bf16 is fast here: CUDA with native bf16 (Ampere+), or a CPU with AVX512-BF16 or AMX."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-    return False
-
-
-def default_dtype(device: torch.device | str = "cpu") -> torch.dtype:
-    return torch.bfloat16 if bf16_available(device) else torch.float32
-
-
-def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device | str) -> torch.dtype:
-    if dtype is None or dtype == "auto":
-        return default_dtype(device)
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "32": torch.float32,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names:
-        raise ValueError(f"dtype {dtype!r} is not one of auto, {', '.join(names)}")
-    return names[dtype]
 
 
 class CpuDecodeKernels(TorchFunctionMode):
@@ -85,13 +60,13 @@ class CpuDecodeKernels(TorchFunctionMode):
         if pack_linears and self.can_pack(next(module.parameters()).dtype):
             for m in module.modules():
                 if isinstance(m, torch.nn.Linear) and m.weight.device.type == "cpu":
-                    self.packed[id(m.weight)] = (m.weight,
-                                                 torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows))
+                    self.packed[id(m.weight)] = (m.weight, compat.onednn_pack_linear_weight(m.weight.detach(), rows))
 
     @staticmethod
     def can_pack(dtype: torch.dtype) -> bool:
-        return (dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
-                and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+        """oneDNN's packed kernels exist and run for `dtype` on this CPU (bf16 needs AVX512 or bf16
+        hardware; elsewhere the plain kernels are used)."""
+        return compat.onednn_linear_kernels_available(dtype)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -102,8 +77,7 @@ class CpuDecodeKernels(TorchFunctionMode):
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             entry = self.packed.get(id(weight))
             if entry is not None and entry[0] is weight and x.dtype == weight.dtype:
-                y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]).contiguous(), entry[1], bias,
-                                                       "none", [], "")
+                y = compat.onednn_linear(x.reshape(-1, x.shape[-1]).contiguous(), entry[1], bias)
                 return y.view(*x.shape[:-1], weight.shape[0])
         elif func is F.scaled_dot_product_attention:
             out = _single_query_attention(*args, **kwargs)
@@ -255,7 +229,7 @@ class MusicGen:
                  dtype: torch.dtype | str | None = None, frame_rate: float | None = None,
                  cpu_kernels: bool = True, packed_weights: bool = True):
         self.device = torch.device(device) if device is not None else next(lm.parameters()).device
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.dtype = inference_dtype(dtype, self.device)
         self.lm = lm.to(self.device, self.dtype).eval()
         self.conditioner = conditioner.to(self.device).eval()
         self.codec = codec.to(self.device).eval() if codec is not None else None

@@ -36,11 +36,16 @@ def test_channel_conversion():
 
 
 def test_chroma_equals_transformers_melody_features():
-    from transformers import MusicgenMelodyFeatureExtractor
-    x = torch.randn(2, 32000 * 3, generator=torch.Generator().manual_seed(0))
-    ref = MusicgenMelodyFeatureExtractor()(x.numpy(), sampling_rate=32000, return_tensors="pt")
-    ours = ChromaExtractor(sample_rate=32000)(x)
-    assert torch.equal(ours, ref["input_features"])
+    """Bitwise equal to transformers' MusicgenMelodyFeatureExtractor, recorded once from transformers
+    5.24 with torchaudio 2.11.0 (tests/fixtures/record_torchaudio.py): the extractor needs torchaudio."""
+    import sys
+    from pathlib import Path
+    fixtures = Path(__file__).parent / "fixtures"
+    sys.path.insert(0, str(fixtures))
+    from record_torchaudio import chroma_input
+    ref = torch.from_numpy(np.load(fixtures / "torchaudio_2_11_0.npz")["chroma/melody_feature_extractor"])
+    ours = ChromaExtractor(sample_rate=32000)(torch.from_numpy(chroma_input()))
+    assert torch.equal(ours, ref)
 
 
 def test_chroma_finds_the_pitch_class():
@@ -50,3 +55,12 @@ def test_chroma_finds_the_pitch_class():
     chroma = ChromaExtractor(sample_rate=sr)(a440)
     # librosa's chroma starts at C: A is index 9
     assert (chroma[0, 2:-2].argmax(-1) == 9).all()
+
+
+@pytest.mark.parametrize("n_fft,sr", [(16384, 32000), (4096, 44100), (2048, 22050)])
+def test_chroma_filter_bank_equals_transformers(n_fft, sr):
+    from transformers.audio_utils import chroma_filter_bank as reference
+
+    from lightning_musicgen.audio.chroma import chroma_filter_bank
+    ref = reference(num_frequency_bins=n_fft, num_chroma=12, sampling_rate=sr, tuning=0.0)
+    np.testing.assert_array_equal(chroma_filter_bank(n_fft, 12, sr), ref)

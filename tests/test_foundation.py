@@ -60,7 +60,7 @@ def test_misspelt_key_is_named(tmp_path):
 
 
 def test_bad_value_is_named(tmp_path):
-    text = (ROOT / "configs/trainer/default.yaml").read_text().replace("precision: bf16-mixed", "precision: bf17")
+    text = (ROOT / "configs/trainer/default.yaml").read_text().replace("precision: auto ", "precision: bf17 ")
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
     out = run_cli("fit", "--config", bad)

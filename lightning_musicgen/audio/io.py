@@ -1,4 +1,4 @@
-"""The one audio loader/writer of the package (soundfile), plus resampling and channel conversion."""
+"""The one audio loader/writer of the package (soundfile), plus resampling (`dsp.resample`) and channel conversion."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
+
+from lightning_musicgen.audio import dsp
 
 
 class AudioReadError(RuntimeError):
@@ -60,7 +61,7 @@ def resample(wav: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     """Band-limited resampling along the last axis (identity when the rates match)."""
     if orig_sr == new_sr:
         return wav
-    return AF.resample(wav, orig_sr, new_sr)
+    return dsp.resample(wav, orig_sr, new_sr)
 
 
 def convert_channels(wav: torch.Tensor, channels: int) -> torch.Tensor:

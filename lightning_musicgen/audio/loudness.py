@@ -1,15 +1,16 @@
-"""Loudness normalisation (ITU-R BS.1770 integrated loudness through torchaudio)."""
+"""Loudness normalisation to a LUFS target (ITU-R BS.1770-4 integrated loudness from `dsp`)."""
 from __future__ import annotations
 
 import torch
-import torchaudio.functional as AF
+
+from lightning_musicgen.audio.dsp import integrated_loudness_lufs
 
 
 def integrated_loudness(wav: torch.Tensor, sample_rate: int) -> float:
     """Integrated loudness in LUFS of [C, T] audio; -inf-like (-120) for silence or clips under 0.4 s."""
     if wav.shape[-1] < int(0.4 * sample_rate):
         return -120.0
-    value = float(AF.loudness(wav.float(), sample_rate))
+    value = integrated_loudness_lufs(wav, sample_rate)
     return value if value == value and value > -120.0 else -120.0  # NaN (all gated) -> silence
 
 

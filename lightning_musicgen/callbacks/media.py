@@ -12,7 +12,8 @@ import re
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torchaudio.transforms import MelSpectrogram
+
+from lightning_musicgen.audio.dsp import MelSpectrogram
 
 from lightning_musicgen.audio import ChromaExtractor, write_audio
 

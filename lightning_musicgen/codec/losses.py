@@ -8,12 +8,12 @@
 """
 from __future__ import annotations
 
-import warnings
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchaudio.transforms import MelSpectrogram
+
+from lightning_musicgen.audio.dsp import MelSpectrogram
 
 
 def _fp32(fn):
@@ -46,10 +46,9 @@ class MultiScaleMelLoss(nn.Module):
     def __init__(self, sample_rate: int, range_start: int = 5, range_end: int = 11, n_mels: int = 64,
                  alpha: float = 1.0):
         super().__init__()
-        with warnings.catch_warnings():  # small FFTs leave a few empty low mel bands: harmless zeros
-            warnings.filterwarnings("ignore", message="At least one mel filterbank has all zero values")
-            self.scales = nn.ModuleList(_LogMel(sample_rate, 2 ** i, 2 ** i // 4, min(n_mels, 2 ** i // 8))
-                                        for i in range(range_start, range_end + 1))
+        # small FFTs leave a few empty low mel bands: harmless zeros
+        self.scales = nn.ModuleList(_LogMel(sample_rate, 2 ** i, 2 ** i // 4, min(n_mels, 2 ** i // 8))
+                                    for i in range(range_start, range_end + 1))
         self.alpha = alpha
 
     def forward(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

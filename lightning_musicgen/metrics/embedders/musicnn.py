@@ -17,7 +17,6 @@ import os
 import numpy as np
 import torch
 from torch import Tensor, nn
-from transformers.audio_utils import mel_filter_bank
 
 from lightning_musicgen.metrics.embedders.base import AudioEmbedder
 from lightning_musicgen.metrics.embedders.tf_checkpoint import read_tf_checkpoint
@@ -108,6 +107,7 @@ class MusicnnVGG(AudioEmbedder):
         checkpoint = checkpoint or musicnn_checkpoint(model)
         self.network = MusicnnVGGNetwork(self.num_classes)
         self.network.load_tf(read_tf_checkpoint(checkpoint), checkpoint)
+        from transformers.audio_utils import mel_filter_bank  # imports torchaudio when installed
         mel = mel_filter_bank(N_FFT // 2 + 1, N_MELS, 0.0, SAMPLE_RATE / 2, SAMPLE_RATE,
                               norm="slaney", mel_scale="slaney")
         self.register_buffer("mel", torch.from_numpy(mel).float(), persistent=False)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from transformers.audio_utils import mel_filter_bank
 
 from lightning_musicgen.metrics.embedders.base import AudioEmbedder, load_strict, load_torch_file
 
@@ -73,6 +72,7 @@ class Cnn14(AudioEmbedder):
         state = state.get("model", state) if isinstance(state, dict) else state
         mel = state.get("logmel_extractor.melW")
         if mel is None:
+            from transformers.audio_utils import mel_filter_bank  # imports torchaudio when installed
             mel = torch.from_numpy(mel_filter_bank(N_FFT // 2 + 1, N_MELS, 50.0, 14000.0, SAMPLE_RATE,
                                                    norm="slaney", mel_scale="slaney")).float()
         if tuple(mel.shape) != (N_FFT // 2 + 1, N_MELS):

@@ -1,0 +1,47 @@
+"""The one place that touches private APIs of torch and Lightning.
+
+Everything here is a thin wrapper with a public-API fallback, so that a change in a private name
+breaks one function in this file (and its test), not the package. Supported versions: see
+setup.cfg (`torch>=2.11`, `lightning>=2.4`).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def cpu_has_bf16_instructions() -> bool:
+    """True when this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX tiles).
+
+    Without them, bf16 matrix products run tens of times slower than fp32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def cpu_capability() -> str:
+    """ATen's vectorisation level for this CPU: 'AVX512', 'AVX2', 'DEFAULT', ... (public API)."""
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
+def onednn_linear_kernels_available(dtype: torch.dtype) -> bool:
+    """oneDNN's packed linear kernels (`torch.ops.mkldnn._reorder_linear_weight` /
+    `_linear_pointwise`) exist in this build and run for `dtype` on this CPU.
+
+    fp32 runs on every x86 CPU; bf16 needs AVX512 (bw, vl, dq: ATen's 'AVX512' level) or bf16
+    hardware; on an AVX2-only CPU oneDNN refuses bf16 weights with a RuntimeError."""
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        return False
+    if dtype == torch.float32:
+        return True
+    if dtype == torch.bfloat16:
+        return cpu_has_bf16_instructions() or cpu_capability().startswith("AVX512")
+    return False
+
+
+def onednn_pack_linear_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """Re-lay a Linear weight [out, in] once into oneDNN's blocked layout for `rows`-row inputs."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+
+
+def onednn_linear(x2d: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x2d[N, in] @ packed_weight^T + bias with oneDNN's kernel (no activation fused)."""
+    return torch.ops.mkldnn._linear_pointwise(x2d, packed_weight, bias, "none", [], "")
