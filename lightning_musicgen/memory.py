@@ -27,6 +27,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 GiB = 2**30
+# The SEANet encoder of EnCodec 32 kHz (64 filters) under no_grad in fp32: its full-rate first stage
+# holds about 288 floats per input sample at its peak (measured with `measured_peak`: 1152 bytes per
+# sample for 1-4 crops of 4 s, linear in batch and length).
+CODEC_ENCODE_BYTES_PER_SAMPLE = 1152
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true")
 
 
@@ -40,6 +44,7 @@ class MemoryEstimate:
     activations: float
     logits: float
     early_grads: float
+    codec_encode: float
     peak: float
 
     def gib(self) -> dict[str, float]:
@@ -88,7 +93,7 @@ def estimate(lm_config: dict, *, micro_batch: int, frames: int, precision: str =
              lora: dict | None = None, gradient_checkpointing: bool | None = None,
              conditioner_params: int = 0, projection_params: int = 0, codec_params: int = 0,
              cross_tokens: int = 64, prefix_tokens: int = 0, pattern_extra_steps: int | None = None,
-             optimizer: str = "fused", device: str = "cuda") -> MemoryEstimate:
+             optimizer: str = "fused", device: str = "cuda", audio_samples: int = 0) -> MemoryEstimate:
     """Training-step peak of `MusicGenLM(**lm_config)` on `micro_batch` crops of `frames` codec frames.
 
     lora: LoRA settings (`lm.lora.LoRASettings` fields) or None for full fine-tuning / training.
@@ -96,7 +101,9 @@ def estimate(lm_config: dict, *, micro_batch: int, frames: int, precision: str =
     counted in projection_params); projection_params: those that train (full training, or LoRA
     with train_condition_projection). cross_tokens: text tokens for cross-attention;
     prefix_tokens: tokens prepended to the sequence (melody: chroma + text). optimizer: "fused"
-    (CUDA AdamW), "foreach" or "single" (CPU default). device: "cuda" or "cpu" (dropout masks differ)."""
+    (CUDA AdamW), "foreach" or "single" (CPU default). device: "cuda" or "cpu" (dropout masks differ).
+    audio_samples: waveform samples per crop when the codec encodes audio batches on the fly (0: token
+    batches); the encoder's activations then peak before the LM runs."""
     from lightning_musicgen.lm.lora import TARGET_GROUPS, LoRASettings
     s = lm_shapes(lm_config)
     D, H, n, F, K, C = s["D"], s["H"], s["n"], s["F"], s["K"], s["C"]
@@ -175,14 +182,18 @@ def estimate(lm_config: dict, *, micro_batch: int, frames: int, precision: str =
     largest = max([K * (C + 1) * D // K, D * C, max(i * o for i, o in linears.values())]) if settings is None \
         else max(r * max(i, o) for i, o in linears.values())
     step_temp = {"fused": 0, "foreach": trainable * pb, "single": 2 * largest * pb}[optimizer]
-    phases = (saved + logits_forward, saved + logits, saved + layer_backward + early_grads, grads + step_temp)
+    codec_encode = micro_batch * audio_samples * CODEC_ENCODE_BYTES_PER_SAMPLE
+    phases = (codec_encode, saved + logits_forward, saved + logits, saved + layer_backward + early_grads,
+              grads + step_temp)
     peak = weights + optimizer_state + max(phases)
-    return MemoryEstimate(weights, grads, optimizer_state, step_temp, activations, logits, early_grads, peak)
+    return MemoryEstimate(weights, grads, optimizer_state, step_temp, activations, logits, early_grads, codec_encode,
+                          peak)
 
 
 def estimate_for_module(module, micro_batch: int, segment_seconds: float, precision: str,
-                        frame_rate: float | None = None, cross_tokens: int = 64) -> MemoryEstimate:
-    """`estimate` for a live MusicGenModule (its LM config, LoRA settings, conditioner and codec)."""
+                        frame_rate: float | None = None, cross_tokens: int = 64, audio: bool = True) -> MemoryEstimate:
+    """`estimate` for a live MusicGenModule (its LM config, LoRA settings, conditioner and codec);
+    `audio`: batches are waveforms the codec encodes on the fly (False: token shards)."""
     frame_rate = frame_rate or module.codec.frame_rate
     frames = int(round(segment_seconds * frame_rate))
     cond = module.conditioner
@@ -194,12 +205,14 @@ def estimate_for_module(module, micro_batch: int, segment_seconds: float, precis
     if cond.fuse == "prepend" and cond.text is not None:
         prefix += cross_tokens
     codec_params = sum(p.numel() for p in module.codec.parameters()) if module.codec_checkpoint else 0
+    samples = int(segment_seconds * module.codec.sample_rate) if (module.codec_checkpoint and audio) else 0
     device = module.device
     return estimate(module.lm.config, micro_batch=micro_batch, frames=frames, precision=precision,
                     lora=module.lora.to_dict() if module.lora is not None else None,
                     conditioner_params=cond_params, projection_params=projection, codec_params=codec_params,
                     cross_tokens=cross_tokens, prefix_tokens=prefix,
-                    optimizer="fused" if device.type == "cuda" else "single", device=device.type)
+                    optimizer="fused" if device.type == "cuda" else "single", device=device.type,
+                    audio_samples=samples)
 
 
 def measured_peak(fn) -> tuple[float, float]:
@@ -215,3 +228,62 @@ def measured_peak(fn) -> tuple[float, float]:
         current += nbytes
         peak = max(peak, current)
     return float(peak), float(current)
+
+
+# ---- the official models (README table: `python -m lightning_musicgen.memory`) ------------------
+OFFICIAL = {
+    "musicgen-small": dict(n_q=4, card=2048, dim=1024, num_heads=16, num_layers=24, cross_attention=True),
+    "musicgen-medium": dict(n_q=4, card=2048, dim=1536, num_heads=24, num_layers=48, cross_attention=True),
+    "musicgen-melody": dict(n_q=4, card=2048, dim=1536, num_heads=24, num_layers=48, cross_attention=False),
+}
+T5_BASE_ENCODER_PARAMS = 109_628_544    # transformers T5EncoderModel("t5-base")
+ENCODEC_32KHZ_PARAMS = 56_884_674        # transformers EncodecModel, 32 kHz MusicGen tokenizer config (encoder, RVQ, decoder)
+MELODY_CHROMA_FRAMES = 235
+
+
+def official_estimate(name: str, method: str, seconds: float, micro_batch: int, precision: str = "bf16-mixed",
+                      gradient_checkpointing: bool = True, lora_rank: int = 16, text_tokens: int = 64,
+                      frame_rate: float = 50.0) -> MemoryEstimate:
+    """`estimate` for an official model fine-tuned on 32 kHz audio batches (codec encodes on the fly):
+    method "lora" (r=lora_rank on self-attention, cross-attention and FFN) or "full"."""
+    cfg = dict(OFFICIAL[name], gradient_checkpointing=gradient_checkpointing)
+    melody = not cfg["cross_attention"]
+    projection = 768 * cfg["dim"] + cfg["dim"] + (12 * cfg["dim"] + cfg["dim"] if melody else 0)
+    targets = ["self_attn", "ffn"] + ([] if melody else ["cross_attn"])
+    return estimate(cfg, micro_batch=micro_batch, frames=int(round(seconds * frame_rate)), precision=precision,
+                    lora=dict(r=lora_rank, alpha=2 * lora_rank, dropout=0.05, targets=targets) if method == "lora" else None,
+                    conditioner_params=T5_BASE_ENCODER_PARAMS + projection,
+                    projection_params=projection if method == "full" else 0, codec_params=ENCODEC_32KHZ_PARAMS,
+                    cross_tokens=text_tokens, prefix_tokens=(MELODY_CHROMA_FRAMES + text_tokens) if melody else 0,
+                    audio_samples=int(seconds * 32000))
+
+
+def largest_micro_batch(name: str, method: str, seconds: float, budget_gib: float, usable: float = 0.9,
+                        **kw) -> int:
+    """The largest micro-batch whose estimate is within `usable` x the budget (0: not even 1)."""
+    best = 0
+    for b in range(1, 257):
+        if official_estimate(name, method, seconds, b, **kw).peak > usable * budget_gib * GiB:
+            break
+        best = b
+    return best
+
+
+def table(budgets=(16, 24, 40, 80)) -> str:
+    lines = ["| model | method | crop | peak at micro-batch 1 | " + " | ".join(f"{b} GB" for b in budgets) + " |",
+             "|---|---|---|---|" + "---|" * len(budgets)]
+    for name in OFFICIAL:
+        for method in ("lora", "full"):
+            for seconds in (10.0, 30.0):
+                one = official_estimate(name, method, seconds, 1).peak / GiB
+                cells = []
+                for budget in budgets:
+                    b = largest_micro_batch(name, method, seconds, budget)
+                    cells.append(f"{b}" if b else "no")
+                label = "LoRA r=16" if method == "lora" else "full"
+                lines.append(f"| {name} | {label} | {seconds:.0f} s | {one:.1f} GiB | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table())

@@ -136,13 +136,15 @@ class MusicGenModule(LightningModule):
             raise ValueError("global_batch_size / memory_budget_gb: need a datamodule with a batch_size")
         micro = int(dm.batch_size)
         if self.memory_budget_gb:
+            from lightning_musicgen.data import TokenDataModule
             from lightning_musicgen.memory import estimate_for_module
             seconds = getattr(dm, "segment_duration", None)
             if not seconds:
                 raise ValueError("memory_budget_gb: the datamodule needs a segment_duration (crop length)")
             precision = str(trainer.precision)
             micro = micro_batch_for_budget(
-                lambda b: estimate_for_module(self, b, float(seconds), precision).peak,
+                lambda b: estimate_for_module(self, b, float(seconds), precision,
+                                              audio=not isinstance(dm, TokenDataModule)).peak,
                 self.memory_budget_gb * 2**30, self.global_batch_size, world)
             if micro != dm.batch_size:
                 dm.batch_size = micro
