@@ -104,6 +104,8 @@ def test_init_from_converted_equals_the_converted_model(base):
                             conditioner={"cfg_dropout": 0.1, "text": {"word_dropout": 0.0}})
     lm, cond, _, _ = load_musicgen(base["converted"], load_codec_model=False)
     assert module.lm.transformer.gradient_checkpointing and module.conditioner.cfg_dropout == 0.1
+    assert module.conditioner.text.word_dropout == 0.0 and module.conditioner_config["text"]["word_dropout"] == 0.0
+    assert module.lm.config["gradient_checkpointing"]
     torch.testing.assert_close(logits(module.lm, module.conditioner), logits(lm, cond), atol=0, rtol=0)
     assert module.codec.num_codebooks == K  # the codec embedded in the converted file
     with pytest.raises(ValueError, match="lm.dim=64 differs"):
@@ -285,3 +287,21 @@ def test_evaluation_scores_the_base_model_once_at_the_start(base, tmp_path):
     base_rows = [r for r in rows if r.get("eval_base/chroma_cosine")]
     tuned_rows = [r for r in rows if r.get("eval/chroma_cosine")]
     assert [r["step"] for r in base_rows] == ["0"] and [r["step"] for r in tuned_rows] == ["2"]
+
+
+@pytest.mark.parametrize("config", ["small_lora", "small_full"])
+def test_finetune_configs_train(base, tmp_path, config, root):
+    """The shipped configs run as they are, on the tiny converted model and its token shards."""
+    from lightning_musicgen.cli import MusicGenCLI
+    cli = MusicGenCLI(args=[
+        "fit", "--config", str(root / "configs/trainer/default.yaml"), "--config", str(root / f"configs/finetune/{config}.yaml"),
+        "--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false",
+        "--trainer.max_steps=2", "--trainer.limit_val_batches=0", "--trainer.precision=32-true",
+        "--trainer.enable_progress_bar=false", "--trainer.default_root_dir", str(tmp_path),
+        "--model.init_args.init_from", str(base["converted"]), "--model.init_args.global_batch_size=4",
+        "--data.class_path=lightning_musicgen.data.TokenDataModule",
+        "--data.init_args.train_shards", str(base["tokens"]), "--data.init_args.val_shards=null",
+        "--data.init_args.segment_duration=1.0", "--data.init_args.batch_size=2", "--data.init_args.num_workers=0"])
+    assert cli.trainer.global_step == 2 and cli.trainer.accumulate_grad_batches == 2
+    assert (cli.model.lora is not None) == (config == "small_lora")
+    assert cli.model.lm.transformer.gradient_checkpointing

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_musicgen.lm.conditioners import ConditionProvider, build_condition_provider
+from lightning_musicgen.lm.conditioners import ConditionProvider
 from lightning_musicgen.lm.model import MusicGenLM
 
 TRAINING_LM_KEYS = ("dropout", "gradient_checkpointing", "attention_backend")
@@ -84,32 +84,48 @@ def _check_overrides(what: str, given: dict, pretrained: dict, allowed: tuple[st
 
 def apply_overrides(pre: Pretrained, lm_config: dict | None, conditioner_config: dict | None
                     ) -> tuple[MusicGenLM, ConditionProvider, dict]:
-    """Rebuild the pretrained LM / conditioner with the config's training-time settings (dropout,
-    gradient checkpointing, CFG and word dropout, ...), weights unchanged."""
+    """The pretrained LM / conditioner with the config's training-time settings (dropout, gradient
+    checkpointing, CFG and word dropout, ...), weights unchanged. Set in place where the setting is a
+    plain attribute; the LM is rebuilt only for a new dropout."""
     lm = pre.lm
-    lm_over = _check_overrides("model.init_args.lm", dict(lm_config or {}), lm.config, TRAINING_LM_KEYS)
-    if any(lm.config.get(k) != v for k, v in lm_over.items()):
+    lm_over = {k: v for k, v in _check_overrides("model.init_args.lm", dict(lm_config or {}), lm.config,
+                                                 TRAINING_LM_KEYS).items() if lm.config.get(k) != v}
+    if "dropout" in lm_over:
         new = MusicGenLM(**{**lm.config, **lm_over})
         new.load_state_dict(lm.state_dict())
         lm = new
+    else:
+        if "gradient_checkpointing" in lm_over:
+            lm.transformer.gradient_checkpointing = bool(lm_over["gradient_checkpointing"])
+        if "attention_backend" in lm_over:
+            for module in lm.modules():
+                if hasattr(module, "backend"):
+                    module.backend = lm_over["attention_backend"]
+        lm.config.update(lm_over)
     cond_cfg = dict(pre.conditioner_config)
     given = dict(conditioner_config or {})
     text_given = given.pop("text", None) or {}
     cond_over = _check_overrides("model.init_args.conditioner", given, cond_cfg, TRAINING_CONDITIONER_KEYS)
+    conditioner = pre.conditioner
+    for key, value in cond_over.items():
+        if key == "attribute_dropout":
+            unknown = set(value or {}) - {"text", "melody"}
+            if unknown:
+                raise ValueError(f"model.init_args.conditioner.attribute_dropout: unknown attributes {sorted(unknown)}")
+            value = dict(value or {})
+        setattr(conditioner, key, value)
     cond_cfg.update(cond_over)
     if text_given:
         if not cond_cfg.get("text"):
             raise ValueError("model.init_args.conditioner.text: the init_from model has no text conditioner")
         text_over = _check_overrides("model.init_args.conditioner.text", text_given, cond_cfg["text"],
                                      TRAINING_TEXT_KEYS)
-        cond_cfg["text"] = {**cond_cfg["text"], **text_over}
-    conditioner = pre.conditioner
-    if cond_cfg != pre.conditioner_config:
         text = conditioner.text
-        conditioner_new = build_condition_provider(cond_cfg, text.encoder_config() if text is not None else None,
-                                                   text.tokenizer_files() if text is not None else None)
-        conditioner_new.load_state_dict(conditioner.state_dict())
-        conditioner = conditioner_new
+        for key, value in text_over.items():
+            setattr(text, key, value)
+        if "freeze" in text_over:
+            text.encoder.requires_grad_(not text_over["freeze"])
+        cond_cfg["text"] = {**cond_cfg["text"], **text_over}
     return lm, conditioner, cond_cfg
 
 
