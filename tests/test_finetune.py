@@ -305,3 +305,23 @@ def test_finetune_configs_train(base, tmp_path, config, root):
     assert cli.trainer.global_step == 2 and cli.trainer.accumulate_grad_batches == 2
     assert (cli.model.lora is not None) == (config == "small_lora")
     assert cli.model.lm.transformer.gradient_checkpointing
+
+
+def test_memory_budget_picks_the_micro_batch(base):
+    from lightning_musicgen.lm.module import MusicGenModule
+    from lightning_musicgen.memory import GiB, estimate_for_module
+    module = MusicGenModule(init_from=str(base["converted"]), lora=LORA, global_batch_size=4, lr=1e-3, warmup_steps=0)
+    peaks = {b: estimate_for_module(module, b, 1.0, "32-true", audio=False).peak for b in (1, 2, 4)}
+    assert peaks[1] < peaks[2] < peaks[4]
+    module.memory_budget_gb = (peaks[2] + peaks[4]) / 2 / GiB  # 2 fits, 4 does not
+    data = datamodule(base, batch_size=4)
+    sizes = []
+
+    class Sizes(__import__("lightning").pytorch.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            sizes.append(batch["codes"].shape[0])
+
+    t = trainer(base["dir"], max_steps=1, callbacks=[Sizes()])
+    t.fit(module, datamodule=data)
+    assert data.batch_size == 2 and t.accumulate_grad_batches == 2 and sizes == [2, 2]
+    assert t.fit_loop.epoch_loop.batch_progress.total.completed == 2
