@@ -45,3 +45,10 @@ def onednn_pack_linear_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
 def onednn_linear(x2d: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x2d[N, in] @ packed_weight^T + bias with oneDNN's kernel (no activation fused)."""
     return torch.ops.mkldnn._linear_pointwise(x2d, packed_weight, bias, "none", [], "")
+
+
+def launched_by_spawn(strategy) -> bool:
+    """The strategy's processes were started by Lightning's multiprocessing launcher (ddp_spawn,
+    ddp_fork, ddp_notebook): children that exit right after `fit`."""
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+    return isinstance(getattr(strategy, "launcher", None), _MultiProcessingLauncher)

@@ -1,16 +1,17 @@
-"""Throughput, gradient norm and memory for the W&B dashboard (Lightning's ThroughputMonitor inside)."""
+"""Throughput, MFU, gradient norm and memory for the W&B dashboard (Lightning's `Throughput` meter inside)."""
 from __future__ import annotations
 
 import resource
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.fabric.utilities.throughput import Throughput, get_available_flops
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import FSDPStrategy
-from lightning.pytorch.trainer.states import RunningStage
 
 
 def find_batch_tensor(batch: Any) -> Optional[torch.Tensor]:
@@ -31,66 +32,95 @@ def find_batch_tensor(batch: Any) -> Optional[torch.Tensor]:
     return None
 
 
-class AudioThroughputMonitor(ThroughputMonitor):
-    """ThroughputMonitor that understands audio and token batches and logs, every `log_every_n_steps`:
+def batch_frame_rate(batch: Any) -> Optional[float]:
+    """The codec frame rate a token batch carries in its metas (`meta[i]["frame_rate"]`), if any."""
+    metas = batch.get("meta") if isinstance(batch, Mapping) else None
+    if isinstance(metas, Sequence) and metas and isinstance(metas[0], Mapping) and "frame_rate" in metas[0]:
+        return float(metas[0]["frame_rate"])
+    return None
 
-    - `train/samples_per_sec` (all ranks together), `train/steps_per_sec`,
-    - `train/audio_sec_per_sec`: seconds of audio processed per wall-clock second,
-    - `lm/tokens_per_sec` for code batches (B*K*F codes per second),
-    - `train/mfu` when the module defines `flops_per_batch` and the device's peak is known,
+
+class AudioThroughputMonitor(Callback):
+    """Throughput for audio and token batches (Lightning's public `Throughput` meter inside), logged
+    every `log_every_n_steps` training steps:
+
+    - `train/samples_per_sec` (all ranks together), `train/batches_per_sec` (micro-batches, per rank),
+    - `train/audio_sec_per_sec`: seconds of audio processed per wall-clock second, all ranks,
+    - `lm/tokens_per_sec` for code batches (B*K*F codes per second, all ranks),
+    - `train/mfu` when the module defines `flops_per_batch` (FLOPs of one training step on one
+      rank) and Lightning knows the device's peak FLOP/s,
     - `train/grad_norm` (L2 over all parameters, before clipping; all shards under FSDP),
     - `train/memory_gb`: peak CUDA memory allocated since the last log (max RSS on CPU).
 
-    Audio duration: a wav batch [B,C,T] holds T / `sample_rate` s per sample; a code batch
-    [B,K,F] holds F / `frame_rate` s per sample (50 Hz for the 32 kHz EnCodec)."""
+    Audio duration: a wav batch [B,C,T] holds T / `sample_rate` s per sample; a code batch [B,K,F]
+    holds F / frame rate s per sample, the frame rate being the one the batch's metas carry (token
+    shards record their codec's) or, failing that, `frame_rate`."""
 
-    def __init__(self, sample_rate: int = 32000, frame_rate: float = 50.0, window_size: int = 20,
+    def __init__(self, sample_rate: int = 32000, frame_rate: Optional[float] = None, window_size: int = 20,
                  log_grad_norm: bool = True):
-        super().__init__(batch_size_fn=self._batch_size, length_fn=self._audio_samples, window_size=window_size)
         self.sample_rate, self.frame_rate, self.log_grad_norm = sample_rate, frame_rate, log_grad_norm
-        self._is_codes: Optional[bool] = None
-        self._codebooks = 1
+        self.window_size = window_size
+        self._meter: Optional[Throughput] = None
+        self._t0 = 0.0
+        self._batches = 0
+        self._samples = self._audio_seconds = self._tokens = 0.0
+        self._last_logged_step = -1
 
-    def _batch_size(self, batch: Any) -> int:
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        dtype = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed": torch.float16,
+                 "16-true": torch.float16}.get(str(trainer.precision), torch.float32)
+        available = get_available_flops(trainer.strategy.root_device, dtype)
+        self._meter = Throughput(available_flops=available, world_size=trainer.world_size,
+                                 window_size=self.window_size)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._t0 == 0.0:
+            self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch: Any,
+                           batch_idx: int) -> None:
         t = find_batch_tensor(batch)
         if t is None:
             raise ValueError("AudioThroughputMonitor: no tensor in the batch")
-        self._is_codes = not torch.is_floating_point(t)
-        self._codebooks = t.shape[1] if self._is_codes and t.dim() == 3 else 1
-        return int(t.shape[0])
-
-    def _audio_samples(self, batch: Any) -> int:
-        """Per-sample length in audio time units: samples (wav) or frames (codes), summed over the batch."""
-        t = find_batch_tensor(batch)
-        return int(t.shape[0] * t.shape[-1])
-
-    def _compute(self, trainer: Trainer, iter_num: Optional[int] = None) -> None:
-        if not trainer._logger_connector.should_update_logs:
+        samples = int(t.shape[0])
+        if torch.is_floating_point(t):
+            seconds = samples * t.shape[-1] / self.sample_rate
+            tokens = 0
+        else:
+            frame_rate = batch_frame_rate(batch) or self.frame_rate
+            if frame_rate is None:
+                raise ValueError("AudioThroughputMonitor: a code batch without meta['frame_rate']; "
+                                 "set frame_rate to the codec's frame rate")
+            seconds = samples * t.shape[-1] / frame_rate
+            tokens = samples * (t.shape[1] if t.dim() == 3 else 1) * t.shape[-1]
+        self._batches += 1
+        self._samples += samples
+        self._audio_seconds += seconds
+        self._tokens += tokens
+        flops = getattr(pl_module, "flops_per_batch", None)
+        self._meter.update(time=time.perf_counter() - self._t0, batches=self._batches, samples=int(self._samples),
+                           lengths=int(round(self._audio_seconds * 1000)), flops=flops)
+        step = trainer.global_step
+        if step % trainer.log_every_n_steps or step == self._last_logged_step:
             return
-        stage = trainer.state.stage
-        throughput = self._throughputs[stage]
-        metrics, world = throughput.compute(), throughput.world_size
-        prefix = "train" if stage == RunningStage.TRAINING else "val"
+        self._last_logged_step = step
+        metrics, world = self._meter.compute(), trainer.world_size
         out: dict[str, float] = {}
         if "device/samples_per_sec" in metrics:
-            out[f"{prefix}/samples_per_sec"] = metrics["device/samples_per_sec"] * world
-            out[f"{prefix}/steps_per_sec"] = metrics["device/batches_per_sec"]
-        if "device/items_per_sec" in metrics:
-            items = metrics["device/items_per_sec"] * world
-            if self._is_codes:
-                out[f"{prefix}/audio_sec_per_sec"] = items / self.frame_rate
-                out["lm/tokens_per_sec" if prefix == "train" else "lm/val_tokens_per_sec"] = items * self._codebooks
-            else:
-                out[f"{prefix}/audio_sec_per_sec"] = items / self.sample_rate
+            out["train/samples_per_sec"] = metrics["device/samples_per_sec"] * world
+            out["train/batches_per_sec"] = metrics["device/batches_per_sec"]
+            # lengths were counted in milliseconds of audio, per rank
+            out["train/audio_sec_per_sec"] = metrics["device/items_per_sec"] * world / 1000
+            if self._tokens:
+                out["lm/tokens_per_sec"] = out["train/samples_per_sec"] * self._tokens / self._samples
         if "device/mfu" in metrics:
-            out[f"{prefix}/mfu"] = metrics["device/mfu"]
-        if prefix == "train":
-            out["train/memory_gb"] = peak_memory_gb(trainer.strategy.root_device)
-        if out:
-            trainer._logger_connector.log_metrics(out, step=iter_num)
+            out["train/mfu"] = metrics["device/mfu"]
+        out["train/memory_gb"] = peak_memory_gb(trainer.strategy.root_device)
+        for name, value in out.items():
+            pl_module.log(name, float(value), on_step=True, on_epoch=False, sync_dist=False, rank_zero_only=True)
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
-        if not self.log_grad_norm or not trainer._logger_connector.should_update_logs:
+        if not self.log_grad_norm or trainer.global_step % trainer.log_every_n_steps:
             return
         norm = total_grad_norm(pl_module, sharded=isinstance(trainer.strategy, FSDPStrategy))
         if norm is not None:
@@ -107,8 +137,6 @@ def total_grad_norm(module: torch.nn.Module, sharded: bool = False) -> Optional[
     if sharded and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(sq)
     return sq.sqrt()
-
-
 
 
 def peak_memory_gb(device: torch.device) -> float:

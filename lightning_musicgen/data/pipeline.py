@@ -13,9 +13,11 @@ Valid stream (`ValidStream`): each sample exactly once, in shard order, split ov
 start, deterministic captions.
 
 Decoders turn a raw sample into a tensor: `AudioCrops` (FLAC/wav/ogg/mp3 blobs -> wav crops) and
-`CodeCrops` (`codes.npy` -> code crops). A sample that fails to decode, has no audio, or has non-finite
-values is skipped and counted; the count travels in each item's `meta["skipped_samples"]` (per worker,
-cumulative) and the datamodule sums it.
+`CodeCrops` (`codes.npy` -> code crops). A sample with a melody conditioning file (`melody.flac`, written by
+`prepare` from `melody_path`) also gets that file cropped at the same time span; a batch in which any sample
+has one carries `melody` [B, C, T] (the samples without one get their own crop there). A sample that fails to
+decode, has no audio, or has non-finite values is skipped and counted; the count travels in each item's
+`meta["skipped_samples"]` (per worker, cumulative) and the datamodule sums it.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from lightning_musicgen.audio.io import AudioReadError, convert_channels, read_audio, resample
-from lightning_musicgen.data.shards import AUDIO_EXTS, iter_tar_samples
+from lightning_musicgen.data.shards import AUDIO_EXTS, MELODY_MEMBER, iter_tar_samples
 from lightning_musicgen.data.text import TextAugment
 
 
@@ -115,7 +117,24 @@ class AudioCrops:
             wav = wav[:, :int(round(seg * self.sample_rate))]
         info = {**meta, "key": sample.get("__key__"), "shard": sample.get("__url__"),
                 "start": round(start, 4), "duration": duration}
-        return {"x": wav, "length": wav.shape[-1], "text": plan["text"], "meta": info}
+        item = {"x": wav, "length": wav.shape[-1], "text": plan["text"], "meta": info}
+        if MELODY_MEMBER in sample:
+            item["melody"] = self._melody_crop(sample, start, wav.shape[-1])
+        return item
+
+    def _melody_crop(self, sample: dict, start: float, length: int) -> torch.Tensor:
+        """The melody file's [C, length] crop over the same time span as the audio (zero-padded past its end)."""
+        try:
+            wav, sr = read_audio(io.BytesIO(sample[MELODY_MEMBER]), start=start,
+                                 duration=length / self.sample_rate)
+        except AudioReadError as exc:
+            raise CorruptSample(f"{sample.get('__key__')}: melody: {exc}") from None
+        if not torch.isfinite(wav).all():
+            raise CorruptSample(f"{sample.get('__key__')}: non-finite melody samples")
+        if wav.shape[-1] == 0:  # the melody file ended before this crop: silence, i.e. the null melody
+            return torch.zeros(self.channels, length)
+        wav = resample(convert_channels(wav, self.channels), sr, self.sample_rate)[:, :length]
+        return torch.nn.functional.pad(wav, (0, length - wav.shape[-1]))
 
     def collate(self, items: list[dict]) -> dict:
         target = (int(round(self.segment_duration * self.sample_rate)) if self.segment_duration is not None
@@ -125,8 +144,16 @@ class AudioCrops:
         for i, it in enumerate(items):
             wav[i, :, :it["length"]] = it["x"]
             mask[i, :it["length"]] = True
-        return {"wav": wav, "mask": mask, "text": [it["text"] for it in items],
-                "meta": [it["meta"] for it in items]}
+        batch = {"wav": wav, "mask": mask, "text": [it["text"] for it in items],
+                 "meta": [it["meta"] for it in items]}
+        if any("melody" in it for it in items):
+            melody = wav.clone()  # samples without a melody file: the chroma of their own crop
+            for i, it in enumerate(items):
+                if "melody" in it:
+                    melody[i].zero_()
+                    melody[i, :, :it["length"]] = it["melody"]
+            batch["melody"] = melody
+        return batch
 
 
 class CodeCrops:

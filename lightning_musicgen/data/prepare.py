@@ -14,6 +14,15 @@ Output (SHARD_DIR)
   - `shard-NNNNNN.stats.json`: per-shard record (sources, samples, duration, skipped) - marks it complete;
   - `index.json`: samples, total duration and per-shard counts; `report.tsv`: skipped inputs and why.
 
+Melody conditioning files: an input whose metadata has `melody_path` (a path relative to its sidecar's folder
+or to the manifest; absolute paths as they are) gets that file, converted like the audio, as an extra member
+`KEY.melody.flac`; the streaming pipeline crops it at the same time span as the audio and the melody
+conditioner takes its chroma instead of the crop's. An unreadable melody file skips the sample
+(`melody_unreadable`).
+
+`--auto-caption`: inputs without a description get one from `data/autocaption.py` (tags, tempo, key), with
+the raw analysis in `auto_caption`; the analyses are cached in `OUTPUT/autocaption.jsonl`.
+
 Inputs are sorted and cut into shards of `--shard-size` files, so a re-run maps the same files to the same
 shard names and skips every shard whose stats record matches (same files, sizes, modification times and
 metadata; a changed input rewrites only its shard). Shards are written under a temporary name and
@@ -37,12 +46,14 @@ import numpy as np
 import torch
 
 from lightning_musicgen.audio.io import AudioReadError, convert_channels, read_audio, resample, write_audio
-from lightning_musicgen.data.shards import (AtomicShardWriter, atomic_write_json, sample_key, shard_name,
-                                            write_index)
+from lightning_musicgen.data.shards import (MELODY_MEMBER, AtomicShardWriter, atomic_write_json, sample_key,
+                                            shard_name, write_index)
 
 AUDIO_SUFFIXES = {".flac", ".wav", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".w64", ".caf"}
 PATH_COLUMNS = ("path", "audio", "file", "filepath")
 CAPTION_COLUMNS = ("description", "caption", "text")
+MELODY_KEY = "melody_path"
+AUTOCAPTION_CACHE = "autocaption.jsonl"
 
 
 class InputError(ValueError):
@@ -133,6 +144,51 @@ def encode_flac(wav: torch.Tensor, sample_rate: int, subtype: str = "PCM_16") ->
     return buf.getvalue()
 
 
+def resolve_melody_paths(items: list[dict], source: str | os.PathLike) -> list[dict]:
+    """Items whose metadata names a melody conditioning file (`melody_path`) get `item["melody"]`, its path
+    (relative paths: to the sidecar's folder for folder inputs, to the manifest's folder for manifests).
+    Files that are some item's melody file are conditioning inputs, not samples: they are dropped."""
+    source = Path(source)
+    for it in items:
+        value = it["meta"].get(MELODY_KEY)
+        if value in (None, ""):
+            continue
+        if not isinstance(value, str):
+            raise InputError(f"{it['name']}: {MELODY_KEY} must be a path, got {value!r}")
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            path = (Path(it["path"]).parent if source.is_dir() else source.parent) / path
+        it["melody"] = str(path)
+    melodies = {os.path.realpath(it["melody"]) for it in items if it.get("melody")}
+    return [it for it in items if os.path.realpath(it["path"]) not in melodies] if melodies else items
+
+
+def melody_member(item: dict, sample_rate: int, channels: int) -> bytes | None:
+    """The item's melody file as FLAC at the shard's rate and channels (None without one); raises
+    AudioReadError when it cannot be used."""
+    if not item.get("melody"):
+        return None
+    wav, sr = read_audio(item["melody"])
+    if wav.shape[-1] == 0 or not torch.isfinite(wav).all():
+        raise AudioReadError(f"{item['melody']}: empty or non-finite audio")
+    wav = resample(convert_channels(wav, channels), sr, sample_rate)
+    peak = float(wav.abs().max())
+    return encode_flac(wav / peak if peak > 1.0 else wav, sample_rate)
+
+
+def auto_caption(items: list[dict], output: Path, progress: bool, options: dict | None = None) -> list[dict]:
+    """`--auto-caption`: a caption for every item without a description (users' captions win); `options`
+    are `AutoCaptioner` keyword arguments."""
+    import importlib.util
+    if importlib.util.find_spec("musicnn") is None:
+        raise InputError("--auto-caption needs the musicnn tagger weights: pip install --no-deps musicnn")
+    from lightning_musicgen.data.autocaption import AutoCaptioner, fill_captions, has_caption
+    if not any(not has_caption(it["meta"]) for it in items):
+        return items
+    return fill_captions(items, cache_path=output / AUTOCAPTION_CACHE, progress=progress,
+                         captioner=AutoCaptioner(**(options or {})))
+
+
 def _shard_task(task: dict) -> dict:
     """Write one shard (runs in a worker process). Returns its stats record."""
     torch.set_num_threads(1)
@@ -159,8 +215,16 @@ def _shard_task(task: dict) -> dict:
             seconds = wav.shape[-1] / sr
             meta.update(duration=round(seconds, 6), sample_rate=sr, channels=channels,
                         frames=int(wav.shape[-1]), source=item["name"])
+            try:
+                melody = melody_member(item, sr, channels)
+            except AudioReadError as exc:
+                skipped.append({"path": item["path"], "reason": "melody_unreadable", "detail": str(exc)[:300]})
+                continue
             key = sample_key(task["first_index"] + samples + len(skipped), Path(item["name"]).with_suffix("").as_posix())
-            writer.write(key, {"flac": encode_flac(wav, sr), "json": json.dumps(meta, ensure_ascii=False).encode()})
+            files = {"flac": encode_flac(wav, sr), "json": json.dumps(meta, ensure_ascii=False).encode()}
+            if melody is not None:
+                files[MELODY_MEMBER] = melody
+            writer.write(key, files)
             samples += 1
             duration += seconds
     stats = {"name": task["name"], "sources": [it["name"] for it in task["items"]],
@@ -172,14 +236,17 @@ def _shard_task(task: dict) -> dict:
 
 def _fingerprint(items: list[dict]) -> str:
     """Identity of a shard's inputs: names, metadata, sizes and modification times."""
+    def stamp(path):
+        try:
+            st = os.stat(path)
+            return [st.st_size, st.st_mtime_ns]
+        except OSError:
+            return None
+
     h = hashlib.sha1()
     for it in items:
-        try:
-            st = os.stat(it["path"])
-            stamp = [st.st_size, st.st_mtime_ns]
-        except OSError:
-            stamp = None
-        h.update(json.dumps([it["name"], it["meta"], stamp], sort_keys=True, default=str).encode())
+        melody = [stamp(it["melody"])] if it.get("melody") else []  # a changed melody file rewrites the shard
+        h.update(json.dumps([it["name"], it["meta"], stamp(it["path"])] + melody, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
 
@@ -198,17 +265,20 @@ def _done(output: Path, task: dict) -> dict | None:
 
 def prepare(source, output, sample_rate: int = 32000, channels: int = 1, shard_size: int = 100,
             workers: int = 1, min_duration: float = 1.0, silence_db: float = -60.0, progress: bool = True,
-            extra_index: dict | None = None) -> dict:
-    """Build (or complete) the shard directory `output` from `source`; returns the index dict."""
+            extra_index: dict | None = None, auto_captions: bool | dict = False) -> dict:
+    """Build (or complete) the shard directory `output` from `source`; returns the index dict.
+    `auto_captions`: caption inputs without a description (True, or `AutoCaptioner` keyword options)."""
     if shard_size < 1:
         raise InputError(f"--shard-size {shard_size}: must be >= 1")
     if channels not in (1, 2) or sample_rate <= 0:
         raise InputError(f"--sample-rate {sample_rate} / --channels {channels}: need a positive rate, 1 or 2 channels")
-    items = scan_inputs(source)
+    items = resolve_melody_paths(scan_inputs(source), source)
     if not items:
         raise InputError(f"{source}: no audio files found")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
+    if auto_captions:
+        items = auto_caption(items, output, progress, {} if auto_captions is True else dict(auto_captions))
     for stale in output.glob("*.tmp-*"):  # leftovers of a killed run
         stale.unlink(missing_ok=True)
     tasks = [{"name": shard_name(i), "items": items[s:s + shard_size], "first_index": s, "output": str(output),
@@ -264,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-duration", type=float, default=1.0, help="skip files shorter than this (s, default 1)")
     p.add_argument("--silence-db", type=float, default=-60.0,
                    help="skip files whose RMS is at or below this level (dBFS, default -60)")
+    p.add_argument("--auto-caption", action="store_true",
+                   help="caption inputs that have no description: musicnn tags, tempo and key (offline, CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -272,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         index = prepare(args.input, args.output, args.sample_rate, args.channels, args.shard_size, args.workers,
-                        args.min_duration, args.silence_db, progress=not args.no_progress)
+                        args.min_duration, args.silence_db, progress=not args.no_progress,
+                        auto_captions=args.auto_caption)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

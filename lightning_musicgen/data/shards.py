@@ -22,6 +22,7 @@ INDEX_NAME = "index.json"
 REPORT_NAME = "report.tsv"
 SHARD_FORMAT = "lightning_musicgen.shards/1"
 AUDIO_EXTS = ("flac", "wav", "ogg", "opus", "mp3")
+MELODY_MEMBER = "melody.flac"  # optional member: the sample's melody conditioning file (prepare: melody_path)
 
 
 def shard_name(index: int) -> str:

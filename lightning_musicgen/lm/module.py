@@ -1,7 +1,8 @@
 """MusicGenModule: trains `MusicGenLM` (+ its conditioner) with Lightning.
 
 Batches are either audio `{"wav", "mask", "text", "meta"}` (AudioDataModule; encoded here by a
-frozen CompressionModel under no_grad) or tokens `{"codes", "mask", "text", "meta"}`
+frozen CompressionModel under no_grad; a melody conditioner takes the chroma of `melody` [B, C, T], the
+samples' melody conditioning files, when the batch has it, else of `wav`) or tokens `{"codes", "mask", "text", "meta"}`
 (TokenDataModule, pre-tokenized shards). AdamW (betas 0.9/0.95, weight decay 0.1) with linear
 warmup + cosine decay stepped per step; gradient clipping comes from the trainer config
 (`gradient_clip_val: 1.0`); optional EMA of the LM weights (used by `load_musicgen`).
@@ -200,7 +201,9 @@ class MusicGenModule(LightningModule):
     def conditions(self, batch: dict):
         melody = None
         if self.conditioner.melody is not None:
-            if "wav" in batch:
+            if "melody" in batch:
+                melody = batch["melody"]  # melody conditioning files, cropped like the audio (data/pipeline.py)
+            elif "wav" in batch:
                 melody = batch["wav"]  # chroma of the training crop itself
             elif not self._warned_melody:
                 warnings.warn("melody conditioner with token batches: no waveform, training with the null melody")

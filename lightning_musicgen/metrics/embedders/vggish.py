@@ -5,7 +5,7 @@ Weights: the torchvggish checkpoint (`vggish-10086976.pth`, a state dict with `f
 `pca_eigen_vectors` [128, 128] and `pca_means` [128]). The log-mel front end follows the VGGish
 recipe: 16 kHz, 25 ms periodic-Hann frames every 10 ms, |rfft| of 512, 64 HTK-mel bands
 125-7500 Hz (triangles in the mel domain, DC bin dropped), log(mel + 0.01), 0.96 s examples.
-Resampling uses torchaudio (the original used resampy): embeddings differ slightly from TF-VGGish.
+Resampling uses `audio.dsp.resample` (the original used resampy): embeddings differ slightly from TF-VGGish.
 """
 from __future__ import annotations
 

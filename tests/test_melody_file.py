@@ -1,0 +1,125 @@
+"""Melody conditioning from a separate file per sample (`melody_path`): prepare -> `KEY.melody.flac` ->
+the same crop span in the streaming pipeline -> the chroma the LM is conditioned on."""
+import io
+import json
+import math
+import tarfile
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from lightning.pytorch import Trainer
+
+from lightning_musicgen.audio.io import read_audio
+from lightning_musicgen.data.pipeline import AudioCrops
+from lightning_musicgen.data.prepare import prepare
+from lightning_musicgen.data.shards import iter_tar_samples
+from lightning_musicgen.lm.module import MusicGenModule
+
+SR = 8000
+A4, E4, C4, G4 = 440.0, 329.63, 261.63, 392.0
+PITCH_CLASS = {A4: 9, E4: 4, C4: 0, G4: 7}
+
+
+def tones(*freqs, seconds=2.0):
+    """Consecutive sine tones, `seconds` each, mono float [T]."""
+    t = np.arange(int(seconds * SR)) / SR
+    return np.concatenate([0.5 * np.sin(2 * math.pi * f * t) for f in freqs]).astype(np.float32)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """song_a (an A, then a G) with a hummed line in stems/ (E, then C); song_b (a G) without one."""
+    root = tmp_path / "in"
+    (root / "stems").mkdir(parents=True)
+    sf.write(root / "song_a.wav", tones(A4, A4, G4, G4), SR)
+    sf.write(root / "stems" / "hum_a.wav", tones(E4, E4, C4, C4), SR)
+    (root / "song_a.json").write_text(json.dumps({"description": "a", "melody_path": "stems/hum_a.wav"}))
+    sf.write(root / "song_b.wav", tones(G4, G4, G4, G4), SR)
+    (root / "song_b.json").write_text(json.dumps({"description": "b"}))
+    index = prepare(root, tmp_path / "shards", sample_rate=SR, channels=1, shard_size=10, progress=False)
+    return root, tmp_path / "shards", index
+
+
+def samples(shards):
+    return list(iter_tar_samples(str(shards / "shard-000000.tar"), lambda exc: pytest.fail(str(exc))))
+
+
+def test_prepare_writes_the_melody_member_and_not_the_stem_as_a_sample(dataset):
+    root, shards, index = dataset
+    assert index["samples"] == 2  # stems/hum_a.wav is song_a's conditioning file, not a training sample
+    a, b = samples(shards)
+    assert json.loads(a["json"])["melody_path"] == "stems/hum_a.wav" and "melody.flac" in a
+    assert "melody.flac" not in b
+    melody, sr = sf.read(io.BytesIO(a["melody.flac"]), dtype="float32")
+    assert sr == SR and np.abs(melody - tones(E4, E4, C4, C4)).max() < 1e-4  # 16-bit FLAC of the stem
+
+
+def test_changed_or_missing_melody_file(dataset, tmp_path):
+    root, shards, _ = dataset
+    before = (shards / "shard-000000.tar").stat().st_mtime_ns
+    sf.write(root / "stems" / "hum_a.wav", tones(C4, C4, C4, C4), SR)  # a new take of the stem
+    prepare(root, shards, sample_rate=SR, shard_size=10, progress=False)
+    assert (shards / "shard-000000.tar").stat().st_mtime_ns != before  # the shard was rewritten
+    melody, _ = sf.read(io.BytesIO(samples(shards)[0]["melody.flac"]), dtype="float32")
+    assert np.abs(melody - tones(C4, C4, C4, C4)).max() < 1e-4
+    (root / "stems" / "hum_a.wav").unlink()
+    index = prepare(root, tmp_path / "shards2", sample_rate=SR, shard_size=10, progress=False)
+    assert index["samples"] == 1 and index["skipped_by_reason"] == {"melody_unreadable": 1}
+    manifest = tmp_path / "list.jsonl"  # manifests: relative to the manifest's folder
+    manifest.write_text(json.dumps({"path": "in/song_b.wav", "melody_path": "in/song_a.wav"}) + "\n")
+    index = prepare(manifest, tmp_path / "shards3", sample_rate=SR, progress=False)
+    assert index["samples"] == 1 and "melody.flac" in samples(tmp_path / "shards3")[0]
+
+
+def test_the_melody_file_is_cropped_at_the_audio_crop_span(dataset):
+    _, shards, _ = dataset
+    a, b = samples(shards)
+    crops = AudioCrops(sample_rate=SR, channels=1, segment_duration=2.0, min_segment_ratio=1.0)
+    plan_a = {**crops.plan(a, None), "u": 0.75}  # start = 0.75 * (8 s - 2 s) = 4.5 s: G in the song, C in the stem
+    items = [crops.load(a, plan_a), crops.load(b, crops.plan(b, None))]
+    batch = crops.collate(items)
+    assert items[0]["meta"]["start"] == pytest.approx(4.5)
+    expected, _ = read_audio(io.BytesIO(a["melody.flac"]), start=4.5, duration=2.0)
+    assert batch["melody"].shape == batch["wav"].shape == (2, 1, 2 * SR)
+    assert torch.equal(batch["melody"][0], expected)
+    assert torch.equal(batch["melody"][1], batch["wav"][1])  # no melody file: its own crop
+    short = crops._melody_crop(a, 7.0, 2 * SR)  # past the melody file's end: zero-padded to the crop's length
+    assert short.shape == (1, 2 * SR) and short[:, SR:].abs().max() == 0 and short[:, :SR].abs().max() > 0.4
+    assert torch.equal(crops._melody_crop(a, 9.0, 2 * SR), torch.zeros(1, 2 * SR))  # entirely past its end
+    resampling = AudioCrops(sample_rate=SR * 2, channels=2, segment_duration=2.0, min_segment_ratio=1.0)
+    assert torch.equal(resampling._melody_crop(a, 9.0, 4 * SR), torch.zeros(2, 4 * SR))
+
+
+def test_the_lm_is_conditioned_on_the_melody_file_chroma(dataset, tmp_path):
+    _, shards, _ = dataset
+    torch.manual_seed(0)
+    module = MusicGenModule(lm={"n_q": 4, "card": 32, "dim": 32, "num_heads": 4, "num_layers": 2,
+                                "cross_attention": False},
+                            conditioner={"text": {"name": "minilm"}, "fuse": "prepend", "cfg_dropout": 0.0,
+                                         "melody": {"sample_rate": SR, "chroma_length": 6, "n_fft": 1024,
+                                                    "hop_length": 256}},
+                            lr=1e-3, warmup_steps=1)
+    crops = AudioCrops(sample_rate=SR, channels=1, segment_duration=2.0, min_segment_ratio=1.0)
+    a, b = samples(shards)
+    batch = crops.collate([crops.load(a, {**crops.plan(a, None), "u": 0.75}), crops.load(b, crops.plan(b, None))])
+    batch["codes"] = torch.randint(0, 32, (2, 4, 10))  # tokens given: no codec needed for this check
+    batch["mask"] = torch.ones(2, 10, dtype=torch.bool)
+    seen = []
+    loss = module.lm.loss
+    module.lm.loss = lambda codes, conditions, mask: seen.append(conditions) or loss(codes, conditions, mask)
+    trainer = Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, max_steps=1, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([batch], batch_size=None))
+    (cond,) = seen
+    melody = module.conditioner.melody
+    with torch.no_grad():
+        from_file = melody(melody.chroma(batch["melody"][:1]))
+        from_crop = melody(melody.chroma(batch["wav"][:1]))
+    assert melody.chroma(batch["melody"][:1])[0].argmax(-1).mode().values == PITCH_CLASS[C4]  # the hummed C
+    assert melody.chroma(batch["wav"][:1])[0].argmax(-1).mode().values == PITCH_CLASS[G4]  # the song's G
+    prefix = cond.prefix[:, :6].detach()
+    assert torch.allclose(prefix[:1], from_file, atol=1e-6) and not torch.allclose(prefix[:1], from_crop, atol=1e-3)
+    with torch.no_grad():  # the sample without a melody file keeps today's behaviour: its crop's chroma
+        assert torch.allclose(prefix[1:], melody(melody.chroma(batch["wav"][1:])), atol=1e-6)
