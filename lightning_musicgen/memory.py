@@ -63,7 +63,18 @@ def _bytes(precision: str) -> tuple[int, int, int]:
     return 4, 4, 4
 
 
+def as_dict(config) -> dict:
+    """An LM config as a dict: a dict, a dataclass (typed config) or an object with `to_dict()`."""
+    import dataclasses
+    if isinstance(config, dict):
+        return config
+    if dataclasses.is_dataclass(config):
+        return dataclasses.asdict(config)
+    return config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
+
+
 def lm_shapes(lm_config: dict) -> dict:
+    lm_config = as_dict(lm_config)
     D = int(lm_config.get("dim", 1024))
     return {"D": D, "H": int(lm_config.get("num_heads", 16)), "n": int(lm_config.get("num_layers", 24)),
             "F": int(lm_config.get("ffn_dim") or 4 * D), "K": int(lm_config.get("n_q", 4)),
@@ -105,6 +116,7 @@ def estimate(lm_config: dict, *, micro_batch: int, frames: int, precision: str =
     audio_samples: waveform samples per crop when the codec encodes audio batches on the fly (0: token
     batches); the encoder's activations then peak before the LM runs."""
     from lightning_musicgen.lm.lora import TARGET_GROUPS, LoRASettings
+    lm_config = as_dict(lm_config)
     s = lm_shapes(lm_config)
     D, H, n, F, K, C = s["D"], s["H"], s["n"], s["F"], s["K"], s["C"]
     pb, se, ce = _bytes(precision)
