@@ -43,15 +43,26 @@ $(DEMO)/train/index.json: | $(VENV)/.stamp-demo
 $(RUNS)/codec/last.ckpt: $(DEMO)/train/index.json
 	$(FIT) --config configs/demo/codec.yaml
 
+# The codec as a model folder: the tokenizer and the LM reference this fixed export (by path and
+# content hash), not the rolling last.ckpt that a later codec run replaces.
+$(RUNS)/codec-model/config.json: $(RUNS)/codec/last.ckpt
+	rm -rf $(RUNS)/codec-model
+	$(PY) -m lightning_musicgen export --ckpt $(RUNS)/codec/last.ckpt --out $(RUNS)/codec-model
+
 # Tokenize once with the frozen codec: the LM then trains on codes (no codec pass per step).
-$(DEMO)/tokens/%/index.json: $(RUNS)/codec/last.ckpt $(DEMO)/train/index.json
-	$(PY) -m lightning_musicgen tokenize --codec $(RUNS)/codec/last.ckpt --input $(DEMO)/$* --output $(DEMO)/tokens/$*
+$(DEMO)/tokens/%/index.json: $(RUNS)/codec-model/config.json $(DEMO)/train/index.json
+	$(PY) -m lightning_musicgen tokenize --codec $(RUNS)/codec-model --input $(DEMO)/$* --output $(DEMO)/tokens/$*
 
 $(RUNS)/musicgen/last.ckpt: $(DEMO)/tokens/train/index.json $(DEMO)/tokens/valid/index.json
 	$(FIT) --config configs/demo/musicgen.yaml
 
-$(RUNS)/samples/generate.json: $(RUNS)/musicgen/last.ckpt
-	$(PY) -m lightning_musicgen generate --ckpt $(RUNS)/musicgen/last.ckpt --duration 8 --seed 0 \
+# The model folder: config.json + safetensors weights + the codec + the text encoder's name and tokenizer.
+$(RUNS)/model/config.json: $(RUNS)/musicgen/last.ckpt
+	rm -rf $(RUNS)/model
+	$(PY) -m lightning_musicgen export --ckpt $(RUNS)/musicgen/last.ckpt --out $(RUNS)/model
+
+$(RUNS)/samples/generate.json: $(RUNS)/model/config.json
+	$(PY) -m lightning_musicgen generate --model $(RUNS)/model --duration 8 --seed 0 \
 	  --text "A string quartet playing a Baroque chorale by J.S. Bach in G minor, 4/4, 80 BPM" \
 	  --text "A church organ playing a folk tune in D major, 3/4, 120 BPM" --out $(RUNS)/samples
 
@@ -59,8 +70,8 @@ demo: $(VENV)/.stamp-demo $(RUNS)/samples/generate.json
 	@echo
 	@echo "demo done:"
 	@echo "  data     $(DEMO)/{train,valid}  (music21 corpus rendered with tinysoundfont, WebDataset shards)"
-	@echo "  codec    $(RUNS)/codec/last.ckpt"
-	@echo "  LM       $(RUNS)/musicgen/last.ckpt"
+	@echo "  codec    $(RUNS)/codec/last.ckpt (training), $(RUNS)/codec-model (model folder)"
+	@echo "  LM       $(RUNS)/musicgen/last.ckpt (training), $(RUNS)/model (model folder: generate --model)"
 	@echo "  samples  $(RUNS)/samples/*.wav (parameters in generate.json)"
 	@echo "  logs     runs/ (offline W&B; upload with: .venv/bin/wandb sync runs/wandb/offline-run-*)"
 

@@ -46,7 +46,7 @@ def build(work: Path) -> Path:
 
     from lightning_musicgen.convert.musicgen import convert_musicgen
     from lightning_musicgen.lm.conditioners import packaged_minilm_path
-    ours = work / "musicgen-small.pt"
+    ours = work / "musicgen-small"
     if ours.exists():
         return ours
     torch.manual_seed(0)
@@ -79,7 +79,7 @@ def setup_variant(variant: str, work: Path, frames: int):
     method = variant.split("_")[1]
     if variant.startswith("ours"):
         from lightning_musicgen.lm.module import MusicGenModule
-        module = MusicGenModule(init_from=str(work / "musicgen-small.pt"), lora=LORA if method == "lora" else None,
+        module = MusicGenModule(init_from=str(work / "musicgen-small"), lora=LORA if method == "lora" else None,
                                 conditioner={"cfg_dropout": 0.0, "text": {"word_dropout": 0.0}})
         module.train()
 
@@ -169,7 +169,7 @@ def main() -> None:
         print(json.dumps(run_variant(variant, precision, a.work, seconds, a.steps)), flush=True)
         return
     a.work.mkdir(parents=True, exist_ok=True)
-    if not (a.work / "musicgen-small.pt").exists():  # in a child: the parent stays small
+    if not (a.work / "musicgen-small").exists():  # in a child: the parent stays small
         subprocess.run([sys.executable, __file__, "--work", str(a.work), "--one", "build"], check=True)
     results = []
     for precision in a.precisions.split(","):

@@ -123,6 +123,7 @@ def peak_bf16_tflops(device_name: str) -> tuple[str, float] | None:
 def lm_forward_flops(config: dict, batch: int, steps: int, cond_len: int) -> int:
     """FLOPs of one forward pass of MusicGenLM (`lm.config`) over `batch` sequences of `steps`
     pattern steps with `cond_len` condition tokens (see the module docstring for the convention)."""
+    config = config.to_dict() if hasattr(config, "to_dict") else config  # an LMConfig or its dict
     d, layers = config["dim"], config["num_layers"]
     ffn = config.get("ffn_dim") or 4 * d
     cross = bool(config.get("cross_attention", True))
@@ -469,6 +470,7 @@ def measure_training(ctx, size: LMSize, lm, bf16: bool, tag: str) -> dict:
 def training_figures(ctx, size: LMSize, config: dict, batch: int, times: list[float], peak: float | None,
                      tag: str) -> dict:
     from lightning_musicgen.lm.patterns import get_pattern
+    config = config.to_dict() if hasattr(config, "to_dict") else config  # an LMConfig or its dict
     steps = get_pattern(config["pattern"], config["n_q"], **config["pattern_kwargs"]).num_steps(size.frames)
     step_s = statistics.median(times)
     tokens = batch * size.frames * size.n_q

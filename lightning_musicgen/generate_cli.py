@@ -1,6 +1,6 @@
 """`python -m lightning_musicgen generate`: text (+ melody, + audio prompt) -> wav files + a JSON record.
 
-    python -m lightning_musicgen generate --ckpt musicgen.pt --text "lofi hip hop beat" \\
+    python -m lightning_musicgen generate --model runs/demo/model --text "lofi hip hop beat" \\
         --text "calm piano" --duration 10 --out samples/
 
 Inputs are checked before the model loads; every bad input is a one-line `error: ...` and exit
@@ -24,11 +24,13 @@ class InputError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m lightning_musicgen generate",
-        description="Generate music with a MusicGen checkpoint (ours or converted with `convert --from-hf`) "
+        description="Generate music with a MusicGen model folder (`export`, `convert`) or training checkpoint "
                     "from text descriptions, optionally following a melody or continuing an audio prompt. "
                     "Writes one wav per description and a JSON of the parameters used.")
     io = p.add_argument_group("inputs and outputs")
-    io.add_argument("--ckpt", required=True, metavar="PATH", help="MusicGenModule or converted checkpoint")
+    source = io.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", metavar="DIR", help="model folder (written by `export` or `convert`)")
+    source.add_argument("--ckpt", metavar="PATH", help="MusicGenModule training checkpoint (or a model folder)")
     io.add_argument("--text", action="append", default=[], metavar="TEXT",
                     help="a description (repeat for several)")
     io.add_argument("--text-file", metavar="FILE", help="descriptions, one per line (blank lines and #comments skipped)")
@@ -85,7 +87,9 @@ def check_inputs(args) -> list[str]:
     texts = read_texts(args)
     if not (args.duration > 0) or args.duration == float("inf"):
         raise InputError(f"--duration must be a positive number of seconds, got {args.duration}")
-    if not Path(args.ckpt).is_file():
+    if args.model is not None and not Path(args.model, "config.json").is_file():
+        raise InputError(f"--model {args.model}: not a model folder (no config.json; write one with `export`)")
+    if args.ckpt is not None and not Path(args.ckpt).exists():
         raise InputError(f"--ckpt {args.ckpt}: no such file")
     for flag, value in (("--melody", args.melody), ("--prompt-audio", args.prompt_audio)):
         if value is None:
@@ -120,7 +124,8 @@ def run(args) -> dict:
         torch.set_num_threads(args.threads)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
-    model = MusicGen.from_checkpoint(args.ckpt, device=device, dtype=args.dtype, max_duration=args.max_duration,
+    model = MusicGen.from_checkpoint(args.model or args.ckpt, device=device, dtype=args.dtype,
+                                     max_duration=args.max_duration,
                                      extend_stride=args.extend_stride)
     load_s = time.perf_counter() - t0
     out = Path(args.out)
@@ -139,7 +144,8 @@ def run(args) -> dict:
             files.append({"file": path.name, "text": text, "seed": seed + b, "batch": b})
             print(path)
     record = {
-        "ckpt": str(Path(args.ckpt).resolve()), "texts": texts, "duration": args.duration,
+        "model" if args.model else "ckpt": str(Path(args.model or args.ckpt).resolve()), "texts": texts,
+        "duration": args.duration,
         "melody": args.melody, "prompt_audio": args.prompt_audio, "cfg_coef": args.cfg_coef,
         "top_k": args.top_k, "top_p": args.top_p, "temperature": args.temperature, "seed": seed,
         "two_pass_cfg": args.two_pass_cfg, "batch_size": args.batch_size, "max_duration": args.max_duration,

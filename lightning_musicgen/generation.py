@@ -1,6 +1,7 @@
 """MusicGen: the inference wrapper (conditioner + LM + codec) for text, melody and continuation.
 
-    model = MusicGen.from_checkpoint("musicgen.pt")          # converted or MusicGenModule checkpoint
+    model = MusicGen.from_pretrained("runs/demo/model")     # a model folder (`export`, `convert`)
+    model = MusicGen.from_checkpoint("last.ckpt")            # or a MusicGenModule checkpoint
     wav = model.generate(["lofi beat", "calm piano"], duration=10.0, seed=0)   # [B, C, T]
 
 Decoding is autoregressive over the LM's pattern steps with a KV cache (self-attention keys and
@@ -252,19 +253,32 @@ class MusicGen:
     # ---- construction ----------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: torch.device | str | None = None,
-                        dtype: torch.dtype | str | None = None, **kwargs) -> "MusicGen":
-        """A converted checkpoint (`convert --from-hf`) or a MusicGenModule checkpoint."""
-        from lightning_musicgen.lm.checkpoint import load_musicgen
+                        dtype: torch.dtype | str | None = None, text_encoder: str | None = None,
+                        **kwargs) -> "MusicGen":
+        """A model folder (`export`, `convert`), a MusicGenModule checkpoint (EMA weights when kept;
+        its codec and text encoder are resolved from its references) or a converted file of earlier
+        versions. `text_encoder`: a folder for a text encoder recorded by name only."""
+        from lightning_musicgen.model_files import load_musicgen
         device = torch.device(device) if device is not None else \
             torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        lm, conditioner, codec, cfg = load_musicgen(path, device="cpu")
+        lm, conditioner, codec, info = load_musicgen(path, device="cpu", text_encoder=text_encoder)
         if codec is None:
             raise ValueError(f"{path}: the checkpoint records no codec; generation needs one")
-        meta = cfg.get("meta") or {}
-        kwargs.setdefault("max_duration", float(meta.get("max_duration", 30.0)))
+        kwargs.setdefault("max_duration", float(info.get("max_duration") or 30.0))
         model = cls(lm, conditioner, codec, device=device, dtype=dtype, **kwargs)
         model.checkpoint_path = str(path)
         return model
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, device: torch.device | str | None = None,
+                        dtype: torch.dtype | str | None = None, text_encoder: str | None = None,
+                        **kwargs) -> "MusicGen":
+        """A model folder written by `export` (or `convert`); runs from any directory or machine."""
+        from lightning_musicgen.model_files import folder_kind
+        if folder_kind(folder) != "musicgen":
+            raise ValueError(f"{folder}: not a MusicGen model folder (config.json with kind 'musicgen'); "
+                             "write one with `python -m lightning_musicgen export`")
+        return cls.from_checkpoint(folder, device=device, dtype=dtype, text_encoder=text_encoder, **kwargs)
 
     # ---- properties ------------------------------------------------------------------------
     @property

@@ -297,8 +297,8 @@ def test_codec_reconstruction_with_the_real_codec_module(tmp_path):
                       enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
     data = ToneData(n=3, seconds=0.5)
     trainer.fit(module, datamodule=data)
-    assert seen["codec_is"] is module.generator_ema and seen["generator_training"]
-    ema = module.generator_ema.eval()
+    assert seen["codec_is"] is module.generator_ema.module and seen["generator_training"]
+    ema = module.generator_ema.module.eval()
     with torch.no_grad():
         expected = sum(float(si_snr(ema.decode(ema.encode(x["wav"][None]))[..., :x["wav"].shape[-1]], x["wav"][None]))
                        for x in data.items) / 3

@@ -1,4 +1,5 @@
 """Codec: equivalence with transformers' EncodecModel, RVQ behaviour, balancer, checkpoints, conversion CLI."""
+import json
 import math
 
 import pytest
@@ -138,11 +139,11 @@ def test_small_causal_stereo_with_conv_shortcut_equals_transformers():
 def test_convert_cli_and_checkpoint_roundtrip(tmp_path):
     hf = random_hf_encodec(2, num_filters=8, hidden_size=32, codebook_size=256)
     hf.save_pretrained(tmp_path / "hf")
-    out = tmp_path / "codec.pt"
+    out = tmp_path / "codec"
     res = run_cli("convert", "--from-hf", tmp_path / "hf", "--out", out)
     assert res.returncode == 0, res.stderr[-2000:]
-    ckpt = torch.load(out, weights_only=True)  # plain tensors and builtins only
-    assert ckpt["format"] == "lightning_musicgen.codec" and ckpt["config"]["bins"] == 256
+    config = json.loads((out / "config.json").read_text())  # a model folder: JSON + safetensors, no pickle
+    assert config["kind"] == "codec" and config["codec"]["bins"] == 256 and (out / "model.safetensors").is_file()
     model = CompressionModel.from_checkpoint(out).eval()
     wav = harmonic_audio(32000, 0.5, batch=1)
     with torch.no_grad():

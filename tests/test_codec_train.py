@@ -81,7 +81,7 @@ def test_short_fit_lowers_mel_distance_and_checkpoint_loads(tmp_path):
     # step 0: after k-means initialisation only (one train-mode forward, no optimizer step)
     with torch.no_grad():
         module.generator.train()(held_out[:8])
-    module.generator_ema.load_state_dict(module.generator.state_dict())
+    module.generator_ema.module.load_state_dict(module.generator.state_dict())
     before = mel_dist(module.generator)
     module.generator.train()  # Lightning keeps the train/eval mode of submodules as it finds them
 
@@ -111,9 +111,9 @@ def test_short_fit_lowers_mel_distance_and_checkpoint_loads(tmp_path):
     with torch.no_grad():
         assert torch.equal(raw.decode(raw.encode(held_out)), module.generator.eval().decode(
             module.generator.encode(held_out)))
-        assert torch.equal(ema.encode(held_out), module.generator_ema.eval().encode(held_out))
+        assert torch.equal(ema.encode(held_out), module.generator_ema.module.eval().encode(held_out))
     assert (raw.sample_rate, raw.frame_rate, raw.num_codebooks, raw.cardinality) == (SR, SR / 32, 4, 64)
-    exported = module.export(tmp_path / "codec.pt")
+    exported = module.export(tmp_path / "codec")
     assert torch.equal(CompressionModel.from_checkpoint(exported).encode(held_out), ema.encode(held_out))
 
 

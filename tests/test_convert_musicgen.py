@@ -67,7 +67,7 @@ def test_musicgen_logits_match_transformers(tmp_path, tokenizer):
     with torch.no_grad():  # the embedded codec is transformers' audio encoder
         ref_codes = hf.audio_encoder.encode(wav, bandwidth=0.8).audio_codes[0]
         assert torch.equal(codec.encode(wav), ref_codes)
-    assert cfg["conditioner"]["fuse"] == "cross" and cfg["lm"]["pattern_kwargs"]["delays"] == [0, 1, 2, 3]
+    assert cfg["conditioner"].fuse == "cross" and cfg["lm"].pattern_kwargs["delays"] == [0, 1, 2, 3]
     seq_in = _decoder_input(len(TEXTS), 12)
     tokens = tokenizer(TEXTS, padding=True, return_tensors="pt")
     assert (tokens["attention_mask"] == 0).any()  # padding is exercised
@@ -87,7 +87,7 @@ def test_musicgen_melody_logits_match_transformers(tmp_path, tokenizer):
     res = run_cli("convert", "--from-hf", folder, "--out", out)
     assert res.returncode == 0, res.stderr[-2000:]
     lm, cond, _, cfg = load_musicgen(out, load_codec_model=False)
-    assert cfg["conditioner"]["fuse"] == "prepend" and not lm.cross_attention
+    assert cfg["conditioner"].fuse == "prepend" and not lm.cross_attention
     B = len(TEXTS)
     seq_in = _decoder_input(B, 10)
     tokens = tokenizer(TEXTS, padding=True, return_tensors="pt")

@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from lightning_musicgen.lm.checkpoint import load_musicgen
+from lightning_musicgen.model_files import load_musicgen
 from lightning_musicgen.lm.conditioners import packaged_minilm_path
 
 transformers = pytest.importorskip("transformers")
@@ -47,7 +47,7 @@ def base(tmp_path_factory):
             p.add_(torch.randn_like(p) * 0.02)
     hf.save_pretrained(tmp / "hf")
     AutoTokenizer.from_pretrained(packaged_minilm_path(), local_files_only=True).save_pretrained(tmp / "hf")
-    converted = convert_musicgen(tmp / "hf", tmp / "base.pt")
+    converted = convert_musicgen(tmp / "hf", tmp / "base")
     rng = np.random.default_rng(0)
     (tmp / "audio").mkdir()
     for i in range(4):
@@ -104,12 +104,22 @@ def test_init_from_converted_equals_the_converted_model(base):
                             conditioner={"cfg_dropout": 0.1, "text": {"word_dropout": 0.0}})
     lm, cond, _, _ = load_musicgen(base["converted"], load_codec_model=False)
     assert module.lm.transformer.gradient_checkpointing and module.conditioner.cfg_dropout == 0.1
-    assert module.conditioner.text.word_dropout == 0.0 and module.conditioner_config["text"]["word_dropout"] == 0.0
-    assert module.lm.config["gradient_checkpointing"]
+    assert module.conditioner.text.word_dropout == 0.0 and module.conditioner_config.text.word_dropout == 0.0
+    assert module.lm.config.gradient_checkpointing
     torch.testing.assert_close(logits(module.lm, module.conditioner), logits(lm, cond), atol=0, rtol=0)
     assert module.codec.num_codebooks == K  # the codec embedded in the converted file
     with pytest.raises(ValueError, match="lm.dim=64 differs"):
         MusicGenModule(init_from=str(base["converted"]), lm={"dim": 64})
+    # typed configs (as LightningCLI builds them): training-time fields apply, defaults are not "set"
+    from lightning_musicgen.lm.conditioners import ConditionerConfig, TextConfig
+    from lightning_musicgen.lm.model import LMConfig
+    typed = MusicGenModule(init_from=str(base["converted"]), lm=LMConfig(n_q=None, card=None, dropout=0.1),
+                           conditioner=ConditionerConfig(cfg_dropout=0.2, text=TextConfig(word_dropout=0.0)))
+    assert typed.lm.config.dropout == 0.1 and typed.lm.config.dim == DIM and typed.conditioner.cfg_dropout == 0.2
+    assert typed.conditioner.text.word_dropout == 0.0 and typed.hparams["conditioner"]["text"]["word_dropout"] == 0.0
+    torch.testing.assert_close(logits(typed.lm, typed.conditioner), logits(lm, cond), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="lm.num_layers=5 differs"):
+        MusicGenModule(init_from=str(base["converted"]), lm=LMConfig(num_layers=5))
 
 
 def test_lora_trains_only_adapters(lora_run):
@@ -136,7 +146,7 @@ def test_merge_adapters_file_and_checkpoint(base, lora_run):
     assert not any("lora_" in k or "base_layer" in k for k in merged.state_dict())
     torch.testing.assert_close(logits(merged, module.conditioner), tuned, atol=1e-5, rtol=0)
     # the adapters alone, onto a freshly loaded base
-    assert lora_run["adapters"].stat().st_size < 0.2 * base["converted"].stat().st_size
+    assert lora_run["adapters"].stat().st_size < 0.2 * (base["converted"] / "model.safetensors").stat().st_size
     load_adapters(lora_run["adapters"], base_lm, base_cond)
     torch.testing.assert_close(logits(base_lm, base_cond), tuned, atol=1e-6, rtol=0)
     # the Lightning checkpoint loads with the adapters merged (what generation and export read)
@@ -144,40 +154,15 @@ def test_merge_adapters_file_and_checkpoint(base, lora_run):
     torch.testing.assert_close(logits(lm, cond), tuned, atol=1e-5, rtol=0)
 
 
-def to_transformers_state(lm, conditioner) -> dict:
-    """Our merged LM + text projection -> transformers' MusicGen decoder/projection keys."""
-    sd, out, D = lm.state_dict(), {}, lm.dim
-    pre = "decoder.model.decoder."
-    for k in range(lm.n_q):
-        out[f"{pre}embed_tokens.{k}.weight"] = sd[f"emb.{k}.weight"]
-        out[f"decoder.lm_heads.{k}.weight"] = sd[f"heads.{k}.weight"]
-    for i in range(len(lm.transformer.layers)):
-        src, dst = f"transformer.layers.{i}.", f"{pre}layers.{i}."
-        q, k_, v = sd[src + "self_attn.qkv.weight"].split(D)
-        out |= {dst + "self_attn.q_proj.weight": q, dst + "self_attn.k_proj.weight": k_,
-                dst + "self_attn.v_proj.weight": v, dst + "self_attn.out_proj.weight": sd[src + "self_attn.out.weight"],
-                dst + "encoder_attn.q_proj.weight": sd[src + "cross_attn.q.weight"],
-                dst + "encoder_attn.k_proj.weight": sd[src + "cross_attn.kv.weight"][:D],
-                dst + "encoder_attn.v_proj.weight": sd[src + "cross_attn.kv.weight"][D:],
-                dst + "encoder_attn.out_proj.weight": sd[src + "cross_attn.out.weight"],
-                dst + "fc1.weight": sd[src + "ffn.0.weight"], dst + "fc2.weight": sd[src + "ffn.2.weight"]}
-        for ours, theirs in (("norm_self", "self_attn_layer_norm"), ("norm_cross", "encoder_attn_layer_norm"),
-                             ("norm_ffn", "final_layer_norm")):
-            out[dst + f"{theirs}.weight"], out[dst + f"{theirs}.bias"] = sd[src + f"{ours}.weight"], sd[src + f"{ours}.bias"]
-    out[f"{pre}layer_norm.weight"], out[f"{pre}layer_norm.bias"] = sd["out_norm.weight"], sd["out_norm.bias"]
-    out["enc_to_dec_proj.weight"] = conditioner.text.proj.weight.detach()
-    out["enc_to_dec_proj.bias"] = conditioner.text.proj.bias.detach()
-    return out
-
-
 def test_merged_lora_loads_in_transformers(base, lora_run, tmp_path):
-    """The merged weights in transformers' MusicgenForConditionalGeneration give our logits."""
+    """`export --format transformers` of the LoRA checkpoint merges the adapters: transformers'
+    MusicgenForConditionalGeneration gives our fine-tuned logits."""
     from transformers import AutoTokenizer, MusicgenForConditionalGeneration
+
+    from lightning_musicgen.__main__ import main
     lm, cond, _, _ = load_musicgen(lora_run["ckpt"], load_codec_model=False)
-    hf = MusicgenForConditionalGeneration.from_pretrained(base["dir"] / "hf").eval()
-    result = hf.load_state_dict(to_transformers_state(lm, cond), strict=False)
-    assert not result.unexpected_keys
-    hf.save_pretrained(tmp_path / "merged_hf")
+    assert main(["export", "--ckpt", str(lora_run["ckpt"]), "--out", str(tmp_path / "merged_hf"),
+                 "--format", "transformers"]) == 0
     hf = MusicgenForConditionalGeneration.from_pretrained(tmp_path / "merged_hf").eval()
     tokenizer = AutoTokenizer.from_pretrained(packaged_minilm_path(), local_files_only=True)
     seq = lm.pattern.build(fixed_codes(), CARD)
@@ -187,6 +172,8 @@ def test_merged_lora_loads_in_transformers(base, lora_run, tmp_path):
                  decoder_input_ids=seq_in.flatten(0, 1)).logits.view(len(TEXTS), K, -1, CARD)
         ours = lm.eval()(seq_in, cond.eval()(TEXTS))
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
+    tuned = lora_run["module"]
+    torch.testing.assert_close(logits(lm, cond), logits(tuned.lm, tuned.conditioner), atol=1e-5, rtol=0)
     base_lm, base_cond, _, _ = load_musicgen(base["converted"], load_codec_model=False)
     with torch.no_grad():
         assert (base_lm(seq_in, base_cond(TEXTS)) - ref).abs().max() > 1e-3  # not the base model's logits
@@ -245,8 +232,8 @@ def test_lora_cli_extract_and_merge(base, lora_run, tmp_path, capsys):
     _, saved, _ = read_adapters(lora_run["adapters"])
     assert extracted.keys() == saved.keys() and all(torch.equal(extracted[k], saved[k]) for k in saved)
     assert main(["lora", "merge", "--base", str(base["converted"]), "--adapters", str(tmp_path / "a.safetensors"),
-                 "--out", str(tmp_path / "merged.pt")]) == 0
-    model = MusicGen.from_checkpoint(tmp_path / "merged.pt", device="cpu", dtype="float32")
+                 "--out", str(tmp_path / "merged")]) == 0
+    model = MusicGen.from_pretrained(tmp_path / "merged", device="cpu", dtype="float32")
     torch.testing.assert_close(logits(model.lm, model.conditioner), tuned, atol=1e-5, rtol=0)
     assert model.codec.num_codebooks == K  # the base's codec came along
     capsys.readouterr()

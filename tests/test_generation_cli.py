@@ -21,7 +21,7 @@ def test_generate_writes_wavs_and_json(ckpt, tmp_path):
     prompt_wav = tmp_path / "prompt.wav"
     sf.write(prompt_wav, np.random.default_rng(0).uniform(-0.3, 0.3, (8000, 2)), 16000)  # 0.5 s, stereo, 16 kHz
     out = tmp_path / "out"
-    res = run_cli("generate", "--ckpt", ckpt, "--text", "a calm piano", "--text-file", prompts,
+    res = run_cli("generate", "--model", ckpt, "--text", "a calm piano", "--text-file", prompts,
                   "--prompt-audio", prompt_wav, "--duration", 0.8, "--out", out, "--seed", 3,
                   "--batch-size", 2, "--top-k", 5, "--dtype", "float32", timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -66,6 +66,8 @@ def test_melody_on_a_text_model_and_missing_checkpoint(ckpt, tmp_path, capsys):
     assert "no melody conditioning" in capsys.readouterr().err
     assert main(["--ckpt", str(tmp_path / "none.pt"), "--text", "x", "--out", str(tmp_path)]) == 2
     assert "none.pt: no such file" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path / "nomodel"), "--text", "x", "--out", str(tmp_path)]) == 2
+    assert "--model" in (err := capsys.readouterr().err) and "nomodel: not a model folder" in err
 
 
 def test_help_explains_the_verb():

@@ -1,10 +1,9 @@
-"""CompressionModel: SEANet encoder + RVQ + SEANet decoder (EnCodec), and its checkpoint format.
+"""CompressionModel: SEANet encoder + RVQ + SEANet decoder (EnCodec), configured by `CodecConfig`.
 
-Converted / exported checkpoint (one torch file, see docs/codec.md):
-
-    {"format": "lightning_musicgen.codec", "version": 1,
-     "config": CodecConfig.to_dict(), "num_codebooks": K_used_by_default,
-     "state_dict": CompressionModel.state_dict()}
+Files: `save(dir)` writes a codec model folder and `from_checkpoint(path)` reads every codec file
+(both through `lightning_musicgen.model_files`, see docs/model_files.md). `to_checkpoint_dict` /
+`from_checkpoint_dict` are the in-memory form {"format": "lightning_musicgen.codec", "version": 1,
+"config": CodecConfig.to_dict(), "num_codebooks": K, "state_dict": ...}.
 """
 from __future__ import annotations
 
@@ -198,33 +197,13 @@ class CompressionModel(nn.Module):
         return model
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(self.to_checkpoint_dict(), path)
-        return path
+        """Write a codec model folder at `path` (config.json + model.safetensors; see model_files)."""
+        from lightning_musicgen.model_files import save_codec
+        return save_codec(self, path)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, use_ema: bool = True) -> "CompressionModel":
-        """Load a converted checkpoint, or a CodecModule Lightning checkpoint (EMA weights if any)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: codec checkpoint not found")
-        try:  # our own files: Lightning checkpoints hold plain containers, but be lenient on pickles
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise ValueError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
-        if not isinstance(ckpt, dict):
-            raise ValueError(f"{path}: not a codec checkpoint")
-        if ckpt.get("format") == CHECKPOINT_FORMAT:
-            return cls.from_checkpoint_dict(ckpt, str(path))
-        if "codec_config" in ckpt and "state_dict" in ckpt:  # a CodecModule checkpoint
-            prefix = "generator_ema." if use_ema and any(k.startswith("generator_ema.") for k in ckpt["state_dict"]) \
-                else "generator."
-            state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-            model = cls(CodecConfig.from_dict(ckpt["codec_config"]))
-            model.load_state_dict(state)
-            return model
-        for value in ckpt.values():  # e.g. a MusicGen converted checkpoint embedding a codec
-            if isinstance(value, dict) and value.get("format") == CHECKPOINT_FORMAT:
-                return cls.from_checkpoint_dict(value, str(path))
-        raise ValueError(f"{path}: neither a {CHECKPOINT_FORMAT} file nor a CodecModule checkpoint")
+        """Load a codec model folder, a MusicGen model folder's codec, a CodecModule Lightning
+        checkpoint (EMA weights if any), or a converted file of earlier versions."""
+        from lightning_musicgen.model_files import load_codec
+        return load_codec(path, use_ema=use_ema)

@@ -5,7 +5,7 @@ One training step (one batch of wav[B, C, T]):
 2. after `adversarial_warmup_steps`, the discriminator takes a hinge-loss step on (x, y.detach());
 3. the generator losses L1 (time), multi-scale mel, hinge adversarial and feature matching are
    combined by the gradient balancer (on d loss / d y), the commitment loss is added as is, and the
-   generator takes an Adam step; optional EMA of the generator weights follows.
+   generator takes an Adam step; optional EMA of the generator weights follows (`lightning_musicgen.ema`).
 
 `trainer.global_step` counts batches: the discriminator's optimizer is stepped directly (not through
 Lightning's counter). Gradients are clipped here (`gradient_clip_val`), so the trainer's must be null.
@@ -13,7 +13,6 @@ Supported precisions: 32-true and bf16-mixed (STFTs and losses always run in fp3
 """
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,7 @@ from lightning_musicgen.codec.discriminators import build_discriminator
 from lightning_musicgen.codec.losses import (Balancer, MelDistance, MultiScaleMelLoss, feature_matching_loss,
                                              hinge_discriminator_loss, hinge_generator_loss, si_snr)
 from lightning_musicgen.codec.model import CodecConfig, CompressionModel
+from lightning_musicgen.ema import EMA
 from lightning_musicgen.optim import WarmupCosineLR
 
 DEFAULT_WEIGHTS = {"adv": 4.0, "feat": 4.0, "l1": 0.1, "msspec": 2.0}
@@ -45,7 +45,8 @@ class CodecModule(LightningModule):
         adversarial_warmup_steps: batches trained on reconstruction losses only before the
             discriminator starts; `disc_every`: discriminator step every N batches.
         gradient_clip_val: max gradient norm for each network (None: no clipping).
-        ema_decay: keep an EMA of the generator (`generator_ema`) used for validation and export.
+        ema_decay: keep an EMA of the generator (`generator_ema.module`, one update per generator
+            step) used for validation and export.
         log_audio_every_n_steps, log_audio_samples: reconstructions sent to the logger by rank 0.
     """
 
@@ -74,9 +75,7 @@ class CodecModule(LightningModule):
         self.codec_config = codec
         self.generator = CompressionModel(codec)
         self.discriminator = build_discriminator(discriminator, codec.channels, **(discriminator_kwargs or {}))
-        self.generator_ema = None
-        if ema_decay is not None:
-            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+        self.generator_ema = EMA(self.generator, ema_decay) if ema_decay is not None else None
         self.msspec = MultiScaleMelLoss(codec.sample_rate)
         self.mel_distance = MelDistance(codec.sample_rate)
         self.weights = weights
@@ -150,7 +149,7 @@ class CodecModule(LightningModule):
         opt_g.step()
         sched_g.step()
         if self.generator_ema is not None:
-            self._update_ema()
+            self.generator_ema.update(self.generator, self.global_step)  # once per generator step
 
         with torch.no_grad():
             for name, value in losses.items():
@@ -184,17 +183,9 @@ class CodecModule(LightningModule):
         if self.hparams.gradient_clip_val:
             self.clip_gradients(opt, gradient_clip_val=self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
 
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        decay = self.hparams.ema_decay
-        for p_ema, p in zip(self.generator_ema.parameters(), self.generator.parameters()):
-            p_ema.lerp_(p.detach(), 1 - decay)
-        for b_ema, b in zip(self.generator_ema.buffers(), self.generator.buffers()):
-            b_ema.copy_(b)
-
     # -- validation ------------------------------------------------------------------------------
     def eval_model(self) -> CompressionModel:
-        return self.generator_ema if self.generator_ema is not None else self.generator
+        return self.generator_ema.module if self.generator_ema is not None else self.generator
 
     def validation_step(self, batch, batch_idx):
         x = self._wav(batch)
@@ -246,13 +237,14 @@ class CodecModule(LightningModule):
 
     # -- checkpoints -----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["codec_config"] = self.codec_config.to_dict()
+        # the codec config is stored once, in hyper_parameters["codec"]
         checkpoint["balancer"] = self.balancer.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.balancer.load_state_dict(checkpoint.get("balancer", {}))
 
     def export(self, path) -> Any:
-        """Write the (EMA) generator as a converted-format codec checkpoint."""
-        return self.eval_model().save(path)
+        """Write the (EMA) generator as a codec model folder (see lightning_musicgen.model_files)."""
+        from lightning_musicgen.model_files import save_codec
+        return save_codec(self.eval_model(), path, "ema" if self.generator_ema is not None else "trained")
 

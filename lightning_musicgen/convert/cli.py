@@ -1,7 +1,10 @@
-"""`python -m lightning_musicgen convert --from-hf DIR_OR_NAME --out PATH`.
+"""`python -m lightning_musicgen convert --from-hf DIR_OR_NAME | --from-audiocraft PATH --out DIR`.
 
-Reads a transformers `save_pretrained` folder (or, where the hub is reachable, a hub name),
-looks at its config's `model_type` and hands it to the matching converter.
+--from-hf reads a transformers `save_pretrained` folder (or, where the hub is reachable, a hub
+name), looks at its config's `model_type` and hands it to the matching converter.
+--from-audiocraft reads audiocraft's `state_dict.bin` / `compression_state_dict.bin` (a folder
+holding them, e.g. an official model repo, or one file) or a solver `checkpoint.th`.
+Both write our model folder (see docs/model_files.md).
 """
 from __future__ import annotations
 
@@ -46,15 +49,31 @@ def model_type(folder: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lightning_musicgen convert",
-        description="Convert official MusicGen / MusicGen-melody / EnCodec weights (transformers "
-                    "layout) into a checkpoint that CompressionModel.from_checkpoint or "
-                    "MusicGen.from_checkpoint loads.")
-    parser.add_argument("--from-hf", required=True, metavar="DIR_OR_NAME",
+        description="Convert MusicGen / MusicGen-melody / EnCodec weights (transformers or audiocraft "
+                    "layout) into a model folder that CompressionModel.from_checkpoint or "
+                    "MusicGen.from_pretrained loads.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from-hf", metavar="DIR_OR_NAME",
                         help="save_pretrained folder, or a hub name such as facebook/musicgen-small")
-    parser.add_argument("--out", required=True, metavar="PATH", help="where to write our checkpoint")
+    source.add_argument("--from-audiocraft", metavar="PATH",
+                        help="folder with state_dict.bin / compression_state_dict.bin, one of them, or checkpoint.th")
+    parser.add_argument("--out", required=True, metavar="DIR", help="where to write our model folder")
     parser.add_argument("--tokenizer", metavar="PATH", default=None,
                         help="text tokenizer folder (default: the --from-hf folder)")
+    parser.add_argument("--codec", metavar="PATH", default=None,
+                        help="--from-audiocraft: the codec (our model folder or checkpoint) when PATH has none")
+    parser.add_argument("--text-encoder", metavar="DIR", default=None,
+                        help="--from-audiocraft: local folder of the T5 model the LM names (default: its name)")
     args = parser.parse_args(argv)
+    if args.from_audiocraft:
+        from lightning_musicgen.convert.audiocraft import convert_audiocraft
+        try:
+            out = convert_audiocraft(args.from_audiocraft, args.out, codec=args.codec, text_encoder=args.text_encoder)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+            return 2
+        print(f"converted {args.from_audiocraft} (audiocraft) -> {out}")
+        return 0
     folder = resolve_folder(args.from_hf)
     kind = model_type(folder)
     module_name, func_name = CONVERTERS[kind].split(":")

@@ -1,5 +1,5 @@
 """transformers' MusicgenForConditionalGeneration / MusicgenMelodyForConditionalGeneration -> our
-single-file MusicGen checkpoint (see `lightning_musicgen.lm.checkpoint`).
+MusicGen model folder (see `lightning_musicgen.model_files`).
 
 Maps the decoder (embeddings, layers, final norm, heads), `enc_to_dec_proj`, the text encoder and
 its tokenizer, the melody model's `audio_enc_to_dec_proj`, and the audio encoder (EnCodec, through
@@ -68,7 +68,7 @@ def _load_tokenizer(folder: Path, tokenizer: str | None):
 def convert_musicgen(folder: Path, out: Path, tokenizer: str | None = None) -> Path:
     """Convert a `save_pretrained` folder of MusicGen or MusicGen-melody into `out`."""
     from lightning_musicgen.convert.encodec import encodec_from_transformers
-    from lightning_musicgen.lm.checkpoint import save_musicgen
+    from lightning_musicgen.model_files import save_musicgen
     from lightning_musicgen.lm.conditioners import build_condition_provider
     from lightning_musicgen.lm.model import MusicGenLM
     from transformers import MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
@@ -126,4 +126,6 @@ def convert_musicgen(folder: Path, out: Path, tokenizer: str | None = None) -> P
                 "frame_rate": getattr(hf.config.audio_encoder, "frame_rate", None),
                 "audio_channels": getattr(dec, "audio_channels", 1),
                 "max_duration": 30.0}  # the official models are trained on 30 s crops
-        return save_musicgen(out, lm, conditioner, conditioner_config, codec, meta)
+        # the text encoder's weights come from this folder, so the model folder carries them
+        return save_musicgen(out, lm, conditioner, conditioner_config, codec, copy_text_encoder=True,
+                             max_duration=30.0, meta=meta)

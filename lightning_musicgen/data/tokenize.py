@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m lightning_musicgen tokenize",
         description="Encode audio shards (from `prepare`/`demo-data`) with a trained codec into token shards "
                     "(KEY.codes.npy + KEY.json) for LM training with TokenDataModule. Re-running skips done shards.")
-    p.add_argument("--codec", required=True, help="codec checkpoint (CodecModule .ckpt or converted file)")
+    p.add_argument("--codec", required=True, help="codec model folder (`export`) or CodecModule checkpoint")
     p.add_argument("--input", required=True, help="audio shards: directory, index.json, glob or brace pattern")
     p.add_argument("--output", required=True, help="token shard directory")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")

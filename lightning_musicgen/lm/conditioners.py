@@ -6,6 +6,9 @@ At train time it applies classifier-free-guidance dropout (all conditions droppe
 batch as in audiocraft, or per sample), per-attribute dropout and word dropout. `null(...)`
 builds the all-dropped conditions used by classifier-free guidance at inference.
 
+Configured by `ConditionerConfig` (with `TextConfig` / `MelodyConfig`): the YAML `conditioner:`
+block, checkpoints and model folders; `build_condition_provider(config)` builds the module.
+
 A dropped text is an all-zero embedding with an all-False mask; a dropped melody is the chroma
 one-hot on bin 0 (the convention of the official melody model in transformers).
 """
@@ -14,8 +17,9 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -287,23 +291,101 @@ class ConditionProvider(nn.Module):
         return self.forward(descriptions, melody=None, drop=everything)
 
 
-def build_condition_provider(config: dict, text_encoder_config: dict | None = None,
-                             tokenizer_files: dict[str, bytes] | None = None) -> ConditionProvider:
-    """ConditionProvider from a plain config dict (YAML / checkpoints):
-    {"text": {TextConditioner kwargs} | None, "melody": {ChromaConditioner kwargs} | None,
-     "fuse": ..., "cfg_dropout": ..., "cfg_per_sample": ..., "attribute_dropout": {...}}.
-    `text_encoder_config` + `tokenizer_files` rebuild the text encoder without its folder."""
-    config = dict(config)
-    known = {"text", "melody", "fuse", "cfg_dropout", "cfg_per_sample", "attribute_dropout"}
-    unknown = set(config) - known
+@dataclass
+class TextConfig:
+    """The text conditioner: a transformers encoder by name or folder ("minilm": the packaged MiniLM),
+    projected to `dim` (default: the LM width)."""
+    name: str = "t5-base"
+    dim: int | None = None
+    freeze: bool = True
+    word_dropout: float = 0.0
+    max_length: int | None = None
+    project: bool | None = None
+
+    def __post_init__(self):
+        if not 0.0 <= self.word_dropout <= 1.0:
+            raise ValueError(f"conditioner config: text.word_dropout must be in [0, 1], got {self.word_dropout}")
+
+
+@dataclass
+class MelodyConfig:
+    """The chroma (melody) conditioner."""
+    dim: int | None = None
+    sample_rate: int = 32000
+    n_chroma: int = 12
+    chroma_length: int = 235
+    n_fft: int = 16384
+    hop_length: int = 4096
+    project: bool | None = None
+
+
+@dataclass
+class ConditionerConfig:
+    """What the LM is conditioned on and how (see `ConditionProvider`)."""
+    text: TextConfig | None = field(default_factory=TextConfig)
+    melody: MelodyConfig | None = None
+    fuse: str = "cross"
+    cfg_dropout: float = 0.3
+    cfg_per_sample: bool = False
+    attribute_dropout: dict[str, float] | None = None
+
+    def __post_init__(self):
+        if isinstance(self.text, dict):
+            self.text = _from_dict(TextConfig, self.text, "text")
+        if isinstance(self.melody, dict):
+            self.melody = _from_dict(MelodyConfig, self.melody, "melody")
+        if self.fuse not in ("cross", "prepend"):
+            raise ValueError(f"conditioner config: fuse {self.fuse!r} is not one of cross, prepend")
+        if not 0.0 <= self.cfg_dropout <= 1.0:
+            raise ValueError(f"conditioner config: cfg_dropout must be in [0, 1], got {self.cfg_dropout}")
+        if self.text is None and self.melody is None:
+            raise ValueError("conditioner config: needs text or melody")
+
+    def with_dim(self, dim: int) -> "ConditionerConfig":
+        """A copy whose text/melody projections target width `dim` where not set."""
+        out = ConditionerConfig.from_dict(self.to_dict())
+        for part in (out.text, out.melody):
+            if part is not None and part.dim is None:
+                part.dim = dim
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ConditionerConfig":
+        return _from_dict(cls, d, None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _from_dict(cls, d: dict[str, Any], where: str | None):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
     if unknown:
-        raise ValueError(f"conditioner config: unknown keys {sorted(unknown)} (known: {sorted(known)})")
+        prefix = f"conditioner config: {where}: " if where else "conditioner config: "
+        raise ValueError(f"{prefix}unknown key(s) {unknown} (known: {sorted(known)})")
+    return cls(**d)
+
+
+def build_condition_provider(config: ConditionerConfig | dict, text_encoder_config: dict | None = None,
+                             tokenizer_files: dict[str, bytes] | None = None,
+                             text_encoder_path: str | None = None) -> ConditionProvider:
+    """ConditionProvider from a `ConditionerConfig` (or its dict). The text encoder is loaded from
+    `text_encoder_path` if given (a folder), else built from `text_encoder_config` + `tokenizer_files`
+    (weights then come from a state dict), else from `config.text.name`."""
+    if isinstance(config, dict):
+        config = ConditionerConfig.from_dict(config)
     text = melody = None
-    if config.get("text"):
-        text = TextConditioner(**config["text"], encoder_config=text_encoder_config, tokenizer_files=tokenizer_files)
-    if config.get("melody"):
-        melody = ChromaConditioner(**config["melody"])
-    return ConditionProvider(text, melody, fuse=config.get("fuse", "cross"),
-                             cfg_dropout=config.get("cfg_dropout", 0.3),
-                             cfg_per_sample=config.get("cfg_per_sample", False),
-                             attribute_dropout=config.get("attribute_dropout"))
+    if config.text is not None:
+        kw = {k: v for k, v in asdict(config.text).items() if v is not None or k in ("max_length", "project")}
+        kw.setdefault("dim", 1024)
+        if text_encoder_path is not None:
+            kw["name"] = text_encoder_path
+        text = TextConditioner(**kw, encoder_config=text_encoder_config, tokenizer_files=tokenizer_files)
+        text.name = config.text.name  # the config's name, whatever folder it was read from
+    if config.melody is not None:
+        kw = asdict(config.melody)
+        if kw["dim"] is None:
+            raise ValueError("conditioner config: melody.dim is not set")
+        melody = ChromaConditioner(**kw)
+    return ConditionProvider(text, melody, fuse=config.fuse, cfg_dropout=config.cfg_dropout,
+                             cfg_per_sample=config.cfg_per_sample, attribute_dropout=config.attribute_dropout)

@@ -1,26 +1,27 @@
 """Fine-tuning helpers for `MusicGenModule`: start from a pretrained model, derive gradient
 accumulation from a global batch size, pick a micro-batch for a memory budget.
 
-`load_pretrained(path)` is the one place that reads a model to start from: a converted file
-(`convert --from-hf`), a MusicGenModule checkpoint (LoRA adapters in it are merged), or a model
-folder (`export`, where `MusicGen.from_pretrained` exists). It returns the LM, its conditioner (with
-the text encoder weights and tokenizer, no original folder needed) and where the codec comes from.
+`load_pretrained(path)` is the one place that reads a model to start from, through
+`model_files.load_musicgen`: a model folder (`convert`, `export`), a converted file of earlier
+versions, or a MusicGenModule checkpoint (LoRA adapters in it are merged). It returns the LM, its
+conditioner (with its trained projections and the text encoder) and where the codec comes from.
 
 Overrides: a fine-tuning config may change only training-time settings of the pretrained model
-(`TRAINING_LM_KEYS`, `TRAINING_CONDITIONER_KEYS`, `TRAINING_TEXT_KEYS`); a differing architecture
-key is an error naming the key.
+(`TRAINING_LM_KEYS`, `TRAINING_CONDITIONER_KEYS`, `TRAINING_TEXT_KEYS`). The configs are typed
+(`LMConfig`, `ConditionerConfig`: LightningCLI fills every field): their training-time fields
+always apply, and another field counts as set when it differs from the config class's default; it
+must then equal the pretrained value, else one line names the key.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from lightning_musicgen.lm.conditioners import ConditionProvider
-from lightning_musicgen.lm.model import MusicGenLM
+from lightning_musicgen.lm.conditioners import ConditionerConfig, ConditionProvider, TextConfig
+from lightning_musicgen.lm.model import LMConfig, MusicGenLM
 
 TRAINING_LM_KEYS = ("dropout", "gradient_checkpointing", "attention_backend")
 TRAINING_CONDITIONER_KEYS = ("cfg_dropout", "cfg_per_sample", "attribute_dropout")
@@ -29,71 +30,80 @@ TRAINING_TEXT_KEYS = ("word_dropout", "freeze", "max_length")
 
 @dataclass
 class Pretrained:
-    """What `load_pretrained` gives: modules on CPU in fp32, their configs, and the codec source
-    (a path `CompressionModel.from_checkpoint` reads, or None)."""
+    """What `load_pretrained` gives: modules on CPU in fp32, the conditioner's config, and the codec
+    source (a path `CompressionModel.from_checkpoint` reads, or None)."""
     lm: MusicGenLM
     conditioner: ConditionProvider
-    conditioner_config: dict
+    conditioner_config: ConditionerConfig
     codec_checkpoint: str | None
     source: str
 
 
 def load_pretrained(path: str | os.PathLike) -> Pretrained:
-    """A converted file, a MusicGenModule checkpoint or a model folder -> `Pretrained`."""
+    """A model folder, a converted file or a MusicGenModule checkpoint -> `Pretrained`."""
+    from lightning_musicgen import model_files
     path = Path(path).expanduser()
-    if path.is_dir():
-        from lightning_musicgen.generation import MusicGen
-        if not hasattr(MusicGen, "from_pretrained"):
-            raise ValueError(f"init_from {path}: a folder, but this version reads model folders only through "
-                             "MusicGen.from_pretrained (missing); pass a converted file or a checkpoint")
-        model = MusicGen.from_pretrained(path, device="cpu", dtype=torch.float32)
-        lm, conditioner = model.lm.float().train(), model.conditioner.train()
-        return Pretrained(lm, conditioner, _conditioner_config_of(conditioner, getattr(model, "conditioner_config", None)),
-                          getattr(model, "codec_checkpoint", None) or str(path), str(path))
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"init_from {path}: no such file or folder")
-    from lightning_musicgen.lm.checkpoint import load_musicgen
-    lm, conditioner, _, cfg = load_musicgen(path, load_codec_model=False)
-    codec = cfg.get("codec") or {}
-    codec_checkpoint = codec.get("path") or (str(path) if codec.get("config") is not None else None)
-    if codec_checkpoint and not Path(codec_checkpoint).is_absolute() and not Path(codec_checkpoint).exists():
-        beside = path.parent / codec_checkpoint  # a relative reference, resolved next to the checkpoint
-        codec_checkpoint = str(beside) if beside.exists() else codec_checkpoint
-    return Pretrained(lm.train(), conditioner.train(), dict(cfg["conditioner"]), codec_checkpoint, str(path))
+    # the codec stays a path (loaded when first needed, referenced by hash in checkpoints)
+    lm, conditioner, _, info = model_files.load_musicgen(path, load_codec_model=False)
+    codec_checkpoint = None
+    if path.is_dir():
+        if (path / "codec").is_dir():
+            codec_checkpoint = str(path)  # load_codec reads a MusicGen folder's codec
+    elif info.get("codec_reference"):
+        codec_checkpoint = str(model_files.resolve_reference(info["codec_reference"], path, "codec"))
+    else:
+        try:
+            model_files.load_codec(path)  # a converted file with its codec embedded
+            codec_checkpoint = str(path)
+        except ValueError:
+            codec_checkpoint = None
+    return Pretrained(lm.float().train(), conditioner.float().train(), info["conditioner"], codec_checkpoint,
+                      str(path))
 
 
-def _conditioner_config_of(conditioner: ConditionProvider, config: dict | None) -> dict:
+def _given(config, default, training: tuple[str, ...]) -> dict:
+    """The fields of a typed config (or the keys of a dict) that count as set: a dict's keys; of a
+    dataclass, the training-time fields and the others that differ from the class default (None
+    never counts)."""
     if config is None:
-        raise ValueError("the model folder does not record its conditioner config")
-    return dict(config)
+        return {}
+    if isinstance(config, dict):
+        return {k: v for k, v in config.items() if v is not None}
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    defaults = {f.name: getattr(default, f.name) for f in dataclasses.fields(default)}
+    return {k: v for k, v in values.items() if v is not None and (k in training or v != defaults[k])}
 
 
 def _check_overrides(what: str, given: dict, pretrained: dict, allowed: tuple[str, ...]) -> dict:
-    """The allowed keys of `given`; any other key must equal the pretrained value (or be None)."""
+    """The allowed keys of `given`; any other key must equal the pretrained value."""
     out = {}
     for key, value in given.items():
         if key in allowed:
             out[key] = value
-        elif value is not None and key in pretrained and pretrained[key] != value:
+        elif key not in pretrained:
+            raise ValueError(f"{what}.{key}: not a setting of the init_from model")
+        elif pretrained[key] != value:
             raise ValueError(f"{what}.{key}={value!r} differs from the init_from model's {pretrained[key]!r}; "
                              f"a fine-tuning config may only change {', '.join(allowed)}")
-        elif value is not None and key not in pretrained:
-            raise ValueError(f"{what}.{key}: not a setting of the init_from model")
     return out
 
 
-def apply_overrides(pre: Pretrained, lm_config: dict | None, conditioner_config: dict | None
-                    ) -> tuple[MusicGenLM, ConditionProvider, dict]:
+def apply_overrides(pre: Pretrained, lm_config: LMConfig | dict | None,
+                    conditioner_config: ConditionerConfig | dict | None
+                    ) -> tuple[MusicGenLM, ConditionProvider, ConditionerConfig]:
     """The pretrained LM / conditioner with the config's training-time settings (dropout, gradient
     checkpointing, CFG and word dropout, ...), weights unchanged. Set in place where the setting is a
     plain attribute; the LM is rebuilt only for a new dropout."""
     lm = pre.lm
-    lm_over = {k: v for k, v in _check_overrides("model.init_args.lm", dict(lm_config or {}), lm.config,
-                                                 TRAINING_LM_KEYS).items() if lm.config.get(k) != v}
+    lm_pre = lm.config.to_dict()
+    lm_over = {k: v for k, v in _check_overrides("model.init_args.lm", _given(lm_config, LMConfig(), TRAINING_LM_KEYS), lm_pre,
+                                                 TRAINING_LM_KEYS).items() if lm_pre.get(k) != v}
     if "dropout" in lm_over:
-        new = MusicGenLM(**{**lm.config, **lm_over})
+        new = MusicGenLM(dataclasses.replace(lm.config, **lm_over))
         new.load_state_dict(lm.state_dict())
-        lm = new
+        lm = new.train()
     else:
         if "gradient_checkpointing" in lm_over:
             lm.transformer.gradient_checkpointing = bool(lm_over["gradient_checkpointing"])
@@ -101,11 +111,23 @@ def apply_overrides(pre: Pretrained, lm_config: dict | None, conditioner_config:
             for module in lm.modules():
                 if hasattr(module, "backend"):
                     module.backend = lm_over["attention_backend"]
-        lm.config.update(lm_over)
-    cond_cfg = dict(pre.conditioner_config)
-    given = dict(conditioner_config or {})
-    text_given = given.pop("text", None) or {}
-    cond_over = _check_overrides("model.init_args.conditioner", given, cond_cfg, TRAINING_CONDITIONER_KEYS)
+        lm.config = dataclasses.replace(lm.config, **lm_over)
+    cond_cfg = pre.conditioner_config
+    if isinstance(conditioner_config, dict):
+        given = dict(conditioner_config)
+        text_given = {k: v for k, v in (given.pop("text", None) or {}).items() if v is not None}
+        given.pop("melody", None)
+        given = {k: v for k, v in given.items() if v is not None}
+    elif conditioner_config is not None:
+        given = _given(conditioner_config, ConditionerConfig(), TRAINING_CONDITIONER_KEYS)
+        given.pop("text", None)  # text: below; melody: its architecture is the init_from model's
+        given.pop("melody", None)
+        text_given = _given(conditioner_config.text, TextConfig(), TRAINING_TEXT_KEYS) if conditioner_config.text is not None else {}
+        text_given.pop("dim", None)  # resolved to the LM width by with_dim
+    else:
+        given, text_given = {}, {}
+    pre_top = {f.name: getattr(cond_cfg, f.name) for f in dataclasses.fields(cond_cfg)}
+    cond_over = _check_overrides("model.init_args.conditioner", given, pre_top, TRAINING_CONDITIONER_KEYS)
     conditioner = pre.conditioner
     for key, value in cond_over.items():
         if key == "attribute_dropout":
@@ -114,18 +136,18 @@ def apply_overrides(pre: Pretrained, lm_config: dict | None, conditioner_config:
                 raise ValueError(f"model.init_args.conditioner.attribute_dropout: unknown attributes {sorted(unknown)}")
             value = dict(value or {})
         setattr(conditioner, key, value)
-    cond_cfg.update(cond_over)
+    cond_cfg = dataclasses.replace(cond_cfg, **cond_over)
     if text_given:
-        if not cond_cfg.get("text"):
+        if cond_cfg.text is None:
             raise ValueError("model.init_args.conditioner.text: the init_from model has no text conditioner")
-        text_over = _check_overrides("model.init_args.conditioner.text", text_given, cond_cfg["text"],
-                                     TRAINING_TEXT_KEYS)
+        text_over = _check_overrides("model.init_args.conditioner.text", text_given,
+                                     dataclasses.asdict(cond_cfg.text), TRAINING_TEXT_KEYS)
         text = conditioner.text
         for key, value in text_over.items():
             setattr(text, key, value)
         if "freeze" in text_over:
             text.encoder.requires_grad_(not text_over["freeze"])
-        cond_cfg["text"] = {**cond_cfg["text"], **text_over}
+        cond_cfg = dataclasses.replace(cond_cfg, text=dataclasses.replace(cond_cfg.text, **text_over))
     return lm, conditioner, cond_cfg
 
 

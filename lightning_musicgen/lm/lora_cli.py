@@ -2,11 +2,12 @@
 and a merged model file (adapters folded into the base weights) for generation and export.
 
     lora extract --ckpt runs/ft/last.ckpt --out adapters.safetensors
-    lora merge --ckpt runs/ft/last.ckpt --out musicgen-ft.pt
-    lora merge --base musicgen-small.pt --adapters adapters.safetensors --out musicgen-ft.pt
+    lora merge --ckpt runs/ft/last.ckpt --out musicgen-ft/
+    lora merge --base musicgen-small/ --adapters adapters.safetensors --out musicgen-ft/
 
-The merged file is the single-file format of `convert --from-hf` (see `lm.checkpoint`), with the
-base model's codec embedded: `MusicGen.from_checkpoint`, `generate --ckpt` and `export` read it.
+The merged model is a model folder (see `model_files`), with the base model's codec:
+`MusicGen.from_pretrained`, `generate --model` and `export` read it. `export` of a LoRA
+checkpoint merges too (`lora merge --ckpt` is the same with a LoRA-specific name).
 """
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ def extract(ckpt_path: str | Path, out: str | Path) -> Path:
     from safetensors.torch import save_file
 
     from lightning_musicgen.lm.lora import ADAPTERS_FORMAT, LoRASettings
+    if not Path(ckpt_path).is_file():
+        raise ValueError(f"{ckpt_path}: not a LoRA fine-tuning checkpoint (not a file)")
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    info = ckpt.get("musicgen") if isinstance(ckpt, dict) else None
-    if not info or not info.get("lora"):
-        raise ValueError(f"{ckpt_path}: not a LoRA fine-tuning checkpoint (no musicgen.lora entry)")
+    info = (ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
+    if not info.get("lora"):
+        raise ValueError(f"{ckpt_path}: not a LoRA fine-tuning checkpoint (no lora in its hyper_parameters)")
     settings = LoRASettings.from_any(info["lora"])
     state = ckpt["state_dict"]
     tensors = {k: v for k, v in state.items() if k.startswith("lm.") and "lora_" in k}
@@ -46,9 +49,9 @@ def extract(ckpt_path: str | Path, out: str | Path) -> Path:
 
 def merge(out: str | Path, ckpt: str | Path | None = None, base: str | Path | None = None,
           adapters: str | Path | None = None) -> Path:
-    """Fold LoRA adapters into the base weights and write the single-file model format."""
-    from lightning_musicgen.lm.checkpoint import load_musicgen, save_musicgen
+    """Fold LoRA adapters into the base weights and write a model folder."""
     from lightning_musicgen.lm.lora import load_adapters, merge_lora
+    from lightning_musicgen.model_files import load_musicgen, save_musicgen
     if ckpt is not None:
         lm, conditioner, codec, cfg = load_musicgen(ckpt, use_ema=False)  # LoRA checkpoints load merged
         source = {"merged_from": str(ckpt)}
@@ -60,7 +63,24 @@ def merge(out: str | Path, ckpt: str | Path | None = None, base: str | Path | No
     else:
         raise ValueError("lora merge: pass --ckpt, or --base and --adapters")
     meta = dict(cfg.get("meta") or {}) | source
-    return save_musicgen(out, lm.float(), conditioner, cfg["conditioner"], codec, meta)
+    return save_musicgen(out, lm.float(), conditioner, cfg["conditioner"], codec, meta=meta,
+                         max_duration=cfg.get("max_duration", 30.0),
+                         copy_text_encoder=_text_encoder_copied(ckpt if ckpt is not None else base))
+
+
+def _text_encoder_copied(path: str | Path) -> bool:
+    """Whether the base model carries its text encoder's weights (then the merged folder does too):
+    a model folder says so in its config; a checkpoint asks its init_from; older files embed it."""
+    import json
+
+    from lightning_musicgen.model_files import CONFIG
+    path = Path(path)
+    if path.is_dir():
+        info = json.loads((path / CONFIG).read_text()).get("text_encoder") or {}
+        return bool(info.get("copied"))
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    init_from = (ckpt.get("hyper_parameters") or {}).get("init_from") if isinstance(ckpt, dict) else None
+    return _text_encoder_copied(init_from) if init_from and Path(init_from).exists() else "format" in ckpt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,11 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     ex = sub.add_parser("extract", help="adapters of a LoRA fine-tuning checkpoint -> a small safetensors file")
     ex.add_argument("--ckpt", required=True, help="MusicGenModule checkpoint of a LoRA fine-tuning run")
     ex.add_argument("--out", required=True, help="adapters file to write (.safetensors)")
-    mg = sub.add_parser("merge", help="fold adapters into the base weights -> a model file for generate/export")
+    mg = sub.add_parser("merge", help="fold adapters into the base weights -> a model folder for generate/export")
     mg.add_argument("--ckpt", help="MusicGenModule checkpoint of a LoRA fine-tuning run")
-    mg.add_argument("--base", help="the base model (converted file or checkpoint) the adapters were trained on")
+    mg.add_argument("--base", help="the base model (model folder, converted file or checkpoint) the adapters were trained on")
     mg.add_argument("--adapters", help="adapters file (lora extract, or MusicGenModule.save_adapters)")
-    mg.add_argument("--out", required=True, help="merged model file to write")
+    mg.add_argument("--out", required=True, help="merged model folder to write")
     args = parser.parse_args(argv)
     try:
         if args.command == "extract":

@@ -1,4 +1,5 @@
-"""MusicGenLM: the token language model over K parallel codebook streams (plain nn.Module).
+"""MusicGenLM: the token language model over K parallel codebook streams (plain nn.Module),
+configured by `LMConfig` (a dataclass: the YAML `lm:` block, checkpoints and model folders).
 
 Input: a pattern-built token sequence `seq[B, K, S]` (see `lm.patterns`), shifted right by one
 step with the special token (id `card`) in front. Embedding: the sum of K tables (each of size
@@ -17,42 +18,97 @@ Logits with the cache equal those of one full forward pass.
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lightning_musicgen.lm.conditioners import LMConditions
-from lightning_musicgen.lm.patterns import Pattern, get_pattern
+from lightning_musicgen.lm.patterns import PATTERNS, Pattern, get_pattern
 from lightning_musicgen.lm.transformer import KVCache, Transformer
+
+
+ACTIVATIONS = ("gelu", "relu", "gelu_tanh")
+POSITIONALS = ("sin", "rope", "sin_rope")
+ATTENTION_BACKENDS = ("sdpa", "xformers")
+
+
+@dataclass
+class LMConfig:
+    """Every hyperparameter of a MusicGenLM (defaults: MusicGen-small). `n_q`/`card` may be None
+    in a training config: MusicGenModule then reads them from its codec."""
+    n_q: int | None = 4
+    card: int | None = 2048
+    dim: int = 1024
+    num_heads: int = 16
+    num_layers: int = 24
+    ffn_dim: int | None = None
+    activation: str = "gelu"
+    bias: bool = False
+    dropout: float = 0.0
+    positional: str = "sin"
+    max_period: float = 10000.0
+    cross_attention: bool = True
+    pattern: str = "delay"
+    pattern_kwargs: dict[str, Any] | None = None
+    attention_backend: str = "sdpa"
+    gradient_checkpointing: bool = False
+    norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        for name in ("n_q", "card", "dim", "num_heads", "num_layers", "ffn_dim"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ValueError(f"lm config: {name} must be a positive integer, got {value!r}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"lm config: dim {self.dim} is not a multiple of num_heads {self.num_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lm config: dropout must be in [0, 1), got {self.dropout}")
+        for name, allowed in (("activation", ACTIVATIONS), ("positional", POSITIONALS),
+                              ("pattern", PATTERNS), ("attention_backend", ATTENTION_BACKENDS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"lm config: {name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        self.pattern_kwargs = dict(self.pattern_kwargs or {})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LMConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"lm config: unknown key(s) {unknown} (known: {sorted(known)})")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class MusicGenLM(nn.Module):
     """MusicGen's decoder: K embeddings summed, a pre-norm transformer, K output heads.
 
-    Defaults are MusicGen-small (dim 1024, 16 heads, 24 layers, 4 x 2048 codes, delay pattern)."""
+    `MusicGenLM(LMConfig(...))` or `MusicGenLM(dim=..., ...)` (keyword overrides of the config)."""
 
-    def __init__(self, n_q: int = 4, card: int = 2048, dim: int = 1024, num_heads: int = 16, num_layers: int = 24,
-                 ffn_dim: int | None = None, activation: str = "gelu", bias: bool = False, dropout: float = 0.0,
-                 positional: str = "sin", max_period: float = 10000.0, cross_attention: bool = True,
-                 pattern: str = "delay", pattern_kwargs: dict | None = None, attention_backend: str = "sdpa",
-                 gradient_checkpointing: bool = False, norm_eps: float = 1e-5):
+    def __init__(self, config: LMConfig | dict | None = None, **overrides):
         super().__init__()
-        self.config = dict(n_q=n_q, card=card, dim=dim, num_heads=num_heads, num_layers=num_layers,
-                           ffn_dim=ffn_dim, activation=activation, bias=bias, dropout=dropout,
-                           positional=positional, max_period=max_period, cross_attention=cross_attention,
-                           pattern=pattern, pattern_kwargs=dict(pattern_kwargs or {}),
-                           attention_backend=attention_backend, gradient_checkpointing=gradient_checkpointing,
-                           norm_eps=norm_eps)
-        self.n_q, self.card, self.dim = n_q, card, dim
-        self.special_token = card
-        self.pattern: Pattern = get_pattern(pattern, n_q, **dict(pattern_kwargs or {}))
-        self.emb = nn.ModuleList(nn.Embedding(card + 1, dim) for _ in range(n_q))
-        self.transformer = Transformer(dim, num_heads, num_layers, ffn_dim, cross_attention, activation, bias,
-                                       dropout, positional, max_period, attention_backend, gradient_checkpointing,
-                                       norm_eps)
-        self.out_norm = nn.LayerNorm(dim, eps=norm_eps)
-        self.heads = nn.ModuleList(nn.Linear(dim, card, bias=False) for _ in range(n_q))
-        self.cross_attention = cross_attention
+        if isinstance(config, dict):
+            config = LMConfig.from_dict(config)
+        config = LMConfig.from_dict({**(config or LMConfig()).to_dict(), **overrides})
+        if config.n_q is None or config.card is None:
+            raise ValueError("lm config: n_q and card must be set to build the LM (None is only for training "
+                             "configs that read them from the codec)")
+        self.config = config
+        c = config
+        self.n_q, self.card, self.dim = c.n_q, c.card, c.dim
+        self.special_token = c.card
+        self.pattern: Pattern = get_pattern(c.pattern, c.n_q, **c.pattern_kwargs)
+        self.emb = nn.ModuleList(nn.Embedding(c.card + 1, c.dim) for _ in range(c.n_q))
+        self.transformer = Transformer(c.dim, c.num_heads, c.num_layers, c.ffn_dim, c.cross_attention, c.activation,
+                                       c.bias, c.dropout, c.positional, c.max_period, c.attention_backend,
+                                       c.gradient_checkpointing, c.norm_eps)
+        self.out_norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        self.heads = nn.ModuleList(nn.Linear(c.dim, c.card, bias=False) for _ in range(c.n_q))
+        self.cross_attention = c.cross_attention
 
     # ---- core -----------------------------------------------------------------------------
     def make_cache(self, batch_size: int, max_steps: int, conditions: LMConditions | None = None,

@@ -5,7 +5,9 @@ frozen CompressionModel under no_grad; a melody conditioner takes the chroma of 
 samples' melody conditioning files, when the batch has it, else of `wav`) or tokens `{"codes", "mask", "text", "meta"}`
 (TokenDataModule, pre-tokenized shards). AdamW (betas 0.9/0.95, weight decay 0.1) with linear
 warmup + cosine decay stepped per step; gradient clipping comes from the trainer config
-(`gradient_clip_val: 1.0`); optional EMA of the LM weights (used by `load_musicgen`).
+(`gradient_clip_val: 1.0`); optional EMA of the LM weights (`lightning_musicgen.ema`, one update per
+optimizer step). Checkpoints hold the trainable state only: the configs once (resolved, in
+`hyper_parameters`), the frozen codec and text encoder as path/name + content hash (`model_files`).
 
 Logged: `train/loss`, `train/ce_q{k}`, `val/loss`, `val/ce_q{k}`, `lm/ppl_q{k}` (train),
 `val/ppl_q{k}`, `lm/tokens_per_s`.
@@ -23,10 +25,10 @@ import warnings
 
 import torch
 from lightning.pytorch import LightningModule
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from lightning_musicgen.lm.conditioners import ConditionProvider, build_condition_provider
-from lightning_musicgen.lm.model import MusicGenLM
+from lightning_musicgen.ema import EMA
+from lightning_musicgen.lm.conditioners import ConditionerConfig, ConditionProvider, build_condition_provider
+from lightning_musicgen.lm.model import LMConfig, MusicGenLM
 from lightning_musicgen.optim import adamw_warmup_cosine
 
 
@@ -34,19 +36,21 @@ class MusicGenModule(LightningModule):
     """LightningModule around `MusicGenLM` and a `ConditionProvider`.
 
     Args:
-        lm: MusicGenLM keyword arguments (dim, num_heads, num_layers, n_q, card, pattern, ...).
-        conditioner: `build_condition_provider` config: {"text": {"name": "t5-base", ...},
-            "melody": {...} | null, "fuse": "cross" | "prepend", "cfg_dropout": 0.3, ...}. The text
-            conditioner's `dim` defaults to the LM width.
-        codec_checkpoint: CompressionModel checkpoint (CodecModule or converted) used to encode wav
-            batches; not needed with token batches. It stays frozen and out of the state dict.
+        lm: the LM's `LMConfig` (YAML: its fields; `n_q`/`card` null = read from the codec).
+        conditioner: the `ConditionerConfig` (YAML: {"text": {"name": "t5-base", ...}, "melody": ... |
+            null, "fuse": "cross" | "prepend", "cfg_dropout": 0.3, ...}). Text and melody `dim`
+            default to the LM width.
+        codec_checkpoint: codec model folder (or CodecModule / converted checkpoint) used to encode
+            wav batches and recorded (path + content hash) in checkpoints; not needed with token
+            batches. It stays frozen and out of the state dict.
         lr, betas, weight_decay, warmup_steps, total_steps (default: trainer.max_steps), min_lr_ratio:
             AdamW + warmup-cosine.
-        ema_decay: keep an exponential moving average of the LM weights (None: off).
-        init_from: a converted model (`convert --from-hf`), a model folder (`export`) or a MusicGenModule
-            checkpoint to start from. Its architecture wins: `lm` / `conditioner` may then only change
-            training-time settings (dropout, gradient_checkpointing, cfg/word dropout, ...). The codec comes
-            from it too unless `codec_checkpoint` is given.
+        ema_decay: keep an exponential moving average of the LM weights, one update per optimizer
+            step (None: off); exported model folders hold the EMA weights when it is on.
+        init_from: a model folder (`convert`, `export`), a converted file of earlier versions or a
+            MusicGenModule checkpoint to start from. Its architecture wins: `lm` / `conditioner` may
+            then only change training-time settings (dropout, gradient_checkpointing, cfg/word dropout,
+            ...). The codec comes from it too unless `codec_checkpoint` is given.
         lora: LoRA settings ({r, alpha, dropout, targets, train_condition_projection}, see `lm.lora`):
             only the adapters (and optionally the condition projections) train. None: full fine-tuning
             (the text encoder stays frozen with `conditioner.text.freeze`).
@@ -56,15 +60,16 @@ class MusicGenModule(LightningModule):
             the largest the estimate (`lightning_musicgen.memory`) fits in it.
     """
 
-    def __init__(self, lm: dict | None = None, conditioner: dict | None = None, codec_checkpoint: str | None = None,
-                 lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.1,
-                 warmup_steps: int = 4000, total_steps: int | None = None, min_lr_ratio: float = 0.0,
-                 ema_decay: float | None = None, init_from: str | None = None, lora: dict | None = None,
-                 global_batch_size: int | None = None, memory_budget_gb: float | None = None):
+    def __init__(self, lm: LMConfig | None = None, conditioner: ConditionerConfig | None = None,
+                 codec_checkpoint: str | None = None, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.95),
+                 weight_decay: float = 0.1, warmup_steps: int = 4000, total_steps: int | None = None,
+                 min_lr_ratio: float = 0.0, ema_decay: float | None = None, init_from: str | None = None,
+                 lora: dict | None = None, global_batch_size: int | None = None,
+                 memory_budget_gb: float | None = None):
         super().__init__()
-        self.save_hyperparameters()
         self.codec_checkpoint = codec_checkpoint
         self._codec = None  # not a submodule: frozen, never saved, never trained
+        self._codec_reference = None
         self.init_from, self.global_batch_size, self.memory_budget_gb = init_from, global_batch_size, memory_budget_gb
         if init_from:
             self._init_pretrained(init_from, lm, conditioner)
@@ -73,32 +78,30 @@ class MusicGenModule(LightningModule):
         self.lora = None
         if lora is not None:
             self._add_lora(lora)
+        # the configs are stored once, resolved (n_q, card, widths), in the checkpoint's hyper_parameters
+        self.save_hyperparameters(ignore=["lm", "conditioner", "lora"])
+        self.hparams["lm"] = self.lm.config.to_dict()
+        self.hparams["conditioner"] = self.conditioner_config.to_dict()
+        self.hparams["lora"] = self.lora.to_dict() if self.lora is not None else None
         self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
         self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
-        self.ema = None
-        if ema_decay:
-            self.ema = AveragedModel(self.lm, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
-            self.ema.requires_grad_(False)
+        self.ema = EMA(self.lm, ema_decay) if ema_decay else None  # after LoRA: it averages the adapters too
         self._step_start, self._warned_melody = None, False
+        self._text_encoder_hash = None
 
-    def _init_fresh(self, lm: dict | None, conditioner: dict | None) -> None:
-        lm_kwargs = dict(lm or {})
-        codec_checkpoint = self.codec_checkpoint
-        if codec_checkpoint and (lm_kwargs.get("n_q") is None or lm_kwargs.get("card") is None):
+    def _init_fresh(self, lm: LMConfig | dict | None, conditioner: ConditionerConfig | dict | None) -> None:
+        lm_cfg = LMConfig.from_dict(lm) if isinstance(lm, dict) else (lm or LMConfig())
+        cond_cfg = ConditionerConfig.from_dict(conditioner) if isinstance(conditioner, dict) \
+            else (conditioner or ConditionerConfig())
+        if self.codec_checkpoint and (lm_cfg.n_q is None or lm_cfg.card is None):
             codec = self._load_codec()  # n_q / card: null in the config -> the codec's
-            lm_kwargs["n_q"] = lm_kwargs.get("n_q") or codec.num_codebooks
-            lm_kwargs["card"] = lm_kwargs.get("card") or codec.cardinality
-        lm_kwargs = {k: v for k, v in lm_kwargs.items() if v is not None or k not in ("n_q", "card")}
-        self.lm = MusicGenLM(**lm_kwargs)
-        cond_config = dict(conditioner or {"text": {"name": "t5-base"}})
-        if cond_config.get("text"):
-            cond_config["text"] = {"dim": self.lm.dim, **cond_config["text"]}
-        if cond_config.get("melody"):
-            cond_config["melody"] = {"dim": self.lm.dim, **cond_config["melody"]}
-        self.conditioner_config = cond_config
-        self.conditioner: ConditionProvider = build_condition_provider(cond_config)
+            lm_cfg = LMConfig.from_dict({**lm_cfg.to_dict(), "n_q": lm_cfg.n_q or codec.num_codebooks,
+                                         "card": lm_cfg.card or codec.cardinality})
+        self.lm = MusicGenLM(lm_cfg)
+        self.conditioner_config = cond_cfg.with_dim(self.lm.dim)
+        self.conditioner: ConditionProvider = build_condition_provider(self.conditioner_config)
         if self.conditioner.cross_attention != self.lm.cross_attention:
-            raise ValueError(f"conditioner fuse={cond_config.get('fuse', 'cross')!r} does not match "
+            raise ValueError(f"conditioner fuse={cond_cfg.fuse!r} does not match "
                              f"lm.cross_attention={self.lm.cross_attention}")
 
     # ---- fine-tuning -------------------------------------------------------------------------
@@ -238,7 +241,7 @@ class MusicGenModule(LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.ema is not None:
-            self.ema.update_parameters(self.lm)
+            self.ema.update(self.lm, self.global_step)  # once per optimizer step
         if self._step_start is not None:
             seconds = time.perf_counter() - self._step_start
             self.log("lm/tokens_per_s", self._tokens_in_step / max(seconds, 1e-9), batch_size=1, on_step=True)
@@ -253,15 +256,39 @@ class MusicGenModule(LightningModule):
                                    warmup_steps=warmup, total_steps=total, min_lr_ratio=self.min_lr_ratio)
 
     # ---- checkpoints -----------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
+    def _frozen_text_encoder(self):
         text = self.conditioner.text
-        checkpoint["musicgen"] = {
-            "lm": {"config": self.lm.config},
-            "conditioner": {"config": self.conditioner_config,
-                            "text_encoder_config": text.encoder_config() if text is not None else None,
-                            "tokenizer_files": text.tokenizer_files() if text is not None else None},
-            "codec_checkpoint": self.codec_checkpoint,
-            "lora": self.lora.to_dict() if self.lora is not None else None,
-            "init_from": self.init_from,
-            "ema_state_dict": self.ema.module.state_dict() if self.ema is not None else None,
-        }
+        return text if text is not None and text.freeze else None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Trainable state only: the frozen text encoder and codec are referenced, not embedded."""
+        from lightning_musicgen.model_files import TEXT_ENCODER_PREFIX, make_reference, tensors_hash
+        frozen = {}
+        text = self._frozen_text_encoder()
+        if text is not None:
+            if self._text_encoder_hash is None:
+                self._text_encoder_hash = tensors_hash(text.encoder.state_dict())
+            frozen["text_encoder"] = {"name": str(text.name), "sha256": self._text_encoder_hash}
+            for key in [k for k in checkpoint["state_dict"] if k.startswith(TEXT_ENCODER_PREFIX)]:
+                del checkpoint["state_dict"][key]
+        if self.codec_checkpoint:
+            callback = getattr(self._trainer, "checkpoint_callback", None) if self._trainer else None
+            base = getattr(callback, "dirpath", None)
+            if self._codec_reference is None or self._codec_reference[0] != base:
+                self._codec_reference = (base, make_reference(self.codec_checkpoint, base))
+            frozen["codec"] = self._codec_reference[1]
+        checkpoint["frozen"] = frozen
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Resume: put this module's own (hash-checked) frozen text encoder back into the state."""
+        from lightning_musicgen.model_files import TEXT_ENCODER_PREFIX, tensors_hash
+        ref = (checkpoint.get("frozen") or {}).get("text_encoder")
+        text = self._frozen_text_encoder()
+        state = checkpoint.get("state_dict", {})
+        if ref is None or text is None or any(k.startswith(TEXT_ENCODER_PREFIX) for k in state):
+            return
+        own = text.encoder.state_dict()
+        if tensors_hash(own) != ref["sha256"]:
+            raise ValueError(f"checkpoint: text encoder {text.name!r} hashes differently from the one it was "
+                             f"trained with (expected sha256 {ref['sha256']})")
+        state.update({TEXT_ENCODER_PREFIX + k: v for k, v in own.items()})
