@@ -18,6 +18,7 @@ TOOL_VERBS = {
     "generate": ("lightning_musicgen.generate_cli", "generate music from text/melody/prompt to wav files"),
     "convert": ("lightning_musicgen.convert.cli", "transformers / audiocraft weights -> our model folder"),
     "export": ("lightning_musicgen.convert.export", "checkpoint -> model folder, transformers or audiocraft files"),
+    "lora": ("lightning_musicgen.lm.lora_cli", "LoRA adapters: extract them, or merge them into the base model"),
     "submit": ("lightning_musicgen.cluster.submit", "render and submit a SLURM (sbatch) training job"),
 }
 

@@ -22,7 +22,10 @@ frozen parts are not embedded but referenced under `checkpoint["frozen"]`:
     {"codec": {"path": relative to the checkpoint's folder, "absolute": str, "sha256": str},
      "text_encoder": {"name": str, "sha256": str}}
 A reference resolves against the checkpoint's own folder first, then its absolute path, and must
-match its content hash; otherwise one line names the file and the expected hash.
+match its content hash; otherwise one line names the file and the expected hash. A fine-tuning
+checkpoint also has `hyper_parameters["init_from"]` (its frozen text encoder is read from there when
+the recorded name alone does not resolve it) and `hyper_parameters["lora"]` (the LM's state then
+holds base weights + adapters; it loads, and exports, with the adapters merged).
 
 Also read: the single-file torch format of earlier versions ({"format": "lightning_musicgen.codec"
 | "lightning_musicgen.musicgen", ...}) and CodecModule / MusicGenModule checkpoints.
@@ -323,11 +326,23 @@ def _load_module_checkpoint(path: Path, ckpt: dict, load_codec_model: bool, use_
     ema_state = _strip(state, "ema.module.")
     weights = "ema" if use_ema and ema_state else "trained"
     lm = MusicGenLM(lm_cfg)
-    lm.load_state_dict(ema_state if weights == "ema" else _strip(state, "lm."))
-    conditioner = build_condition_provider(cond_cfg, text_encoder_path=text_encoder)
+    lm_state = ema_state if weights == "ema" else _strip(state, "lm.")
+    if hp.get("lora"):  # LoRA fine-tuning: base + adapters are both in the state; fold them together
+        from lightning_musicgen.lm.lora import LoRASettings, add_lora, merge_lora
+        add_lora(lm, LoRASettings.from_any(hp["lora"]))
+        lm.load_state_dict(lm_state)
+        merge_lora(lm).requires_grad_(True)
+    else:
+        lm.load_state_dict(lm_state)
     cond_state = _strip(state, "conditioner.")
     ref = frozen.get("text_encoder")
-    if ref is not None and not any(k.startswith("text.encoder.") for k in cond_state):
+    needs_text = ref is not None and not any(k.startswith("text.encoder.") for k in cond_state)
+    if needs_text and text_encoder is None and hp.get("init_from"):
+        # fine-tuning: the frozen text encoder is the init_from model's (its name may not resolve alone)
+        conditioner = _init_from_conditioner(hp["init_from"], cond_cfg, path)
+    else:
+        conditioner = build_condition_provider(cond_cfg, text_encoder_path=text_encoder)
+    if needs_text:
         got = tensors_hash(conditioner.text.encoder.state_dict())
         if got != ref["sha256"]:
             raise _text_encoder_error(str(path), text_encoder or ref["name"], ref["sha256"], got)
@@ -335,10 +350,29 @@ def _load_module_checkpoint(path: Path, ckpt: dict, load_codec_model: bool, use_
     codec = None
     if load_codec_model and frozen.get("codec"):
         codec = load_codec(resolve_reference(frozen["codec"], path, "codec"))
+    meta = {"source": "MusicGenModule", "global_step": ckpt.get("global_step")}
+    if hp.get("init_from"):
+        meta["init_from"] = str(hp["init_from"])
+    if hp.get("lora"):
+        meta["lora_merged"] = dict(hp["lora"])
     info = {"lm": lm_cfg, "conditioner": cond_cfg, "weights": weights, "max_duration": 30.0,
-            "meta": {"source": "MusicGenModule", "global_step": ckpt.get("global_step")}, "source": str(path),
-            "codec_reference": frozen.get("codec")}
+            "meta": meta, "source": str(path), "codec_reference": frozen.get("codec")}
     return lm, conditioner, codec, info
+
+
+def _init_from_conditioner(init_from: str, cond_cfg, checkpoint: Path):
+    """A conditioner of `cond_cfg` whose text encoder is the one of the model a fine-tuning run
+    started from (a model folder, a converted file or a checkpoint, as `load_musicgen` reads)."""
+    from lightning_musicgen.lm.conditioners import build_condition_provider
+    source = Path(init_from).expanduser()
+    if not source.exists():
+        raise FileNotFoundError(f"{checkpoint}: its init_from model {source} (the frozen text encoder's source) "
+                                "is missing; pass text_encoder=")
+    _, base, _, _ = load_musicgen(source, load_codec_model=False)
+    text = base.text
+    conditioner = build_condition_provider(cond_cfg, text.encoder_config(), text.tokenizer_files())
+    conditioner.text.encoder.load_state_dict(text.encoder.state_dict())
+    return conditioner
 
 
 def _load_legacy_musicgen(path: Path, ckpt: dict, load_codec_model: bool):

@@ -59,6 +59,10 @@ class EvaluateGeneration(PeriodicEvaluation):
         musicnn_model: `MTT_vgg` or `MSD_vgg`.
         reference_stats: {metric name: .npz of mu/sigma} to compare FAD against dataset statistics.
         duration: seconds to generate (default: the reference clips' length).
+        score_base: fine-tuning: also evaluate once when training starts from step 0, before any
+            update, that is the base model (`init_from`; LoRA adapters start at zero), and log it as
+            `eval_base/<metric>` next to the fine-tuned model's `eval/<metric>`. A resumed run
+            (global step > 0) does not repeat it.
     """
 
     def __init__(self, every_n_steps: int | None = None, every_n_epochs: int | None = None,
@@ -68,7 +72,8 @@ class EvaluateGeneration(PeriodicEvaluation):
                  panns_checkpoint: str | None = None, clap_path: str | None = None,
                  musicnn_model: str = "MTT_vgg", reference_stats: dict[str, str] | None = None,
                  use_ema: bool = True, cfg_coef: float = 3.0, top_k: int = 250, top_p: float = 0.0,
-                 temperature: float = 1.0, seed: int = 1234, num_audio_samples: int = 4, log_images: bool = True):
+                 temperature: float = 1.0, seed: int = 1234, num_audio_samples: int = 4, log_images: bool = True,
+                 score_base: bool = False):
         super().__init__(every_n_steps, every_n_epochs)
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:
@@ -84,6 +89,7 @@ class EvaluateGeneration(PeriodicEvaluation):
         self.use_ema = use_ema
         self.sampling = dict(cfg_coef=cfg_coef, top_k=top_k, top_p=top_p, temperature=temperature)
         self.seed, self.num_audio_samples, self.log_images = seed, num_audio_samples, log_images
+        self.score_base = score_base
         self.metrics: dict[str, torch.nn.Module] = {}
         self.prompts: list[Prompt] | None = None
 
@@ -177,9 +183,14 @@ class EvaluateGeneration(PeriodicEvaluation):
         return prompts
 
     # ---- evaluation -----------------------------------------------------------------------------
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.score_base and trainer.global_step == 0:
+            self.evaluate(trainer, pl_module, prefix="eval_base")
+
     @torch.no_grad()
-    def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
-        """Generate for this rank's prompts, update and compute every metric, log; returns the scalars."""
+    def evaluate(self, trainer: Trainer, pl_module: LightningModule, prefix: str = "eval") -> dict[str, float]:
+        """Generate for this rank's prompts, update and compute every metric, log as
+        `<prefix>/<metric>`; returns the scalars."""
         self._last_step = trainer.global_step
         for name, metric in self.metrics.items():  # setup() runs before the strategy moves the model
             if metric.device != pl_module.device:
@@ -202,18 +213,18 @@ class EvaluateGeneration(PeriodicEvaluation):
             try:
                 value = metric.compute()  # all ranks take part: states are summed across processes
             except ValueError as exc:  # e.g. no captioned prompt for CLAP: same on every rank after the sync
-                rank_zero_warn(f"EvaluateGeneration: eval/{name} not computed ({exc})")
+                rank_zero_warn(f"EvaluateGeneration: {prefix}/{name} not computed ({exc})")
                 metric.reset()
                 continue
             if isinstance(value, dict):
-                scalars[f"eval/{name}"] = float(value["kl"])
-                scalars[f"eval/{name}_reverse"] = float(value["kl_reverse"])
-                scalars[f"eval/{name}_symmetric"] = float(value["kl_symmetric"])
+                scalars[f"{prefix}/{name}"] = float(value["kl"])
+                scalars[f"{prefix}/{name}_reverse"] = float(value["kl_reverse"])
+                scalars[f"{prefix}/{name}_symmetric"] = float(value["kl_symmetric"])
             else:
-                scalars[f"eval/{name}"] = float(value)
+                scalars[f"{prefix}/{name}"] = float(value)
             metric.reset()
         log_scalars(trainer, scalars)
-        self._log_samples(trainer, samples)
+        self._log_samples(trainer, samples, prefix)
         return scalars
 
     def _generate_and_update(self, trainer, generator, prompts: list[Prompt], seed: int) -> list:
@@ -245,7 +256,7 @@ class EvaluateGeneration(PeriodicEvaluation):
                 metric.update(gen, ref, sample_rate=sr)
         return [(p.text, g.cpu(), r.cpu(), sr) for p, g, r in zip(prompts, gen, ref)]
 
-    def _log_samples(self, trainer: Trainer, samples: list) -> None:
+    def _log_samples(self, trainer: Trainer, samples: list, prefix: str = "eval") -> None:
         samples = samples[:self.num_audio_samples]
         if not trainer.is_global_zero or not samples:
             return
@@ -259,4 +270,4 @@ class EvaluateGeneration(PeriodicEvaluation):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 images = {"mel": [mel_image(a, sr) for a in audios], "chroma": [chroma_image(a, sr) for a in audios]}
-        log_media(trainer, "eval", audios, sr, captions, images)
+        log_media(trainer, prefix, audios, sr, captions, images)

@@ -11,6 +11,12 @@ optimizer step). Checkpoints hold the trainable state only: the configs once (re
 
 Logged: `train/loss`, `train/ce_q{k}`, `val/loss`, `val/ce_q{k}`, `lm/ppl_q{k}` (train),
 `val/ppl_q{k}`, `lm/tokens_per_s`.
+
+Fine-tuning (see docs/finetuning.md and `lm.finetune`, `lm.lora`, `memory`): `init_from` starts the
+LM, its conditioner and its codec from a pretrained model; `lora` trains peft LoRA adapters only
+(base weights frozen; checkpoints record the settings, `lora merge` folds them in);
+`global_batch_size` derives `trainer.accumulate_grad_batches` from the micro-batch and devices;
+`memory_budget_gb` picks the largest micro-batch whose estimated peak fits.
 """
 from __future__ import annotations
 
@@ -45,25 +51,61 @@ class MusicGenModule(LightningModule):
             training; see `MusicGenLM.loss`). False scores every code that generation samples.
         ema_decay: keep an exponential moving average of the LM weights, one update per optimizer
             step (None: off); exported model folders hold the EMA weights when it is on.
+        init_from: a model folder (`convert`, `export`), a converted file of earlier versions or a
+            MusicGenModule checkpoint to start from. Its architecture wins: `lm` / `conditioner` may
+            then only change training-time settings (dropout, gradient_checkpointing, cfg/word dropout,
+            ...). The codec comes from it too unless `codec_checkpoint` is given.
+        lora: LoRA settings ({r, alpha, dropout, targets, train_condition_projection}, see `lm.lora`):
+            only the adapters (and optionally the condition projections) train. None: full fine-tuning
+            (the text encoder stays frozen with `conditioner.text.freeze`).
+        global_batch_size: samples per optimizer step over all devices; accumulate_grad_batches is set
+            to global_batch_size / (micro-batch x devices) when the fit starts.
+        memory_budget_gb: per-device memory budget; the data's batch_size (the micro-batch) becomes
+            the largest the estimate (`lightning_musicgen.memory`) fits in it.
     """
 
     def __init__(self, lm: LMConfig | None = None, conditioner: ConditionerConfig | None = None,
                  codec_checkpoint: str | None = None, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.95),
                  weight_decay: float = 0.1, warmup_steps: int = 4000, total_steps: int | None = None,
                  min_lr_ratio: float = 0.0, ema_decay: float | None = None, weight_decay_on: str = "matrices",
-                 keep_only_valid_steps: bool = False):
+                 keep_only_valid_steps: bool = False, init_from: str | None = None,
+                 lora: dict | None = None, global_batch_size: int | None = None,
+                 memory_budget_gb: float | None = None):
         super().__init__()
         if weight_decay_on not in WEIGHT_DECAY_ON:
             raise ValueError(f"model.init_args.weight_decay_on: one of {WEIGHT_DECAY_ON}, got {weight_decay_on!r}")
-        lm_cfg = LMConfig.from_dict(lm) if isinstance(lm, dict) else (lm or LMConfig())
-        cond_cfg = ConditionerConfig.from_dict(conditioner) if isinstance(conditioner, dict) \
-            else (conditioner or ConditionerConfig())
         self.codec_checkpoint = codec_checkpoint
         self._codec = None  # not a submodule: frozen, never saved, never trained
         self._codec_reference = None
+        self.init_from, self.global_batch_size, self.memory_budget_gb = init_from, global_batch_size, memory_budget_gb
+        if init_from:
+            self._init_pretrained(init_from, lm, conditioner)
+        else:
+            self._init_fresh(lm, conditioner)
+        self.lora = None
+        if lora is not None:
+            self._add_lora(lora)
+        # the configs are stored once, resolved (n_q, card, widths), in the checkpoint's hyper_parameters
+        self.save_hyperparameters(ignore=["lm", "conditioner", "lora"])
+        self.hparams["lm"] = self.lm.config.to_dict()
+        self.hparams["conditioner"] = self.conditioner_config.to_dict()
+        self.hparams["lora"] = self.lora.to_dict() if self.lora is not None else None
+        self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
+        self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
+        self.weight_decay_on, self.keep_only_valid_steps = weight_decay_on, keep_only_valid_steps
+        self.ema = EMA(self.lm, ema_decay) if ema_decay else None  # after LoRA: it averages the adapters too
+        self._step_start, self._warned_melody = None, False
+        self._text_encoder_hash = None
+
+    def _init_fresh(self, lm: LMConfig | dict | None, conditioner: ConditionerConfig | dict | None) -> None:
+        lm_cfg = LMConfig.from_dict(lm) if isinstance(lm, dict) else (lm or LMConfig())
+        cond_cfg = ConditionerConfig.from_dict(conditioner) if isinstance(conditioner, dict) \
+            else (conditioner or ConditionerConfig())
+        codec_checkpoint = self.codec_checkpoint
         codec = None
         if codec_checkpoint:  # loaded now: a missing or wrong-kind file fails here, in one line
             codec = self._load_codec()
+        if codec is not None and (lm_cfg.n_q is None or lm_cfg.card is None):
             lm_cfg = LMConfig.from_dict({**lm_cfg.to_dict(), "n_q": lm_cfg.n_q or codec.num_codebooks,
                                          "card": lm_cfg.card or codec.cardinality})  # null -> the codec's
         self.lm = MusicGenLM(lm_cfg)
@@ -76,16 +118,60 @@ class MusicGenModule(LightningModule):
         if self.conditioner.cross_attention != self.lm.cross_attention:
             raise ConfigError(f"conditioner fuse={cond_cfg.fuse!r} does not match "
                              f"lm.cross_attention={self.lm.cross_attention}")
-        # the configs are stored once, resolved (n_q, card, widths), in the checkpoint's hyper_parameters
-        self.save_hyperparameters(ignore=["lm", "conditioner"])
-        self.hparams["lm"] = self.lm.config.to_dict()
-        self.hparams["conditioner"] = self.conditioner_config.to_dict()
-        self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
-        self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
-        self.weight_decay_on, self.keep_only_valid_steps = weight_decay_on, keep_only_valid_steps
-        self.ema = EMA(self.lm, ema_decay) if ema_decay else None
-        self._step_start, self._warned_melody = None, False
-        self._text_encoder_hash = None
+
+    # ---- fine-tuning -------------------------------------------------------------------------
+    def _init_pretrained(self, init_from: str, lm: dict | None, conditioner: dict | None) -> None:
+        from lightning_musicgen.lm.finetune import apply_overrides, load_pretrained
+        pre = load_pretrained(init_from)
+        self.lm, self.conditioner, self.conditioner_config = apply_overrides(pre, lm, conditioner)
+        if not self.codec_checkpoint:
+            self.codec_checkpoint = pre.codec_checkpoint
+
+    def _add_lora(self, lora: dict) -> None:
+        from lightning_musicgen.lm.lora import LoRASettings, add_lora, freeze_for_lora
+        self.lora = LoRASettings.from_any(lora)
+        add_lora(self.lm, self.lora)
+        freeze_for_lora(self.conditioner, self.lora)
+
+    def save_adapters(self, path) -> None:
+        """Write the LoRA adapters (and trained projections) alone: a small safetensors file that
+        `lm.lora.load_adapters` puts onto the base model."""
+        from lightning_musicgen.lm.lora import save_adapters
+        if self.lora is None:
+            raise ValueError("save_adapters: this module trains no LoRA adapters (model.init_args.lora is null)")
+        save_adapters(path, self.lm, self.conditioner, self.lora, meta={"init_from": self.init_from})
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.trainer is not None and (self.global_batch_size or self.memory_budget_gb):
+            self._plan_batches(self.trainer)
+
+    def _plan_batches(self, trainer) -> None:
+        """Micro-batch from the memory budget (if set), then accumulation from the global batch size."""
+        from lightning.pytorch.utilities import rank_zero_info
+
+        from lightning_musicgen.lm.finetune import accumulation, micro_batch_for_budget
+        dm, world = trainer.datamodule, trainer.world_size
+        if dm is None or not hasattr(dm, "batch_size"):
+            raise ValueError("global_batch_size / memory_budget_gb: need a datamodule with a batch_size")
+        micro = int(dm.batch_size)
+        if self.memory_budget_gb:
+            from lightning_musicgen.data import TokenDataModule
+            from lightning_musicgen.memory import estimate_for_module
+            seconds = getattr(dm, "segment_duration", None)
+            if not seconds:
+                raise ValueError("memory_budget_gb: the datamodule needs a segment_duration (crop length)")
+            precision = str(trainer.precision)
+            micro = micro_batch_for_budget(
+                lambda b: estimate_for_module(self, b, float(seconds), precision,
+                                              audio=not isinstance(dm, TokenDataModule)).peak,
+                self.memory_budget_gb * 2**30, self.global_batch_size, world)
+            if micro != dm.batch_size:
+                dm.batch_size = micro
+                dm.setup("fit")  # the training stream batches with the new micro-batch
+        if self.global_batch_size:
+            trainer.accumulate_grad_batches = accumulation(self.global_batch_size, micro, world)
+        rank_zero_info(f"micro-batch {micro} x {world} device(s) x accumulate {trainer.accumulate_grad_batches} "
+                       f"= {micro * world * trainer.accumulate_grad_batches} samples per optimizer step")
 
     # ---- codec -------------------------------------------------------------------------------
     def _load_codec(self):
