@@ -239,7 +239,7 @@ def test_evaluate_generation_with_the_real_musicgen_module(tmp_path):
     codec = CompressionModel(CodecConfig(sample_rate=SR, n_filters=4, ratios=(8, 8, 4), dimension=16, lstm_layers=0,
                                          n_q=2, bins=16, kmeans_init=False))
     codec.save(tmp_path / "codec.pt")
-    module = MusicGenModule(lm=dict(dim=32, num_heads=2, num_layers=1, pattern="delay"),
+    module = MusicGenModule(lm=dict(n_q=2, card=16, dim=32, num_heads=2, num_layers=1, pattern="delay"),
                             conditioner={"text": {"name": "minilm"}, "fuse": "cross"},
                             codec_checkpoint=str(tmp_path / "codec.pt"), ema_decay=0.5, total_steps=4, warmup_steps=1)
     callback = EvaluateGeneration(every_n_steps=2, metrics=["chroma_cosine"], num_prompts=3, batch_size=2,
