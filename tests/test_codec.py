@@ -111,9 +111,12 @@ def test_encodec_32khz_config_is_musicgens_tokenizer(hf_and_ours_32khz):
     ref = converted.state_dict()
     assert ours.keys() == ref.keys()
     assert all(ours[k].shape == ref[k].shape for k in ref)
+    # same architecture as the released tokenizer; the recipe trains with audiocraft's SEANet padding
+    # (pad_mode constant, config/model/encodec/default.yaml), the converted weights run with reflect
     assert module.generator.config == converted.config.__class__(**{**converted.config.to_dict(),
-                                                                     "kmeans_iters": 50})
-    assert init["discriminator_kwargs"] == {"filters": 32, "n_ffts": [1024, 2048, 512, 256, 128]}
+                                                                     "kmeans_iters": 50, "pad_mode": "constant"})
+    assert {k: init["discriminator_kwargs"][k] for k in ("filters", "n_ffts")} == \
+        {"filters": 32, "n_ffts": [1024, 2048, 512, 256, 128]}   # audiocraft's options: tests/test_recipe_codec.py
     assert init["loss_weights"] == {"adv": 4.0, "feat": 4.0, "l1": 0.1, "msspec": 2.0}
     assert (init["lr"], init["betas"]) == (3e-4, [0.5, 0.9])
     assert module.generator.bitrate == 2200.0
