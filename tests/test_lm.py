@@ -186,7 +186,7 @@ def test_cross_null_condition_zeroes_cross_attention(minilm_text):
 
 
 def test_build_condition_provider_rejects_unknown_keys():
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \[.txt.\]"):
         build_condition_provider({"txt": {}})
 
 

@@ -108,7 +108,7 @@ def test_the_lm_is_conditioned_on_the_melody_file_chroma(dataset, tmp_path):
     batch["mask"] = torch.ones(2, 10, dtype=torch.bool)
     seen = []
     loss = module.lm.loss
-    module.lm.loss = lambda codes, conditions, mask: seen.append(conditions) or loss(codes, conditions, mask)
+    module.lm.loss = lambda codes, conditions, mask, **kw: seen.append(conditions) or loss(codes, conditions, mask, **kw)
     trainer = Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, max_steps=1, logger=False,
                       enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([batch], batch_size=None))
