@@ -134,17 +134,17 @@ def test_codec_gan_steps_with_nonfinite_losses_are_skipped_and_stop_the_run(tmp_
     from test_codec_train import DictBatches, harmonic_clips, tiny_module
 
     torch.manual_seed(0)
-    real_d_loss = codec_module.hinge_discriminator_loss
+    real_d_loss = codec_module.discriminator_loss
     poison = {"from": 3}
 
     class Poison(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             poison["active"] = trainer.global_step >= poison["from"]
 
-    def d_loss(real, fake):  # the discriminator diverges from step 3 on; the generator's losses stay finite
-        loss = real_d_loss(real, fake)
+    def d_loss(real, fake, *args, **kwargs):  # the discriminator diverges from step 3 on; the generator's stay finite
+        loss = real_d_loss(real, fake, *args, **kwargs)
         return loss * float("nan") if poison.get("active") else loss
-    monkeypatch.setattr(codec_module, "hinge_discriminator_loss", d_loss)
+    monkeypatch.setattr(codec_module, "discriminator_loss", d_loss)
 
     module = tiny_module(adversarial_warmup_steps=0)
     guard = NonFiniteGuard(max_consecutive=3)
