@@ -46,6 +46,20 @@ def test_mel_spectrogram_keeps_batch_dims_and_runs_in_double():
     torch.testing.assert_close(mel[1, 2], single)
 
 
+@pytest.mark.parametrize("n_freqs,n_mels,f_min,f_max,sr", [
+    (257, 96, 0.0, 8000.0, 16000),      # musicnn
+    (513, 64, 50.0, 14000.0, 32000),    # PANNs
+    (513, 40, 30.0, 8000.0, 16000),     # the auto-captioner's tempo bands
+    (1025, 128, 0.0, 22050.0, 44100),
+])
+def test_slaney_mel_filterbank_equals_transformers(n_freqs, n_mels, f_min, f_max, sr):
+    from transformers.audio_utils import mel_filter_bank  # reference; the package does not import it
+    ref = mel_filter_bank(n_freqs, n_mels, f_min, f_max, sr, norm="slaney", mel_scale="slaney")
+    ours = dsp.slaney_mel_filterbank(n_freqs, n_mels, f_min, f_max, sr)
+    assert ours.shape == ref.shape == (n_freqs, n_mels)
+    np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-15)
+
+
 @pytest.mark.parametrize("orig,new", RESAMPLE_PAIRS)
 def test_resample_equals_torchaudio(orig, new):
     for name, (wav, sr) in SIGNALS.items():

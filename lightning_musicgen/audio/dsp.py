@@ -5,6 +5,10 @@ resampling and ITU-R BS.1770-4 integrated loudness.
   (periodic), `torch.stft` with reflect padding when `center`, magnitude ** `power`, HTK mel scale
   with unnormalised triangular filters: the conventions of torchaudio's transform of the same name
   (tested against values recorded from torchaudio 2.11.0).
+- `slaney_mel_filterbank(n_freqs, n_mels, f_min, f_max, sample_rate)`: float64 numpy [n_freqs, n_mels],
+  Slaney mel scale (linear below 1 kHz, logarithmic above) and Slaney area normalisation (2 / width):
+  librosa's default filters, equal to `transformers.audio_utils.mel_filter_bank(..., norm="slaney",
+  mel_scale="slaney")`, which this package cannot import because it imports any installed torchaudio.
 - `resample(wav, orig_sr, new_sr)`: windowed-sinc interpolation along the last axis (Kaiser window,
   beta 14.77, 64 zero crossings, cut-off at 0.9475 of the lower Nyquist: the "kaiser_best" filter,
   whose stop band keeps folded-back energy below -60 dB), output length ceil(T * new / orig).
@@ -44,6 +48,33 @@ def mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample
     rising = -offsets[:, :-2] / widths[:-1]
     falling = offsets[:, 2:] / widths[1:]
     return torch.clamp(torch.minimum(rising, falling), min=0.0)
+
+
+def _slaney_hz_to_mel(freq: np.ndarray) -> np.ndarray:
+    mels = 3.0 * freq / 200.0
+    high = freq >= 1000.0
+    mels[high] = 15.0 + np.log(freq[high] / 1000.0) * (27.0 / np.log(6.4))
+    return mels
+
+
+def _slaney_mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    freq = 200.0 * mels / 3.0
+    high = mels >= 15.0
+    freq[high] = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mels[high] - 15.0))
+    return freq
+
+
+def slaney_mel_filterbank(n_freqs: int, n_mels: int, f_min: float, f_max: float, sample_rate: int) -> np.ndarray:
+    """Slaney-scale, area-normalised triangular filters [n_freqs, n_mels] in float64 (librosa's default)."""
+    if not 0.0 <= f_min <= f_max:
+        raise ValueError(f"mel filter bank range [{f_min}, {f_max}] Hz: need 0 <= f_min <= f_max")
+    span = _slaney_hz_to_mel(np.array([f_min, f_max], dtype=np.float64))
+    edges = _slaney_mel_to_hz(np.linspace(span[0], span[1], n_mels + 2))   # [n_mels + 2] in Hz
+    bin_freqs = np.linspace(0, sample_rate // 2, n_freqs)
+    widths = np.diff(edges)
+    offsets = edges[None, :] - bin_freqs[:, None]
+    triangles = np.maximum(0.0, np.minimum(-offsets[:, :-2] / widths[:-1], offsets[:, 2:] / widths[1:]))
+    return triangles * (2.0 / (edges[2:] - edges[:-2]))[None, :]
 
 
 class MelSpectrogram(nn.Module):

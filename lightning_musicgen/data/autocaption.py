@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from transformers.audio_utils import mel_filter_bank
 
 from lightning_musicgen.audio.chroma import ChromaExtractor
+from lightning_musicgen.audio.dsp import slaney_mel_filterbank
 
 SAMPLE_RATE = 16000  # the tagger's rate; tempo and key run on the same mono waveform
 PITCH_NAMES = ("C", "C sharp", "D", "E flat", "E", "F", "F sharp", "G", "A flat", "A", "B flat", "B")
@@ -138,8 +138,7 @@ class TempoEstimator:
         self.n_fft = 1 << int(math.ceil(math.log2(4 * self.hop)))
         self.window = int(round(window_seconds * self.frame_rate))
         self.window_hop = int(round(hop_seconds * self.frame_rate))
-        mel = mel_filter_bank(self.n_fft // 2 + 1, n_mels, 30.0, min(8000.0, sample_rate / 2), sample_rate,
-                              norm="slaney", mel_scale="slaney")
+        mel = slaney_mel_filterbank(self.n_fft // 2 + 1, n_mels, 30.0, min(8000.0, sample_rate / 2), sample_rate)
         self.mel = torch.from_numpy(mel).float()
         # candidate tempi on a log grid of 0.1 % steps
         steps = int(math.ceil(math.log(max_bpm / min_bpm) / math.log1p(1e-3))) + 1

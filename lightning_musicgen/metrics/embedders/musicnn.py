@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_musicgen.audio.dsp import slaney_mel_filterbank
 from lightning_musicgen.metrics.embedders.base import AudioEmbedder
 from lightning_musicgen.metrics.embedders.tf_checkpoint import read_tf_checkpoint
 
@@ -107,9 +108,7 @@ class MusicnnVGG(AudioEmbedder):
         checkpoint = checkpoint or musicnn_checkpoint(model)
         self.network = MusicnnVGGNetwork(self.num_classes)
         self.network.load_tf(read_tf_checkpoint(checkpoint), checkpoint)
-        from transformers.audio_utils import mel_filter_bank  # imports torchaudio when installed
-        mel = mel_filter_bank(N_FFT // 2 + 1, N_MELS, 0.0, SAMPLE_RATE / 2, SAMPLE_RATE,
-                              norm="slaney", mel_scale="slaney")
+        mel = slaney_mel_filterbank(N_FFT // 2 + 1, N_MELS, 0.0, SAMPLE_RATE / 2, SAMPLE_RATE)
         self.register_buffer("mel", torch.from_numpy(mel).float(), persistent=False)
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
         self.eval()

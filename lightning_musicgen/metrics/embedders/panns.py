@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lightning_musicgen.audio.dsp import slaney_mel_filterbank
 from lightning_musicgen.metrics.embedders.base import AudioEmbedder, load_strict, load_torch_file
 
 SAMPLE_RATE, N_FFT, HOP, N_MELS, NUM_CLASSES = 32000, 1024, 320, 64, 527
@@ -72,9 +73,7 @@ class Cnn14(AudioEmbedder):
         state = state.get("model", state) if isinstance(state, dict) else state
         mel = state.get("logmel_extractor.melW")
         if mel is None:
-            from transformers.audio_utils import mel_filter_bank  # imports torchaudio when installed
-            mel = torch.from_numpy(mel_filter_bank(N_FFT // 2 + 1, N_MELS, 50.0, 14000.0, SAMPLE_RATE,
-                                                   norm="slaney", mel_scale="slaney")).float()
+            mel = torch.from_numpy(slaney_mel_filterbank(N_FFT // 2 + 1, N_MELS, 50.0, 14000.0, SAMPLE_RATE)).float()
         if tuple(mel.shape) != (N_FFT // 2 + 1, N_MELS):
             raise ValueError(f"{checkpoint}: logmel_extractor.melW has shape {tuple(mel.shape)}, expected (513, 64)")
         self.register_buffer("mel", mel.float(), persistent=False)
