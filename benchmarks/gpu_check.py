@@ -983,8 +983,8 @@ def check_fsdp(ctx: Context) -> list[Check]:
 
 def musicgen(ctx: Context, lm, conditioner, device, dtype, **kwargs):
     from lightning_musicgen.generation import MusicGen
-    return MusicGen(copy.deepcopy(lm), copy.deepcopy(conditioner), None, device=device, dtype=dtype,
-                    frame_rate=ctx.plan.frame_rate, **kwargs)
+    lm, conditioner = copy.deepcopy(lm).to(device, dtype).eval(), copy.deepcopy(conditioner).to(device).eval()
+    return MusicGen(lm, conditioner, None, frame_rate=ctx.plan.frame_rate, **kwargs)  # uses them as they are
 
 
 def check_generation_equal(ctx: Context) -> list[Check]:

@@ -253,8 +253,15 @@ def test_evaluate_generation_with_the_real_musicgen_module(tmp_path):
 
     def spy(trainer, pl_module):
         weights_at_eval = {k: v.clone() for k, v in pl_module.lm.state_dict().items()}
+        modes = {name: m.training for name, m in pl_module.named_modules()}
+        assert modes["lm"] and not modes["ema.module"]  # training LM, EMA copy kept in eval mode
+        grads = {name: p.requires_grad for name, p in pl_module.named_parameters()}
+        places = {name: (t.device, t.dtype) for name, t in pl_module.state_dict(keep_vars=True).items()}
         scalars.update(original(trainer, pl_module))
         assert pl_module.training  # train mode restored for the next step
+        assert {name: m.training for name, m in pl_module.named_modules()} == modes  # every submodule's own flag
+        assert {name: p.requires_grad for name, p in pl_module.named_parameters()} == grads
+        assert {name: (t.device, t.dtype) for name, t in pl_module.state_dict(keep_vars=True).items()} == places
         for k, v in pl_module.lm.state_dict().items():  # generation neither casts nor changes the weights
             assert v.dtype == weights_at_eval[k].dtype and torch.equal(v, weights_at_eval[k]), k
 

@@ -2,8 +2,10 @@
 import pytest
 import torch
 
-from lightning_musicgen.generation import (CpuDecodeKernels, MusicGen, Window, _single_query_attention, generate_long,
-                                          load_audio_batch, plan_windows)
+from lightning_musicgen import compat
+from lightning_musicgen.generation import (CpuDecodeKernels, MusicGen, Window, generate_long, load_audio_batch,
+                                          plan_windows)
+from lightning_musicgen.generation.cpu_kernels import single_query_attention
 from lightning_musicgen.lm.conditioners import packaged_minilm_path
 
 TEXTS = ["80s pop track with bassy drums and synth", "a calm piano"]
@@ -171,9 +173,9 @@ def test_single_query_attention_equals_sdpa():
     bool_mask[..., 0] = True
     for mask in (None, bool_mask, torch.randn(2, 1, 1, 9)):
         ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        torch.testing.assert_close(_single_query_attention(q, k, v, mask), ref, atol=1e-6, rtol=1e-5)
-    assert _single_query_attention(q.expand(-1, -1, 2, -1), k, v) is None  # several queries: sdpa's job
-    assert _single_query_attention(q, k, v, is_causal=True) is None
+        torch.testing.assert_close(single_query_attention(q, k, v, mask), ref, atol=1e-6, rtol=1e-5)
+    assert single_query_attention(q.expand(-1, -1, 2, -1), k, v) is None  # several queries: sdpa's job
+    assert single_query_attention(q, k, v, is_causal=True) is None
 
 
 def test_cpu_decode_kernels_match_and_are_used(model):
@@ -193,7 +195,7 @@ def test_cpu_decode_kernels_match_and_are_used(model):
         assert len(kernels.packed) == sum(isinstance(m, torch.nn.Linear) for m in lm.modules())
         torch.testing.assert_close(decode(kernels), plain, atol=1e-5, rtol=1e-5)
         for key, (w, _) in kernels.packed.items():  # zero the packed copies: the outputs must change
-            kernels.packed[key] = (w, torch.ops.mkldnn._reorder_linear_weight(torch.zeros_like(w), 4))
+            kernels.packed[key] = (w, compat.onednn_pack_linear_weight(torch.zeros_like(w), 4))
         assert (decode(kernels) - plain).abs().max() > 1e-2
     model.cpu_kernels = False
     try:
@@ -230,6 +232,68 @@ def test_bf16_logits_close_to_fp32(mono, model):
     assert (ours.argmax(-1) == ref.argmax(-1)).float().mean() > 0.95
     wav = bf16.generate(TEXTS[:1], 0.2, seed=0)
     assert wav.dtype == torch.float32 and wav.shape == (1, 1, 10 * 640) and torch.isfinite(wav).all()
+
+
+def _module_state(modules: dict) -> dict:
+    """Every submodule's training flag and every tensor's value, dtype, device and requires_grad."""
+    state = {}
+    for name, module in modules.items():
+        for sub, m in module.named_modules():
+            state[f"{name}.{sub}:training"] = m.training
+        for key, t in list(module.named_parameters()) + list(module.named_buffers()):
+            state[f"{name}.{key}"] = (t.detach().clone(), t.dtype, t.device, t.requires_grad)
+    return state
+
+
+def _assert_same_state(before: dict, after: dict):
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        if isinstance(value, tuple):
+            assert value[1:] == after[key][1:] and torch.equal(value[0], after[key][0]), key
+        else:
+            assert value == after[key], key
+
+
+def test_musicgen_leaves_the_modules_it_is_given_untouched(mono):
+    """MusicGen(lm, conditioner, codec) on caller-owned modules: no move, cast, mode or requires_grad
+    change, weights bitwise equal afterwards; every submodule runs in eval mode meanwhile."""
+    from lightning_musicgen.errors import ConfigError
+    from lightning_musicgen.model_files import load_musicgen
+    lm, conditioner, codec, _ = load_musicgen(mono[2], device="cpu")
+    lm.double().train()  # float64: not what from_checkpoint would choose, so a cast would show
+    conditioner.train()
+    codec.train()
+    lm.transformer.layers[0].eval()  # mixed modes: each flag must come back as it was
+    lm.transformer.layers[1].requires_grad_(False)
+    modules = {"lm": lm, "conditioner": conditioner, "codec": codec}
+    before = _module_state(modules)
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen.append(m.training))
+             for module in modules.values() for m in module.modules()]
+    model = MusicGen(lm, conditioner, codec)
+    assert model.dtype == torch.float64 and model.device == torch.device("cpu")
+    torch.manual_seed(4)
+    prompt = (torch.randn(1, 640 * 4) * 0.3, 32000)
+    wav = model.generate(TEXTS, 0.3, prompt=prompt, top_k=1)
+    logits = model.lm_logits(model.generate_tokens(TEXTS, 0.2, top_k=1), TEXTS)
+    for h in hooks:
+        h.remove()
+    assert wav.shape == (2, 1, 15 * 640) and logits.dtype == torch.float32
+    assert len(seen) > 100 and not any(seen)  # the LM, text encoder and codec ran, all in eval mode
+    _assert_same_state(before, _module_state(modules))
+    with pytest.raises(ConfigError, match="the codec is on meta but the LM on cpu"):
+        MusicGen(lm, conditioner, codec.to("meta"))
+
+
+def test_eval_mode_restores_every_flag_even_after_an_error():
+    from lightning_musicgen.generation import eval_mode
+    net = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Sequential(torch.nn.Dropout(0.5)).eval())
+    with pytest.raises(RuntimeError, match="inside"):
+        with eval_mode(net, None):
+            assert not any(m.training for m in net.modules())
+            assert torch.equal(net(torch.ones(100)), torch.ones(100))  # dropout off
+            raise RuntimeError("inside")
+    assert [m.training for m in net.modules()] == [True, True, False, False]
 
 
 # ---- sliding window ------------------------------------------------------------------------

@@ -4,10 +4,12 @@ CLAP score and chroma cosine (`eval/...`) with audio, mel and chroma images.
 What the LightningModule must offer (one of):
 - `generator(use_ema: bool = True)` returning an object with `generate(descriptions, duration,
   melody=None, cfg_coef=..., top_k=..., top_p=..., temperature=..., seed=...) -> wav [B, C, T]`,
-  `sample_rate`, `has_melody` and (for token-only validation data) `decode(codes) -> wav`;
-  `lightning_musicgen.MusicGen` is such an object;
+  `sample_rate`, `has_melody` and (for token-only validation data) `decode(codes) -> wav`, and
+  that leaves the training modules' modes and weights as they were; `lightning_musicgen.MusicGen`
+  is such an object;
 - or MusicGenModule's attributes `lm`, `conditioner`, `codec` (and `ema`, an AveragedModel of
-  `lm`, when EMA is on), from which a `MusicGen` is built around the live weights.
+  `lm`, when EMA is on), from which a `MusicGen` is built around the live weights: it generates
+  with dropout off and leaves every module's device, dtype, weights and training flags as they were.
 """
 from __future__ import annotations
 
@@ -150,8 +152,8 @@ class EvaluateGeneration(PeriodicEvaluation):
         from lightning_musicgen.generation import MusicGen
         ema = getattr(pl_module, "ema", None)
         lm = ema.module if (self.use_ema and ema is not None) else pl_module.lm
-        dtype = next(lm.parameters()).dtype  # never cast the live training weights
-        return MusicGen(lm, pl_module.conditioner, pl_module.codec, device=pl_module.device, dtype=dtype)
+        # the live modules, used as they are: MusicGen never moves, casts or re-modes what it is given
+        return MusicGen(lm, pl_module.conditioner, pl_module.codec)
 
     # ---- prompts --------------------------------------------------------------------------------
     def _collect_prompts(self, trainer: Trainer, generator) -> list[Prompt]:
@@ -195,19 +197,15 @@ class EvaluateGeneration(PeriodicEvaluation):
         for name, metric in self.metrics.items():  # setup() runs before the strategy moves the model
             if metric.device != pl_module.device:
                 self.metrics[name] = metric.to(pl_module.device)
-        was_training = pl_module.training
         generator = self._generator(pl_module)
-        try:
-            if self.prompts is None:
-                self.prompts = self._collect_prompts(trainer, generator)
-            rank, world = trainer.global_rank, trainer.world_size
-            mine = self.prompts[rank::world]
-            samples = []
-            for start in range(0, len(mine), self.batch_size):
-                chunk = mine[start:start + self.batch_size]
-                samples += self._generate_and_update(trainer, generator, chunk, seed=self.seed + 7919 * rank + start)
-        finally:
-            pl_module.train(was_training)
+        if self.prompts is None:
+            self.prompts = self._collect_prompts(trainer, generator)
+        rank, world = trainer.global_rank, trainer.world_size
+        mine = self.prompts[rank::world]
+        samples = []
+        for start in range(0, len(mine), self.batch_size):
+            chunk = mine[start:start + self.batch_size]
+            samples += self._generate_and_update(trainer, generator, chunk, seed=self.seed + 7919 * rank + start)
         scalars = {}
         for name, metric in self.metrics.items():
             try:
