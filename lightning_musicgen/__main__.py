@@ -1,9 +1,26 @@
-"""`python -m lightning_musicgen VERB ...`: training verbs (LightningCLI) and tool verbs."""
+"""`python -m lightning_musicgen VERB ...`: one command line for every verb.
+
+Training verbs (fit, validate, test, predict) go to the LightningCLI (`lightning_musicgen.cli`). Every
+tool verb is one typed function (`TOOL_VERBS`: "module:function"); its signature and Google-style
+docstring make the verb's options and `VERB --help`:
+  - a positional-only parameter is a positional argument (a `list[str]` one takes one or more values);
+  - `*args` takes what follows `--`, untouched;
+  - every other parameter is an option spelled with dashes (`auto_caption` -> `--auto-caption`):
+    `bool` = a flag, `list[str]` = repeatable, `Literal[...]` = choices; no default = required.
+Values are converted as plain argparse does (`float("nan")` is a float; the verb checks ranges).
+
+Errors: a `UserError` (lightning_musicgen.errors) and a usage error print one line `error: ...` and
+exit 2; a `RunError` prints one line and exits 1; anything else is a bug and keeps its traceback.
+`sys.exit` is called here only.
+"""
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 import sys
+import types
+from typing import Literal, Union, get_args, get_origin, get_type_hints
 
 TRAIN_VERBS = {
     "fit": "train a codec or an LM from a YAML config (LightningCLI)",
@@ -12,154 +29,186 @@ TRAIN_VERBS = {
     "predict": "run the predict loop of a config/checkpoint",
 }
 TOOL_VERBS = {
-    "prepare": ("lightning_musicgen.data.prepare", "audio folder or manifest -> WebDataset shards"),
-    "demo-data": ("lightning_musicgen.data.demo", "render the offline demo music dataset into shards"),
-    "tokenize": ("lightning_musicgen.data.tokenize", "audio shards -> codec token shards for LM training"),
-    "generate": ("lightning_musicgen.generate_cli", "generate music from text/melody/prompt to wav files"),
-    "convert": ("lightning_musicgen.convert.cli", "transformers / audiocraft weights -> our model folder"),
-    "export": ("lightning_musicgen.convert.export", "checkpoint -> model folder, transformers or audiocraft files"),
-    "lora": ("lightning_musicgen.lm.lora_cli", "LoRA adapters: extract them, or merge them into the base model"),
-    "submit": ("lightning_musicgen.cluster.submit", "render and submit a SLURM (sbatch) training job"),
+    "prepare": ("lightning_musicgen.data.prepare:prepare_command", "audio folder or manifest -> WebDataset shards"),
+    "demo-data": ("lightning_musicgen.data.demo:demo_data_command",
+                  "render the offline demo music dataset into shards"),
+    "tokenize": ("lightning_musicgen.data.tokenize:tokenize_command",
+                 "audio shards -> codec token shards for LM training"),
+    "generate": ("lightning_musicgen.generate:generate_command",
+                 "generate music from text/melody/prompt to wav files"),
+    "convert": ("lightning_musicgen.convert:convert_command",
+                "transformers / audiocraft weights -> our model folder"),
+    "export": ("lightning_musicgen.convert.export:export_command",
+               "checkpoint -> model folder, transformers or audiocraft files"),
+    "lora": ("lightning_musicgen.lm.lora:lora_command",
+             "LoRA adapters: extract them, or merge them into the base model"),
+    "submit": ("lightning_musicgen.cluster.submit:submit_command",
+               "render and submit a SLURM (sbatch) training job"),
+    "reference": ("lightning_musicgen.metrics.reference:reference_command",
+                  "embed audio files and save FAD reference statistics (mu, sigma)"),
 }
+PROG = "python -m lightning_musicgen"
 
 
-def usage() -> str:
-    lines = ["usage: python -m lightning_musicgen VERB [options]   (VERB --help for its options)", "",
-             "training (LightningCLI, --config configs/...yaml):"]
-    lines += [f"  {v:<10} {d}" for v, d in TRAIN_VERBS.items()]
-    lines += ["", "tools:"]
-    lines += [f"  {v:<10} {d}" for v, (_, d) in TOOL_VERBS.items()]
-    return "\n".join(lines)
+def verb_function(verb: str):
+    """The typed function of a tool verb (imports its module)."""
+    module_name, name = TOOL_VERBS[verb][0].split(":")
+    return getattr(importlib.import_module(module_name), name)
 
 
-BOILERPLATE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
-               "- Expected a <class 'NoneType'>", "- Problem with given class_path", "Parser key")
+class PlainType:
+    """argparse's own conversion by `kind` (str, int, float): jsonargparse's typed parsing would read
+    'nan' as a string, and the verb checks ranges itself. Shown as the type's name in help and errors."""
+
+    def __init__(self, kind: type):
+        self.kind = kind
+
+    def __call__(self, text: str):
+        return self.kind(text)
+
+    def __repr__(self) -> str:
+        return self.kind.__name__
+
+    __str__ = __repr__
 
 
-def _nested_error(lines: list[str]) -> tuple[str, str | None, str] | None:
-    """jsonargparse's nested report -> (dotted key, given value, reason) for its deepest error."""
-    rows = [(len(ln) - len(ln.lstrip()), ln.strip()) for ln in lines if ln.strip()]
-    reasons = [(i, ind, text) for i, (ind, text) in enumerate(rows) if not text.startswith(BOILERPLATE)]
-    if not reasons:
-        return None
-    at, depth, reason = max(reasons, key=lambda r: r[1])
-    chain, level = [], depth
-    for ind, text in reversed(rows[:at]):  # the Parser keys enclosing the deepest reason
-        m = re.match(r'Parser key "([^"]+)"', text)
-        if m and ind < level:
-            chain.insert(0, m.group(1))
-            level = ind
-    owner = None
-    for ind, text in reversed(rows[:at]):
-        m = re.match(r"- Problem with given class_path '([^']+)'", text)
-        if m:
-            owner = m.group(1).rsplit(".", 1)[-1]
-            break
-    value = None
-    unknown = re.match(r"Option '([^']+)' is not accepted", reason)
-    if unknown:
-        chain.append(unknown.group(1))
-        reason = f"unknown option (not a field of {owner})" if owner else "unknown option"
-    typed = re.match(r"Expected a <class '([^']+)'>\. Got value: (.*)", reason)
-    if typed:
-        value, reason = typed.group(2), f"expected {typed.group(1)}"
-    given = [re.search(r"NestedArg\(key='[^']*', val='(.*)'\)", text) for _, text in rows]
-    given = [g for g in given if g]
-    if value is None and given:
-        value = given[-1].group(1)
-    if value is None:
-        plain = [text.split(":", 1)[1].strip() for _, text in rows if text.startswith("Given value:")]
-        value = plain[-1] if plain else None
-    if not chain:
-        return None
-    if chain[0] in ("model", "data") and len(chain) > 1:
-        chain.insert(1, "init_args")
-    return ".".join(chain), value, reason
+def _scalar(hint):
+    """Optional[X] (or X | None) -> X."""
+    if get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else hint
+    return hint
 
 
-def config_error_line(message: str, argv: list[str]) -> str:
-    """jsonargparse's multi-line validation report -> one line naming the config, key, value and
-    what was expected (the deepest error of a nested option such as model.init_args.lm.dim)."""
-    lines = message.strip().splitlines()
-    stripped = [ln.strip() for ln in lines if ln.strip()]
-    head = stripped[0].rstrip(":") if stripped else "invalid configuration"
-    in_class = any(ln.startswith("- Problem with given class_path") for ln in stripped)
-    nested = _nested_error(lines) if in_class else None
-    if nested is not None:
-        key, value, reason = nested
-        head = f"{key}" + (f"={value!r}" if value is not None else "") + f": {reason}"
-    else:
-        given = next((ln for ln in stripped if ln.startswith("Given value:")), None)
-        if given:
-            head += f": invalid value {given.split(':', 1)[1].strip()!r}"
-    configs = config_files(argv)
-    return f"{', '.join(configs)}: {head}" if configs else head
-
-
-def config_files(argv: list[str]) -> list[str]:
-    """The files given with `--config PATH` or `--config=PATH`."""
-    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
-    return files + [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-
-
-def yaml_error_line(argv: list[str]) -> str | None:
-    """`FILE:LINE:COLUMN: invalid YAML (problem)` for the first --config file that does not parse."""
-    import yaml
-    for path in config_files(argv):
-        try:
-            with open(path, encoding="utf-8") as f:
-                yaml.safe_load(f)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
-            return f"{where}: invalid YAML ({exc.problem or exc.context})"
-        except (OSError, yaml.YAMLError):
+def add_function_options(parser, fn) -> dict[str, str]:
+    """Describe `fn` in `parser`: its docstring's text, and one argument per parameter (see the module
+    docstring) helped by the parameter's doc. Returns {parameter: how the user spells it}."""
+    import docstring_parser
+    doc = docstring_parser.parse(inspect.getdoc(fn) or "")
+    parser.description = "\n\n".join(filter(None, (doc.short_description, doc.long_description)))
+    helps = {p.arg_name: " ".join((p.description or "").split()) for p in doc.params}
+    hints = get_type_hints(fn)
+    spelled = {}
+    for param in inspect.signature(fn).parameters.values():
+        if param.kind is param.VAR_POSITIONAL:
+            continue  # the arguments after `--` (see run_tool)
+        name, hint, default = param.name, _scalar(hints.get(param.name, str)), param.default
+        kwargs: dict = {"help": helps.get(name)}
+        if get_origin(hint) is Literal:
+            choices = list(get_args(hint))
+            kwargs |= {"type": PlainType(type(choices[0])), "choices": choices}
+        elif get_origin(hint) is list:
+            kwargs["type"] = PlainType(get_args(hint)[0])
+        elif hint is bool:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = PlainType(hint)
+        if param.kind is param.POSITIONAL_ONLY:
+            kwargs |= {"metavar": name.upper()} | ({"nargs": "+"} if get_origin(hint) is list else {})
+            parser.add_argument(name, **kwargs)
+            spelled[name] = name.upper()
             continue
-    return None
+        flag = "--" + name.replace("_", "-")
+        if get_origin(hint) is list:
+            kwargs["action"] = "append"
+        if default is param.empty:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = list(default) if isinstance(default, tuple) else default
+        parser.add_argument(flag, dest=name, **kwargs)
+        spelled[name] = flag
+    return spelled
 
 
-def _class_name_in(exc: BaseException) -> str | None:
-    """The class (`class_path='pkg.Name'`) jsonargparse was instantiating when `exc` was raised."""
-    while exc is not None:
-        match = re.search(r"class_path='[\w.]*?(\w+)'", str(exc))
-        if match:
-            return match.group(1)
-        exc = exc.__cause__ or exc.__context__
-    return None
+def build_parser(verb: str | None = None):
+    """The parser of every verb, and {parameter: spelling} of `verb`: only that verb's options are
+    built (it imports the verb's module); the others show their one-line summary."""
+    from jsonargparse import ArgumentParser
+    parser = ArgumentParser(prog=PROG, exit_on_error=False,
+                            description="Train, run and ship MusicGen models. `VERB --help` explains a verb.")
+    subcommands = parser.add_subcommands(required=True, dest="verb")
+    for name, summary in TRAIN_VERBS.items():  # parsed by the LightningCLI (see main); listed here
+        subcommands.add_subcommand(name, ArgumentParser(description=summary, exit_on_error=False), help=summary)
+    spelled = {}
+    for name, (_, summary) in TOOL_VERBS.items():
+        sub = ArgumentParser(prog=f"{PROG} {name}", exit_on_error=False, description=summary)
+        if name == verb:
+            spelled = add_function_options(sub, verb_function(name))
+        subcommands.add_subcommand(name, sub, help=summary)
+    return parser, spelled
+
+
+def usage_error_line(message: str, verb: str, spelled: dict[str, str]) -> str:
+    """argparse/jsonargparse's usage error -> one line naming the option as the user spells it."""
+    message = " ".join(message.split())
+    missing = re.match(r"the following arguments are required: (.*)", message)
+    if missing:
+        names = [spelled.get(key.strip().split(".", 1)[-1], key.strip()) for key in missing.group(1).split(",")]
+        return f"{verb}: missing required {', '.join(names)}"
+    unknown = re.match(r"unrecognized arguments: (\S+)", message)
+    if unknown:
+        return f"{verb}: unknown option {unknown.group(1)} (see `{PROG} {verb} --help`)"
+    return f"{verb}: {message}"
+
+
+def run_tool(verb: str, args: list[str]) -> int:
+    """Parse `VERB ARGS` and call the verb's function; errors are raised (see `main`)."""
+    from argparse import ArgumentError
+    fn = verb_function(verb)
+    passthrough: list[str] = []
+    if any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(fn).parameters.values()) and "--" in args:
+        cut = args.index("--")
+        args, passthrough = args[:cut], args[cut + 1:]
+    parser, spelled = build_parser(verb)
+    try:
+        config = parser.parse_args([verb, *args])
+    except ArgumentError as exc:
+        raise UsageError(usage_error_line(str(exc), verb, spelled)) from None
+    values = dict(vars(config[verb]))
+    params = inspect.signature(fn).parameters.values()
+    positional = [values.pop(p.name) for p in params if p.kind is p.POSITIONAL_ONLY]
+    return int(fn(*positional, *passthrough, **values) or 0)
 
 
 def error_line(exc: BaseException, argv: list[str]) -> str | None:
     """The one line to print for an error the user can fix, or None for a bug (keep the traceback).
 
-    User errors: any `lightning_musicgen.errors.UserError` in the exception chain (raised by a
-    command, or by a class's __init__ while the training CLI builds it: then the class is named),
-    a config file that is not valid YAML (file:line:column), and the training CLI's argument errors."""
-    from argparse import ArgumentError
-
+    User errors: any `lightning_musicgen.errors.UserError` in the exception chain (raised by a verb, or
+    by a class's __init__ while the training CLI builds it: then the class is named), and for the
+    training verbs a config file that is not valid YAML or an option/value the LightningCLI rejects."""
     from lightning_musicgen.errors import one_line, user_error_in
+    training = bool(argv) and argv[0] in TRAIN_VERBS
+    if training:
+        from lightning_musicgen.cli import class_name_in, training_error_line
     user = user_error_in(exc)
     if user is not None:
         message = one_line(str(user))
-        owner = _class_name_in(exc) if argv and argv[0] in TRAIN_VERBS else None
+        owner = class_name_in(exc) if training else None
         return f"{owner}: {message}" if owner and not message.startswith(owner) else message
-    if argv and argv[0] in TRAIN_VERBS:
-        chain, seen = exc, set()
-        while chain is not None and id(chain) not in seen:
-            seen.add(id(chain))
-            if type(chain).__module__.startswith("yaml"):
-                return yaml_error_line(argv) or f"invalid YAML ({one_line(str(chain))})"
-            chain = chain.__cause__ or chain.__context__
-        if isinstance(exc, ArgumentError):
-            return config_error_line(str(exc), argv)
-    return None
+    return training_error_line(exc, argv) if training else None
+
+
+class UsageError(Exception):
+    """A command line that does not parse (unknown option, missing or malformed value): exit 2."""
 
 
 def run_verb(fn, argv: list[str]) -> int:
-    """Run one verb; a user error ends as one line `error: ...` on stderr and exit status 2.
-    Set LIGHTNING_MUSICGEN_TRACEBACK=1 to see the traceback of user errors too."""
+    """Run one verb; a user error ends as one line `error: ...` on stderr and exit status 2, a
+    `RunError` as one line and exit status 1. Set LIGHTNING_MUSICGEN_TRACEBACK=1 to see the traceback
+    of user errors too."""
     import os
+
+    from lightning_musicgen.errors import RunError, one_line
     try:
         return int(fn() or 0)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RunError as exc:
+        if os.environ.get("LIGHTNING_MUSICGEN_TRACEBACK"):
+            raise
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        return 1
     except Exception as exc:
         line = error_line(exc, argv)
         if line is None or os.environ.get("LIGHTNING_MUSICGEN_TRACEBACK"):
@@ -171,10 +220,7 @@ def run_verb(fn, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     explicit = argv is not None
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(usage())
-        return 0 if argv else 2
-    verb = argv[0]
+    verb = argv[0] if argv else None
     if verb in TRAIN_VERBS:
         def train() -> int:
             from lightning_musicgen.cli import MusicGenCLI
@@ -182,17 +228,17 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return run_verb(train, argv)
     if verb in TOOL_VERBS:
-        module_name = TOOL_VERBS[verb][0]
         try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                print(f"error: verb '{verb}' is not available in this version ({module_name} missing)",
-                      file=sys.stderr)
-                return 2
-            raise
-        return run_verb(lambda: module.main(argv[1:]), argv)
-    print(f"error: unknown verb '{verb}'\n\n{usage()}", file=sys.stderr)
+            return run_verb(lambda: run_tool(verb, argv[1:]), argv)
+        except SystemExit as exc:  # --help
+            return exc.code if isinstance(exc.code, int) else 0
+    if verb is not None and not verb.startswith("-") and verb != "help":
+        print(f"error: unknown verb '{verb}'", file=sys.stderr)  # `--help` lists them
+        return 2
+    if verb in (None, "-h", "--help", "help"):
+        build_parser()[0].print_help()
+        return 0 if argv else 2
+    print(f"error: unknown option '{verb}' (`{PROG} --help` lists the verbs)", file=sys.stderr)
     return 2
 
 

@@ -1,13 +1,16 @@
 """Errors a user can fix: a bad option, file, config value or checkpoint.
 
 Library code raises these (never `sys.exit`); the command line (`lightning_musicgen.__main__`) prints
-any `UserError` as one line `error: MESSAGE` and exits with status 2, without a traceback. Anything
-else is a bug and keeps its traceback. Messages are one line that names the bad thing (option, key,
-file, value) and what was expected.
+any `UserError` as one line `error: MESSAGE` and exits with status 2, and any `RunError` (a run that
+failed for a reason outside the user's inputs, e.g. an external program) as one line and status 1,
+both without a traceback. Anything else is a bug and keeps its traceback. Messages are one line that
+names the bad thing (option, key, file, value) and what was expected.
 
-Every class derives from `ValueError` so that code catching `ValueError` keeps working.
+Every `UserError` derives from `ValueError` so that code catching `ValueError` keeps working.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 
 class UserError(ValueError):
@@ -20,6 +23,10 @@ class ConfigError(UserError):
 
 class InputError(UserError):
     """A bad command-line input: missing or wrong-kind file, option out of range, unusable folder."""
+
+
+class SubmitError(InputError):
+    """A bad `submit` input (option, cluster config, job spec)."""
 
 
 class CheckpointError(UserError):
@@ -37,6 +44,23 @@ class AudioReadError(UserError, RuntimeError):
     """An audio file that cannot be read; the message names the file and the reason.
 
     Also a RuntimeError, as it always was."""
+
+
+class RunError(RuntimeError):
+    """A run that failed although its inputs were fine (an external program failed or is missing):
+    one line naming what failed, exit status 1."""
+
+
+@contextmanager
+def inputs_checked_by_library():
+    """Re-raise a `FileNotFoundError`/`ValueError` from library code that reports bad inputs with those
+    built-in types as an `InputError` with the same (first) line, so the command line prints it as one."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (FileNotFoundError, ValueError) as exc:
+        raise InputError(one_line(str(exc)) or type(exc).__name__) from exc
 
 
 def user_error_in(exc: BaseException | None) -> UserError | None:

@@ -147,14 +147,14 @@ def test_auto_captions_of_demo_pieces(demo_pieces, tmp_path):
 
 
 def test_prepare_cli_auto_caption_fills_only_the_gaps(tmp_path):
-    from lightning_musicgen.data.prepare import main
+    from lightning_musicgen.__main__ import main
     folder = tmp_path / "in"
     folder.mkdir()
     sf.write(folder / "clicks.wav", click_track(100.0, seconds=8.0).numpy(), SR)
     sf.write(folder / "mine.wav", click_track(140.0, seconds=8.0).numpy(), SR)
     (folder / "mine.json").write_text(json.dumps({"description": "my metronome"}))
     (folder / "broken.wav").write_bytes(b"RIFF not really audio")
-    assert main(["--input", str(folder), "--output", str(tmp_path / "out"), "--auto-caption", "--workers", "1",
+    assert main(["prepare", "--input", str(folder), "--output", str(tmp_path / "out"), "--auto-caption", "--workers", "1",
                  "--no-progress"]) == 0
     with tarfile.open(tmp_path / "out" / "shard-000000.tar") as tar:
         metas = {m["source"]: m for m in (json.loads(tar.extractfile(x).read()) for x in tar.getmembers()

@@ -66,7 +66,7 @@ def test_error_hierarchy_keeps_old_catch_sites_working():
     assert issubclass(AudioReadError, RuntimeError) and issubclass(AudioReadError, UserError)
     assert str(CheckpointNotFoundError("x.ckpt: missing")) == "x.ckpt: missing"
     from lightning_musicgen.data.prepare import InputError as PrepareInputError
-    from lightning_musicgen.generate_cli import InputError as GenerateInputError
+    from lightning_musicgen.generate import InputError as GenerateInputError
     assert PrepareInputError is InputError and GenerateInputError is InputError
 
 
@@ -122,19 +122,20 @@ def test_14_generate_nan_cfg_and_missing_gpu_are_one_line_and_long_requests_show
     assert res.returncode == 2 and res.stderr == "error: --cfg-coef must be a finite number, got nan\n"
     assert not (tmp_path / "o").exists()
 
-    from lightning_musicgen.generate_cli import RequestProgress, main
+    from lightning_musicgen.__main__ import main
+    from lightning_musicgen.generate import RequestProgress
     if not torch.cuda.is_available():
-        assert main(["--ckpt", str(ckpt), "--text", "x", "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
+        assert main(["generate", "--ckpt", str(ckpt), "--text", "x", "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
         assert capsys.readouterr().err == \
             "error: --device cuda: no CUDA GPU is available on this machine (use --device cpu)\n"
-    assert main(["--ckpt", str(ckpt), "--text", "x", "--device", "cuda:banana", "--out", str(tmp_path / "o")]) == 2
+    assert main(["generate", "--ckpt", str(ckpt), "--text", "x", "--device", "cuda:banana", "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.startswith("error: --device cuda:banana: not a device name")
 
     # the estimate: exact arithmetic on a fake clock (2 batches x 100 steps, 10 steps/s)
     stream, clock = io.StringIO(), iter([0.0, 1.0, 3.0, 7.0, 7.5])
     progress = RequestProgress(2, stream=stream, terminal=False)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("lightning_musicgen.generate_cli.time.perf_counter", lambda: next(clock))
+        mp.setattr("lightning_musicgen.generate.time.perf_counter", lambda: next(clock))
         for done in (1, 11, 31, 71, 76):  # at t = 0, 1, 3, 7, 7.5 s
             progress.update(done, 100)
     assert stream.getvalue().splitlines() == [

@@ -6,8 +6,12 @@ import pytest
 import soundfile as sf
 
 from conftest import run_cli
-from lightning_musicgen.generate_cli import main
+from lightning_musicgen.__main__ import main as cli_main
 from test_generation import _build
+
+
+def main(args: list[str]) -> int:
+    return cli_main(["generate", *args])
 
 
 @pytest.fixture(scope="module")

@@ -396,14 +396,14 @@ def test_metrics_with_embedders_end_to_end():
 
 def test_reference_stats_tool(tmp_path, capsys):
     from lightning_musicgen.audio import write_audio
-    from lightning_musicgen.metrics.reference import main
+    from lightning_musicgen.__main__ import main
     clips = [_tone(p, 3.5, sr=22050) for p in (60, 64, 67)]
     folder = tmp_path / "refs"
     (folder / "sub").mkdir(parents=True)
     for i, clip in enumerate(clips):
         write_audio(folder / ("sub" if i else "") / f"clip{i}.wav", clip[0], 22050)
     (folder / "broken.wav").write_bytes(b"RIFF not really a wav")
-    assert main([str(folder), "--embedder", "musicnn_vgg", "--out", str(tmp_path / "stats.npz")]) == 0
+    assert main(["reference", str(folder), "--embedder", "musicnn_vgg", "--out", str(tmp_path / "stats.npz")]) == 0
     out = capsys.readouterr()
     assert "broken.wav" in out.err and "3 files (1 skipped)" in out.out
     mu, sigma = load_reference_stats(tmp_path / "stats.npz")
@@ -413,9 +413,9 @@ def test_reference_stats_tool(tmp_path, capsys):
         expected.update(load_audio(path)[0][None], real=True, sample_rate=22050)  # 16-bit files as written
     torch.testing.assert_close(mu, expected.reference_stats()[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(sigma, expected.reference_stats()[1], rtol=1e-4, atol=1e-4)
-    assert main([str(tmp_path / "nothing-here"), "--out", str(tmp_path / "x.npz")]) == 2
+    assert main(["reference", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "x.npz")]) == 2
     assert "nothing-here: no such file or folder" in capsys.readouterr().err
-    assert main([str(folder), "--embedder", "vggish", "--out", str(tmp_path / "x.npz")]) == 2
+    assert main(["reference", str(folder), "--embedder", "vggish", "--out", str(tmp_path / "x.npz")]) == 2
     assert "--weights" in capsys.readouterr().err
 
 

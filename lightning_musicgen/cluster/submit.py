@@ -11,7 +11,6 @@ writes last.ckpt and requeues; the requeued job runs the same command, which res
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shlex
@@ -20,8 +19,12 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Optional
 
 import yaml
+
+from lightning_musicgen.errors import RunError, SubmitError
 
 TIME_RE = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$|^\d+-\d+$")
 MEM_RE = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
@@ -29,10 +32,6 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 CLUSTER_KEYS = {"nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "partition", "time", "account", "qos",
                 "constraint", "mem", "job_name", "log_dir", "setup", "env", "signal_seconds", "python", "workdir",
                 "exclusive"}
-
-
-class SubmitError(ValueError):
-    """Bad submit input: the message is one line naming the bad option/file and value."""
 
 
 @dataclass
@@ -156,12 +155,12 @@ def render_sbatch(spec: JobSpec) -> str:
 def submit(script: str, log_dir: Path) -> str:
     """Write the script next to the logs, `sbatch` it, return the job id."""
     if shutil.which("sbatch") is None:
-        raise SubmitError("sbatch: not found on PATH (use --dry-run to only print the script; "
-                          "`make slurm-up` starts a local SLURM)")
+        raise RunError("sbatch: not found on PATH (use --dry-run to only print the script; "
+                       "`make slurm-up` starts a local SLURM)")
     log_dir.mkdir(parents=True, exist_ok=True)
     out = subprocess.run(["sbatch", "--parsable"], input=script, capture_output=True, text=True)
     if out.returncode != 0:
-        raise SubmitError(f"sbatch: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'failed'}")
+        raise RunError(f"sbatch: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'failed'}")
     job_id = out.stdout.strip().split(";")[0]
     (log_dir / f"submit-{job_id}.sbatch").write_text(script)
     return job_id
@@ -183,37 +182,8 @@ def load_cluster_config(path: str) -> dict:
     return data
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m lightning_musicgen submit",
-        description="Render an sbatch script that runs `fit` with one task per GPU through srun, requeueable, "
-                    "with --signal=USR1@90 and logs under --log-dir; submit it (or print it with --dry-run). "
-                    "Arguments after `--` go to `fit` (e.g. -- --trainer.max_steps 1000).",
-        epilog="Options left out take their value from --cluster-config (configs/cluster/*.yaml), then the defaults.")
-    p.add_argument("--config", action="append", default=[], metavar="YAML",
-                   help="training config(s) for `fit`, in order (repeatable)")
-    p.add_argument("--cluster-config", metavar="YAML", help="cluster defaults (partition, time, setup lines, env)")
-    p.add_argument("--nodes", type=int, help="number of nodes (default 1)")
-    p.add_argument("--gpus-per-node", type=int, help="GPUs per node = tasks per node (default 1; 0 = CPU)")
-    p.add_argument("--tasks-per-node", type=int, help="tasks per node for CPU runs (default: one per GPU)")
-    p.add_argument("--cpus-per-task", type=int, help="CPU cores per task (data loading workers; default 8)")
-    p.add_argument("--partition")
-    p.add_argument("--time", help="time limit, [D-]HH:MM:SS (default 24:00:00)")
-    p.add_argument("--account")
-    p.add_argument("--qos")
-    p.add_argument("--constraint", help="node features, e.g. h100")
-    p.add_argument("--mem", help="memory per node, e.g. 200G")
-    p.add_argument("--job-name", help="default: the last config's file name")
-    p.add_argument("--log-dir", help="where SLURM writes %%x-%%j.out/.err and the script is kept (default runs/slurm)")
-    p.add_argument("--signal-seconds", type=int, help="send SIGUSR1 this long before the time limit (default 90)")
-    p.add_argument("--exclusive", action="store_true", default=None, help="do not share nodes")
-    p.add_argument("--setup", action="append", metavar="LINE", help="shell line run before srun (repeatable)")
-    p.add_argument("--env", action="append", metavar="KEY=VALUE", help="environment variable for the job (repeatable)")
-    p.add_argument("--dry-run", action="store_true", help="print the sbatch script, submit nothing")
-    return p
-
-
-def spec_from_args(args: argparse.Namespace, fit_args: list[str]) -> JobSpec:
+def spec_from_args(args, fit_args: list[str]) -> JobSpec:
+    """The job of the command-line options `args` (attributes as in submit_command), over --cluster-config."""
     values = load_cluster_config(args.cluster_config) if args.cluster_config else {}
     env = {str(k): str(v) for k, v in (values.pop("env", None) or {}).items()}
     for item in args.env or []:
@@ -238,27 +208,53 @@ def spec_from_args(args: argparse.Namespace, fit_args: list[str]) -> JobSpec:
     return JobSpec(configs=list(args.config), env=env, setup=setup, fit_args=fit_args, **values)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    fit_args: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, fit_args = argv[:cut], argv[cut + 1:]
-    args = build_parser().parse_args(argv)
-    try:
-        spec = spec_from_args(args, fit_args)
-        script = render_sbatch(spec)
-        if args.dry_run:
-            print(script, end="")
-            return 0
-        log_dir = Path(spec.log_dir if os.path.isabs(spec.log_dir) else os.path.join(spec.workdir, spec.log_dir))
-        job_id = submit(script, log_dir)
-    except SubmitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def submit_command(*fit_args: str, config: list[str] = (), cluster_config: Optional[str] = None,
+                   nodes: Optional[int] = None, gpus_per_node: Optional[int] = None,
+                   tasks_per_node: Optional[int] = None, cpus_per_task: Optional[int] = None,
+                   partition: Optional[str] = None, time: Optional[str] = None, account: Optional[str] = None,
+                   qos: Optional[str] = None, constraint: Optional[str] = None, mem: Optional[str] = None,
+                   job_name: Optional[str] = None, log_dir: Optional[str] = None,
+                   signal_seconds: Optional[int] = None, exclusive: Optional[bool] = None,
+                   setup: list[str] = (), env: list[str] = (), dry_run: bool = False) -> None:
+    """Render and submit a SLURM (sbatch) training job.
+
+    The script runs `fit` with one task per GPU through srun, is requeueable, asks for --signal=USR1@90
+    and logs under --log-dir; it is submitted with sbatch (or printed with --dry-run). Arguments after
+    `--` go to `fit` (e.g. -- --trainer.max_steps 1000). Options left out take their value from
+    --cluster-config (configs/cluster/*.yaml), then the defaults.
+
+    Args:
+        fit_args: arguments for `fit`, given after `--`.
+        config: training config(s) for `fit`, in order (repeatable).
+        cluster_config: cluster defaults (partition, time, setup lines, env), a YAML file.
+        nodes: number of nodes (default 1).
+        gpus_per_node: GPUs per node = tasks per node (default 1; 0 = CPU).
+        tasks_per_node: tasks per node for CPU runs (default: one per GPU).
+        cpus_per_task: CPU cores per task (data loading workers; default 8).
+        partition: SLURM partition.
+        time: time limit, [D-]HH:MM:SS (default 24:00:00).
+        account: SLURM account.
+        qos: SLURM quality of service.
+        constraint: node features, e.g. h100.
+        mem: memory per node, e.g. 200G.
+        job_name: job name (default: the last config's file name).
+        log_dir: where SLURM writes %x-%j.out/.err and the script is kept (default runs/slurm).
+        signal_seconds: send SIGUSR1 this long before the time limit (default 90).
+        exclusive: do not share nodes.
+        setup: shell line run before srun (repeatable).
+        env: KEY=VALUE environment variable for the job (repeatable).
+        dry_run: print the sbatch script, submit nothing.
+    """
+    options = SimpleNamespace(config=list(config), cluster_config=cluster_config, nodes=nodes,
+                              gpus_per_node=gpus_per_node, tasks_per_node=tasks_per_node,
+                              cpus_per_task=cpus_per_task, partition=partition, time=time, account=account, qos=qos,
+                              constraint=constraint, mem=mem, job_name=job_name, log_dir=log_dir,
+                              signal_seconds=signal_seconds, exclusive=exclusive, setup=list(setup), env=list(env))
+    spec = spec_from_args(options, list(fit_args))
+    script = render_sbatch(spec)
+    if dry_run:
+        print(script, end="")
+        return
+    log_dir = Path(spec.log_dir if os.path.isabs(spec.log_dir) else os.path.join(spec.workdir, spec.log_dir))
+    job_id = submit(script, log_dir)
     print(f"submitted job {job_id}: logs {log_dir}/{spec.name}-{job_id}.out (script {log_dir}/submit-{job_id}.sbatch)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

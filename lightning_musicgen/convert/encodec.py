@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from lightning_musicgen.codec.model import CodecConfig, CompressionModel
+from lightning_musicgen.errors import InputError
 
 
 def codec_config_from_transformers(cfg) -> CodecConfig:
@@ -74,11 +75,11 @@ def convert_encodec(folder: Path, out: Path, tokenizer=None) -> Path:
     try:
         hf_model = EncodecModel.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:
-        raise SystemExit(f"error: {folder}: cannot load an EncodecModel ({type(exc).__name__}: "
+        raise InputError(f"{folder}: cannot load an EncodecModel ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
     try:
         model = encodec_from_transformers(hf_model)
     except ValueError as exc:
-        raise SystemExit(f"error: {folder}: {exc}") from exc
+        raise InputError(f"{folder}: {exc}") from exc
     with torch.no_grad():
         return model.save(out)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from lightning_musicgen.errors import InputError
+
 DECODER = "decoder.model.decoder."
 
 
@@ -61,7 +63,7 @@ def _load_tokenizer(folder: Path, tokenizer: str | None):
     try:
         return AutoTokenizer.from_pretrained(str(where), local_files_only=True)
     except Exception as exc:
-        raise SystemExit(f"error: {where}: no text tokenizer found ({type(exc).__name__}); "
+        raise InputError(f"{where}: no text tokenizer found ({type(exc).__name__}); "
                          "pass --tokenizer PATH (e.g. a t5-base folder)") from exc
 
 
@@ -80,7 +82,7 @@ def convert_musicgen(folder: Path, out: Path, tokenizer: str | None = None) -> P
     try:
         hf = cls.from_pretrained(str(folder), local_files_only=True).eval()
     except Exception as exc:
-        raise SystemExit(f"error: {folder}: cannot load {cls.__name__} ({type(exc).__name__}: "
+        raise InputError(f"{folder}: cannot load {cls.__name__} ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
     tok = _load_tokenizer(folder, tokenizer)
     dec = hf.config.decoder
@@ -114,12 +116,12 @@ def convert_musicgen(folder: Path, out: Path, tokenizer: str | None = None) -> P
             cond_state["melody.proj.bias"] = sd["audio_enc_to_dec_proj.bias"]
         conditioner.load_state_dict(cond_state)
         if text_hidden != dec.hidden_size and not has_proj:
-            raise SystemExit(f"error: {folder}: text width {text_hidden} != decoder width {dec.hidden_size} "
+            raise InputError(f"{folder}: text width {text_hidden} != decoder width {dec.hidden_size} "
                              "without enc_to_dec_proj")
         try:
             codec = encodec_from_transformers(hf.audio_encoder)
         except ValueError as exc:
-            raise SystemExit(f"error: {folder}: audio encoder: {exc}") from exc
+            raise InputError(f"{folder}: audio encoder: {exc}") from exc
         stereo = getattr(dec, "audio_channels", 1) == 2
         codec.num_codebooks = dec.num_codebooks // 2 if stereo else dec.num_codebooks  # what the LM models
         meta = {"source": str(folder), "model_type": kind, "sample_rate": hf.config.audio_encoder.sampling_rate,

@@ -17,23 +17,24 @@ Everything is deterministic given --seed; re-running resumes (rendered pieces an
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
 import re
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Literal, Optional
 
 import numpy as np
 import torch
 
 from lightning_musicgen.audio.io import write_audio
 from lightning_musicgen.audio.loudness import normalize_loudness
+from lightning_musicgen.data.prepare import DEFAULT_WORKERS
 from lightning_musicgen.data.shards import atomic_write_json
+from lightning_musicgen.errors import InputError, inputs_checked_by_library
 
 MAX_VOICES = 15  # MIDI channels minus the drum channel
 
@@ -425,45 +426,34 @@ def build_demo(output, minutes: float = 60.0, valid_fraction: float = 0.1, seed:
     return summary
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m lightning_musicgen demo-data",
-        description="Render an offline demo music dataset from music21's corpus with a General MIDI soundfont "
-                    "and write it as train/valid WebDataset shards (OUTPUT/train, OUTPUT/valid) with captions "
-                    "from the real metadata. Deterministic given --seed; re-running resumes.")
-    p.add_argument("--output", default="data/demo", help="output directory (default data/demo)")
-    p.add_argument("--minutes", type=float, default=60.0, help="total minutes of audio, train + valid (default 60)")
-    p.add_argument("--valid-fraction", type=float, default=0.1, help="share of the minutes held out (default 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="piece, ensemble and tempo choices (default 0)")
-    p.add_argument("--soundfont", default=None, help="a .sf2/.sf3 General MIDI soundfont (default: pretty_midi's TimGM6mb.sf2)")
-    p.add_argument("--sample-rate", type=int, default=32000, help="sample rate (default 32000)")
-    p.add_argument("--channels", type=int, default=1, choices=(1, 2), help="1 = mono (default), 2 = stereo")
-    p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)), help="processes (default: CPUs)")
-    p.add_argument("--max-piece-seconds", type=float, default=90.0, help="longer pieces fade out here (default 90)")
-    p.add_argument("--shard-size", type=int, default=16, help="pieces per shard (default 16)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
+def demo_data_command(*, output: str = "data/demo", minutes: float = 60.0, valid_fraction: float = 0.1, seed: int = 0,
+                      soundfont: Optional[str] = None, sample_rate: int = 32000, channels: Literal[1, 2] = 1,
+                      workers: int = DEFAULT_WORKERS, max_piece_seconds: float = 90.0, shard_size: int = 16,
+                      no_progress: bool = False) -> None:
+    """Render the offline demo music dataset (music21's corpus) into train/valid shards.
 
+    Pieces are rendered with a General MIDI soundfont and written as WebDataset shards (OUTPUT/train,
+    OUTPUT/valid) with captions from the real metadata. Deterministic given --seed; re-running resumes.
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.minutes <= 0 or not 0 < args.valid_fraction < 1:
-        print(f"error: --minutes {args.minutes} must be > 0 and --valid-fraction {args.valid_fraction} in (0, 1)",
-              file=sys.stderr)
-        return 2
-    try:
-        summary = build_demo(args.output, args.minutes, args.valid_fraction, args.seed, args.soundfont,
-                             args.sample_rate, args.channels, args.workers, args.max_piece_seconds,
-                             args.shard_size, progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{args.output}: train {summary['train']['minutes']} min ({summary['train']['samples']} pieces, "
+    Args:
+        output: output folder.
+        minutes: total minutes of audio, train + valid.
+        valid_fraction: share of the minutes held out for validation (different pieces).
+        seed: piece, ensemble and tempo choices.
+        soundfont: a .sf2/.sf3 General MIDI soundfont (default: pretty_midi's TimGM6mb.sf2).
+        sample_rate: sample rate.
+        channels: 1 = mono, 2 = stereo.
+        workers: processes (default: CPU count, at most 8).
+        max_piece_seconds: longer pieces fade out here.
+        shard_size: pieces per shard.
+        no_progress: no progress bars.
+    """
+    if not minutes > 0 or not 0 < valid_fraction < 1:
+        raise InputError(f"--minutes {minutes} must be > 0 and --valid-fraction {valid_fraction} in (0, 1)")
+    with inputs_checked_by_library():
+        summary = build_demo(output, minutes, valid_fraction, seed, soundfont, sample_rate, channels, workers,
+                             max_piece_seconds, shard_size, progress=not no_progress)
+    print(f"{output}: train {summary['train']['minutes']} min ({summary['train']['samples']} pieces, "
           f"{summary['train']['shards']} shards), valid {summary['valid']['minutes']} min "
           f"({summary['valid']['samples']} pieces); {summary['failed_pieces']} pieces failed; "
           f"{summary['total_seconds']} s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -49,18 +49,17 @@ symlinks, unreadable folders, files of other types and unused sidecars are liste
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
 import json
 import os
 import re
-import sys
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -81,6 +80,7 @@ MARKER_NAME = "prepare.json"
 LOCK_NAME = ".prepare.lock"
 MARKER_FORMAT = "lightning_musicgen.prepare/1"
 STATS_VERSION = 2
+DEFAULT_WORKERS = max(1, min(8, os.cpu_count() or 1))  # processes when not told
 # Every name prepare writes into its output folder (a `.tmp-PID` suffix is a write in progress).
 OWN_NAME = re.compile(r"^(shard-\d{6,}\.tar|shard-\d{6,}\.stats\.json|index\.json|report\.tsv|"
                       + "|".join(map(re.escape, (MARKER_NAME, LOCK_NAME, AUTOCAPTION_CACHE))) + r")(\.tmp-\d+)?$")
@@ -672,37 +672,6 @@ def remove_stale_shards(output: Path, keep: set[str]) -> None:
             stats.unlink(missing_ok=True)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m lightning_musicgen prepare",
-        description="Convert a folder of audio (+ sidecar .json) or a JSONL/CSV manifest into WebDataset tar "
-                    "shards of FLAC + JSON, with index.json (samples, duration) and report.tsv (every input "
-                    "skipped, kept with a problem, or ignored, and why). Re-running completes an interrupted run "
-                    "and rewrites only the shards whose files changed.")
-    p.add_argument("--input", required=True, help="audio folder, or manifest .jsonl/.csv (path + caption columns)")
-    p.add_argument("--output", required=True,
-                   help="shard folder to create or complete (new, empty, or prepared earlier from this input)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into a folder holding files prepare did not write from this input; prepare's own "
-                        "file names (shard-*.tar, index.json, ...) are replaced, other files are left alone")
-    p.add_argument("--sample-rate", type=int, default=32000, help="target sample rate (default 32000)")
-    p.add_argument("--channels", type=int, default=1, choices=(1, 2),
-                   help="target channels (default 1); surround files are downmixed with ITU-R BS.775 coefficients")
-    p.add_argument("--shard-size", type=int, default=100, help="input files per shard (default 100)")
-    p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
-                   help="parallel processes (default: CPU count, at most 8)")
-    p.add_argument("--min-duration", type=float, default=1.0, help="skip files shorter than this (s, default 1)")
-    p.add_argument("--silence-db", type=float, default=-60.0,
-                   help="skip files whose RMS after the channel conversion is at or below this level "
-                        "(dBFS, default -60)")
-    p.add_argument("--skip-truncated", action="store_true",
-                   help="skip truncated files (default: keep what decodes; either way they are in report.tsv)")
-    p.add_argument("--auto-caption", action="store_true",
-                   help="caption inputs that have no description: musicnn tags, tempo and key (offline, CPU)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
 def summary_line(output, index: dict) -> str:
     parts = [f"{output}: {index['samples']} samples, {index['duration'] / 3600:.2f} h in {len(index['shards'])} shards"]
     for key in ("skipped", "kept", "ignored"):
@@ -714,16 +683,32 @@ def summary_line(output, index: dict) -> str:
     return "; ".join(parts)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Errors (InputError) propagate: `python -m lightning_musicgen` prints them as one line."""
-    args = build_parser().parse_args(argv)
-    index = prepare(args.input, args.output, args.sample_rate, args.channels, args.shard_size, args.workers,
-                    args.min_duration, args.silence_db, progress=not args.no_progress,
-                    overwrite=args.overwrite, skip_truncated=args.skip_truncated, auto_captions=args.auto_caption)
-    print(summary_line(args.output, index))
-    return 0
+def prepare_command(*, input: str, output: str, overwrite: bool = False, sample_rate: int = 32000,
+                    channels: Literal[1, 2] = 1, shard_size: int = 100, workers: int = DEFAULT_WORKERS,
+                    min_duration: float = 1.0, silence_db: float = -60.0, skip_truncated: bool = False,
+                    auto_caption: bool = False, no_progress: bool = False) -> None:
+    """Convert an audio folder or a JSONL/CSV manifest into WebDataset shards of FLAC + JSON.
 
+    Writes index.json (samples, duration) and report.tsv (every input skipped, kept with a problem, or
+    ignored, and why). Re-running completes an interrupted run and rewrites only the shards whose files
+    changed.
 
-if __name__ == "__main__":
-    from lightning_musicgen.__main__ import main as cli_main
-    sys.exit(cli_main(["prepare", *sys.argv[1:]]))
+    Args:
+        input: audio folder (+ sidecar .json), or manifest .jsonl/.csv (path + caption columns).
+        output: shard folder to create or complete (new, empty, or prepared earlier from this input).
+        overwrite: write into a folder holding files prepare did not write from this input; prepare's
+            own file names (shard-*.tar, index.json, ...) are replaced, other files are left alone.
+        sample_rate: target sample rate.
+        channels: target channels; surround files are downmixed with ITU-R BS.775 coefficients.
+        shard_size: input files per shard.
+        workers: parallel processes (default: CPU count, at most 8).
+        min_duration: skip files shorter than this (seconds).
+        silence_db: skip files whose RMS after the channel conversion is at or below this level (dBFS).
+        skip_truncated: skip truncated files (default: keep what decodes; either way they are in report.tsv).
+        auto_caption: caption inputs that have no description: musicnn tags, tempo and key (offline, CPU).
+        no_progress: no progress bar.
+    """
+    index = prepare(input, output, sample_rate, channels, shard_size, workers, min_duration, silence_db,
+                    progress=not no_progress, overwrite=overwrite, skip_truncated=skip_truncated,
+                    auto_captions=auto_caption)
+    print(summary_line(output, index))

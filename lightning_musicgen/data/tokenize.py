@@ -11,12 +11,11 @@ when the context covers the encoder's receptive field; SEANet's is well under a 
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
-import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -24,6 +23,7 @@ import torch
 from lightning_musicgen.audio.io import AudioReadError, convert_channels, read_audio, resample
 from lightning_musicgen.data.shards import (AUDIO_EXTS, AtomicShardWriter, atomic_write_json, expand_shards,
                                             iter_tar_samples, write_index)
+from lightning_musicgen.errors import inputs_checked_by_library
 
 
 @torch.no_grad()
@@ -119,38 +119,32 @@ def tokenize_shards(model, source, output, chunk_seconds: float = 30.0, context_
     return write_index(output, shards, skipped, kind="tokens", **codec_info)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m lightning_musicgen tokenize",
-        description="Encode audio shards (from `prepare`/`demo-data`) with a trained codec into token shards "
-                    "(KEY.codes.npy + KEY.json) for LM training with TokenDataModule. Re-running skips done shards.")
-    p.add_argument("--codec", required=True, help="codec model folder (`export`) or CodecModule checkpoint")
-    p.add_argument("--input", required=True, help="audio shards: directory, index.json, glob or brace pattern")
-    p.add_argument("--output", required=True, help="token shard directory")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    p.add_argument("--num-codebooks", type=int, default=None, help="keep the first K codebooks (default: all)")
-    p.add_argument("--chunk-seconds", type=float, default=30.0, help="encode long files in chunks (default 30)")
-    p.add_argument("--context-seconds", type=float, default=1.0, help="audio context around each chunk (default 1)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
+def tokenize_command(*, codec: str, input: str, output: str, device: str = "auto",
+                     num_codebooks: Optional[int] = None, chunk_seconds: float = 30.0, context_seconds: float = 1.0,
+                     no_progress: bool = False) -> None:
+    """Encode audio shards with a trained codec into token shards for LM training.
 
+    Reads the shards of `prepare`/`demo-data` and writes KEY.codes.npy + KEY.json shards that
+    TokenDataModule reads. Re-running skips finished shards.
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        from lightning_musicgen.codec import CompressionModel
-        model = CompressionModel.from_checkpoint(args.codec).eval().to(args.device)
-        if args.num_codebooks is not None:
-            model.num_codebooks = args.num_codebooks
-        index = tokenize_shards(model, args.input, args.output, args.chunk_seconds, args.context_seconds,
-                                progress=not args.no_progress, codec_name=str(args.codec))
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{args.output}: {index['samples']} samples, {index['duration'] / 3600:.2f} h of audio as "
+    Args:
+        codec: codec model folder (`export`) or CodecModule checkpoint.
+        input: audio shards: folder, index.json, glob or brace pattern.
+        output: token shard folder.
+        device: torch device (auto: cuda if available, else cpu).
+        num_codebooks: keep the first K codebooks (default: all).
+        chunk_seconds: encode long files in chunks of this many seconds.
+        context_seconds: audio context (seconds) encoded and discarded around each chunk.
+        no_progress: no progress bar.
+    """
+    from lightning_musicgen.codec import CompressionModel
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    with inputs_checked_by_library():
+        model = CompressionModel.from_checkpoint(codec).eval().to(device)
+        if num_codebooks is not None:
+            model.num_codebooks = num_codebooks
+        index = tokenize_shards(model, input, output, chunk_seconds, context_seconds, progress=not no_progress,
+                                codec_name=str(codec))
+    print(f"{output}: {index['samples']} samples, {index['duration'] / 3600:.2f} h of audio as "
           f"{index['num_codebooks']} x {index['frame_rate']:g} Hz codes; skipped {index['skipped']}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

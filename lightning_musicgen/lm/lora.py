@@ -15,6 +15,11 @@ weights ("conditioner.<...>"); its metadata carries {"format": ADAPTERS_FORMAT, 
 as JSON}. `load_adapters` puts them onto a base LM (and conditioner) built from the same model.
 `merge_lora` folds the adapters into the base weights and removes the peft layers, giving back
 a plain `MusicGenLM` whose state dict has the original keys.
+
+The `lora` verb (`lora_command`): `lora extract --ckpt RUN.ckpt --out adapters.safetensors`,
+`lora merge --ckpt RUN.ckpt --out DIR` or `lora merge --base DIR --adapters FILE --out DIR`; the merged
+model is a model folder (see `model_files`) with the base model's codec, which `generate --model`
+and `export` read.
 """
 from __future__ import annotations
 
@@ -22,9 +27,12 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, Optional
 
 import torch
 from torch import nn
+
+from lightning_musicgen.errors import InputError, inputs_checked_by_library
 
 ADAPTERS_FORMAT = "lightning_musicgen.lora"
 TARGET_GROUPS = {
@@ -196,3 +204,92 @@ def load_adapters(path: str | os.PathLike, lm: nn.Module, conditioner: nn.Module
         if result.unexpected_keys:
             raise ValueError(f"{path}: projections do not fit this conditioner ({result.unexpected_keys[:3]})")
     return settings
+
+
+# ---- the `lora` verb: extract adapters from a checkpoint, merge them into a model folder ----------
+
+def extract(ckpt_path: str | Path, out: str | Path) -> Path:
+    """The adapters (and trained projections) of a LoRA MusicGenModule checkpoint -> safetensors."""
+    import json
+
+    from safetensors.torch import save_file
+
+    if not Path(ckpt_path).is_file():
+        raise InputError(f"{ckpt_path}: not a LoRA fine-tuning checkpoint (not a file)")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    info = (ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
+    if not info.get("lora"):
+        raise InputError(f"{ckpt_path}: not a LoRA fine-tuning checkpoint (no lora in its hyper_parameters)")
+    settings = LoRASettings.from_any(info["lora"])
+    state = ckpt["state_dict"]
+    tensors = {k: v for k, v in state.items() if k.startswith("lm.") and "lora_" in k}
+    if settings.train_condition_projection:
+        tensors |= {k: v for k, v in state.items() if k.startswith(("conditioner.text.proj.", "conditioner.melody.proj."))}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={"format": ADAPTERS_FORMAT, "lora": json.dumps(settings.to_dict()),
+                        "meta": json.dumps({"checkpoint": str(ckpt_path), "init_from": info.get("init_from"),
+                                            "global_step": ckpt.get("global_step")})})
+    tmp.replace(out)
+    return out
+
+
+def merge(out: str | Path, ckpt: str | Path | None = None, base: str | Path | None = None,
+          adapters: str | Path | None = None) -> Path:
+    """Fold LoRA adapters into the base weights and write a model folder."""
+    from lightning_musicgen.model_files import load_musicgen, save_musicgen
+    if ckpt is not None:
+        lm, conditioner, codec, cfg = load_musicgen(ckpt, use_ema=False)  # LoRA checkpoints load merged
+        source = {"merged_from": str(ckpt)}
+    elif base is not None and adapters is not None:
+        lm, conditioner, codec, cfg = load_musicgen(base)
+        load_adapters(adapters, lm, conditioner)
+        merge_lora(lm)
+        source = {"merged_from": str(base), "adapters": str(adapters)}
+    else:
+        raise InputError("lora merge: pass --ckpt, or --base and --adapters")
+    meta = dict(cfg.get("meta") or {}) | source
+    return save_musicgen(out, lm.float(), conditioner, cfg["conditioner"], codec, meta=meta,
+                         max_duration=cfg.get("max_duration", 30.0),
+                         copy_text_encoder=_text_encoder_copied(ckpt if ckpt is not None else base))
+
+
+def _text_encoder_copied(path: str | Path) -> bool:
+    """Whether the base model carries its text encoder's weights (then the merged folder does too):
+    a model folder says so in its config; a checkpoint asks its init_from; older files embed it."""
+    import json
+
+    from lightning_musicgen.model_files import CONFIG
+    path = Path(path)
+    if path.is_dir():
+        info = json.loads((path / CONFIG).read_text()).get("text_encoder") or {}
+        return bool(info.get("copied"))
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    init_from = (ckpt.get("hyper_parameters") or {}).get("init_from") if isinstance(ckpt, dict) else None
+    return _text_encoder_copied(init_from) if init_from and Path(init_from).exists() else "format" in ckpt
+
+def lora_command(action: Literal["extract", "merge"], /, *, out: str, ckpt: Optional[str] = None,
+                 base: Optional[str] = None, adapters: Optional[str] = None) -> None:
+    """LoRA adapters: extract them, or merge them into the base model.
+
+    extract: the adapters of a LoRA fine-tuning checkpoint (--ckpt) -> a small safetensors file (--out).
+    merge: fold adapters into the base weights -> a model folder (--out) for generate/export, from a
+    LoRA checkpoint (--ckpt) or from a base model and an adapters file (--base and --adapters).
+
+    Args:
+        action: extract or merge.
+        out: extract: the adapters file to write (.safetensors); merge: the merged model folder to write.
+        ckpt: MusicGenModule checkpoint of a LoRA fine-tuning run.
+        base: merge: the base model (model folder, converted file or checkpoint) the adapters were trained on.
+        adapters: merge: adapters file (lora extract, or MusicGenModule.save_adapters).
+    """
+    with inputs_checked_by_library():
+        if action == "extract":
+            if ckpt is None:
+                raise InputError("lora extract: --ckpt is required")
+            written = extract(ckpt, out)
+        else:
+            written = merge(out, ckpt, base, adapters)
+    print(f"wrote {written}")

@@ -3,7 +3,7 @@
     python -m lightning_musicgen generate --model runs/demo/model --text "lofi hip hop beat" \\
         --text "calm piano" --duration 10 --out samples/
 
-Inputs are checked before the model loads (numbers must be finite, `--device` must exist on this
+`generate_command` is the verb (its docstring is `generate --help`); `run` does the work. Inputs are checked before the model loads (numbers must be finite, `--device` must exist on this
 machine); every bad input is a one-line `error: ...` and exit code 2. Progress covers the whole request
 (all batches): a bar on a terminal, else a log line after 1, 2, 4, ... seconds (then every minute),
 each with the steps done, the rate and an estimate of the time left. Outputs: `OUT/000_<slug>.wav`, ...
@@ -11,59 +11,22 @@ and `OUT/generate.json` (every parameter used, per-file seeds, timings).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Literal, Optional
 
 from lightning_musicgen.errors import InputError
 
-__all__ = ["InputError", "build_parser", "check_inputs", "check_device", "RequestProgress", "run", "main"]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m lightning_musicgen generate",
-        description="Generate music with a MusicGen model folder (`export`, `convert`) or training checkpoint "
-                    "from text descriptions, optionally following a melody or continuing an audio prompt. "
-                    "Writes one wav per description and a JSON of the parameters used.")
-    io = p.add_argument_group("inputs and outputs")
-    source = io.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", metavar="DIR", help="model folder (written by `export` or `convert`)")
-    source.add_argument("--ckpt", metavar="PATH", help="MusicGenModule training checkpoint (or a model folder)")
-    io.add_argument("--text", action="append", default=[], metavar="TEXT",
-                    help="a description (repeat for several)")
-    io.add_argument("--text-file", metavar="FILE", help="descriptions, one per line (blank lines and #comments skipped)")
-    io.add_argument("--melody", metavar="WAV", help="melody to follow (melody models only), resampled, chroma")
-    io.add_argument("--prompt-audio", metavar="WAV", help="audio to continue; --duration includes it")
-    io.add_argument("--duration", type=float, default=10.0, help="seconds of audio per description (default 10)")
-    io.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
-    s = p.add_argument_group("sampling")
-    s.add_argument("--cfg-coef", type=float, default=3.0, help="classifier-free guidance scale (1 = off; default 3)")
-    s.add_argument("--top-k", type=int, default=250, help="top-k sampling (1 = greedy, 0 = off; default 250)")
-    s.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling mass (0 = off; default 0)")
-    s.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (0 = greedy; default 1)")
-    s.add_argument("--seed", type=int, default=None, help="random seed (batch i uses seed + i); default: random")
-    s.add_argument("--two-pass-cfg", action="store_true",
-                   help="run the conditional and null passes separately instead of one doubled batch")
-    r = p.add_argument_group("runtime")
-    r.add_argument("--batch-size", type=int, default=4, help="descriptions generated together (default 4)")
-    r.add_argument("--max-duration", type=float, default=30.0,
-                   help="LM window in seconds; longer durations slide it (default 30)")
-    r.add_argument("--extend-stride", type=float, default=18.0,
-                   help="seconds the window advances when extending (default 18; overlap = window - stride)")
-    r.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="LM compute dtype (auto: bf16 where the CPU/GPU supports it, else fp32)")
-    r.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if available)")
-    r.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
+__all__ = ["InputError", "generate_command", "check_inputs", "check_device", "RequestProgress", "run"]
 
 
 def read_texts(args) -> list[str]:
+    """The descriptions of --text and --text-file, stripped; InputError when there are none."""
     texts = []
     for i, t in enumerate(args.text):
         if not t.strip():
@@ -256,16 +219,47 @@ def run(args) -> dict:
     return record
 
 
-def main(argv: list[str] | None = None) -> int:
-    """A user error (bad input, checkpoint or audio file) is one line `error: ...` and exit code 2."""
-    from lightning_musicgen.__main__ import run_verb
-    args = build_parser().parse_args(argv)
+def generate_command(*, model: Optional[str] = None, ckpt: Optional[str] = None, text: list[str] = (),
+                     text_file: Optional[str] = None, melody: Optional[str] = None,
+                     prompt_audio: Optional[str] = None, duration: float = 10.0, out: str,
+                     cfg_coef: float = 3.0, top_k: int = 250, top_p: float = 0.0, temperature: float = 1.0,
+                     seed: Optional[int] = None, two_pass_cfg: bool = False, batch_size: int = 4,
+                     max_duration: float = 30.0, extend_stride: float = 18.0,
+                     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto", device: str = "auto",
+                     threads: Optional[int] = None, no_progress: bool = False) -> None:
+    """Generate music from text descriptions to wav files.
 
-    def generate() -> int:
-        run(args)
-        return 0
-    return run_verb(generate, ["generate"])
+    Uses a MusicGen model folder (`export`, `convert`) or a training checkpoint; optionally follows a
+    melody or continues an audio prompt. Writes one wav per description (OUT/000_<slug>.wav, ...) and
+    OUT/generate.json with every parameter used. Give exactly one of --model and --ckpt.
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    Args:
+        model: model folder (written by `export` or `convert`).
+        ckpt: MusicGenModule training checkpoint (or a model folder).
+        text: a description (repeat for several).
+        text_file: descriptions, one per line (blank lines and #comments skipped).
+        melody: melody wav to follow (melody models only); resampled, its chroma conditions the LM.
+        prompt_audio: wav to continue; --duration includes it.
+        duration: seconds of audio per description.
+        out: output folder (created).
+        cfg_coef: classifier-free guidance scale (1 = off).
+        top_k: top-k sampling (1 = greedy, 0 = off).
+        top_p: nucleus sampling mass (0 = off).
+        temperature: softmax temperature (0 = greedy).
+        seed: random seed (batch i uses seed + i); default: random.
+        two_pass_cfg: run the conditional and null passes separately instead of one doubled batch.
+        batch_size: descriptions generated together.
+        max_duration: LM window in seconds; longer durations slide it.
+        extend_stride: seconds the window advances when extending (overlap = window - stride).
+        dtype: LM compute dtype (auto: bf16 where the CPU/GPU supports it, else float32).
+        device: cpu, cuda, cuda:1, ... (auto: cuda if available).
+        threads: CPU threads for torch (default: torch's choice).
+        no_progress: no progress bar.
+    """
+    if (model is None) == (ckpt is None):
+        raise InputError("give one of --model DIR or --ckpt PATH" + (" (not both)" if model is not None else ""))
+    run(SimpleNamespace(model=model, ckpt=ckpt, text=list(text), text_file=text_file, melody=melody,
+                        prompt_audio=prompt_audio, duration=duration, out=out, cfg_coef=cfg_coef, top_k=top_k,
+                        top_p=top_p, temperature=temperature, seed=seed, two_pass_cfg=two_pass_cfg,
+                        batch_size=batch_size, max_duration=max_duration, extend_stride=extend_stride,
+                        dtype=dtype, device=device, threads=threads, no_progress=no_progress))
