@@ -19,7 +19,7 @@ TOOL_VERBS = {
     "convert": ("lightning_musicgen.convert.cli", "transformers / audiocraft weights -> our model folder"),
     "export": ("lightning_musicgen.convert.export", "checkpoint -> model folder, transformers or audiocraft files"),
     "lora": ("lightning_musicgen.lm.lora_cli", "LoRA adapters: extract them, or merge them into the base model"),
-    "submit": ("lightning_musicgen.cluster.submit", "render and submit a SLURM (sbatch) training job"),
+    "submit": ("lightning_musicgen.slurm.submit", "render and submit a SLURM (sbatch) training job"),
 }
 
 
