@@ -81,7 +81,7 @@ demo: $(VENV)/.stamp-demo $(RUNS)/samples/generate.json
 # tests and `submit`. Installs the Debian packages on first use; instant when already running.
 .PHONY: slurm-up
 slurm-up:
-	bash lightning_musicgen/cluster/slurm_local.sh
+	bash lightning_musicgen/slurm/slurm_local.sh
 
 clean:
 	rm -rf $(VENV) runs wandb lightning_logs

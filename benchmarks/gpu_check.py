@@ -739,7 +739,7 @@ def check_xformers(ctx: Context) -> list[Check]:
 
 
 def check_compile(ctx: Context) -> list[Check]:
-    from lightning_musicgen.cluster.compile import CompileLayers
+    from lightning_musicgen.training import CompileLayers
     size, device = ctx.plan.sizes["small"], ctx.device
     lm = build_lm(size, device)
     batch = size.batch
@@ -909,7 +909,7 @@ def trained_with_torch_fsdp(ctx: Context, module, batches: list[dict]) -> tuple[
     from torch.distributed.fsdp import FullStateDictConfig, StateDictType
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-    from lightning_musicgen.cluster.fsdp import TransformerFSDPStrategy
+    from lightning_musicgen.training import TransformerFSDPStrategy
     strategy = TransformerFSDPStrategy(**fsdp_strategy_args())
 
     class Step(torch.nn.Module):  # FSDP unshards the root parameters in forward: the step goes through it
@@ -948,7 +948,7 @@ def trained_with_torch_fsdp(ctx: Context, module, batches: list[dict]) -> tuple[
 
 
 def check_fsdp(ctx: Context) -> list[Check]:
-    from lightning_musicgen.cluster.fsdp import TransformerFSDPStrategy
+    from lightning_musicgen.training import TransformerFSDPStrategy
     size, device = ctx.plan.sizes["small"], ctx.device
     batches = fsdp_batches(ctx, size)
     init = {k: v.detach().cpu().clone() for k, v in fsdp_module(ctx, size).state_dict().items()}

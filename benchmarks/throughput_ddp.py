@@ -31,7 +31,7 @@ def worker(args) -> None:
     from lightning.pytorch import Callback, Trainer, seed_everything
     from lightning.pytorch.loggers import CSVLogger
 
-    from lightning_musicgen.callbacks.throughput import AudioThroughputMonitor
+    from lightning_musicgen.training import AudioThroughputMonitor
     from lightning_musicgen.data import TokenDataModule
     from lightning_musicgen.lm.module import MusicGenModule
 

@@ -42,7 +42,7 @@ TOOL_VERBS = {
                "checkpoint -> model folder, transformers or audiocraft files"),
     "lora": ("lightning_musicgen.lm.lora:lora_command",
              "LoRA adapters: extract them, or merge them into the base model"),
-    "submit": ("lightning_musicgen.cluster.submit:submit_command",
+    "submit": ("lightning_musicgen.slurm.submit:submit_command",
                "render and submit a SLURM (sbatch) training job"),
     "reference": ("lightning_musicgen.metrics.reference:reference_command",
                   "embed audio files and save FAD reference statistics (mu, sigma)"),

@@ -5,7 +5,7 @@ breaks one function in this file (and its test), not the package. Supported vers
 setup.cfg (`torch>=2.11`, `lightning>=2.4`).
 
 Lightning: `is_accumulating` (fit loop internals) and `forward_signal_to_launched_processes` (the
-private launcher classes' `kill`), used by the signal handling in cluster/resume.py.
+private launcher classes' `kill`), used by the signal handling in training/resume.py.
 """
 from __future__ import annotations
 

@@ -34,9 +34,8 @@ class SignalExit(SystemExit):
 
 def reliability_callbacks(trainer) -> list:
     """The reliability callbacks missing from `trainer.callbacks` (fit only; empty otherwise)."""
-    from lightning_musicgen.callbacks.nonfinite import NonFiniteGuard
-    from lightning_musicgen.cluster.resume import PreemptionCheckpoint, RNGStateCheckpoint
-    from lightning_musicgen.data.datamodule import SkippedSamplesLogger
+    from lightning_musicgen.training import (NonFiniteGuard, PreemptionCheckpoint, RNGStateCheckpoint,
+                                             SkippedSamplesLogger)
     present = list(getattr(trainer, "callbacks", []) or [])
     wanted = [NonFiniteGuard, PreemptionCheckpoint, RNGStateCheckpoint, SkippedSamplesLogger]
     return [cls() for cls in wanted if not any(isinstance(cb, cls) for cb in present)]

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lightning.pytorch import Trainer  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
-from lightning_musicgen.callbacks import EvaluateGeneration  # noqa: E402
+from lightning_musicgen.training import EvaluateGeneration  # noqa: E402
 from test_callbacks import StandInMusicGen, ToneData, _eval_row  # noqa: E402
 
 

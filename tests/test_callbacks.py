@@ -15,7 +15,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from torch.utils.data import DataLoader
 
-from lightning_musicgen.callbacks import CodecReconstruction, EvaluateGeneration
+from lightning_musicgen.training import CodecReconstruction, EvaluateGeneration
 from lightning_musicgen.codec.losses import si_snr
 from test_metrics import build_tiny_clap
 

@@ -36,7 +36,7 @@ def fit_config(tmp_path_factory):
 seed_everything: 0
 trainer: {{accelerator: cpu, max_steps: 1, logger: false, enable_checkpointing: false, enable_progress_bar: false}}
 model:
-  class_path: lightning_musicgen.lm.module.MusicGenModule
+  class_path: lightning_musicgen.lm.MusicGenModule
   init_args:
     lm: {{n_q: null, card: {card}, dim: 16, num_heads: 2, num_layers: 1}}
     conditioner: {{text: {{name: minilm}}, fuse: cross}}

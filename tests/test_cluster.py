@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run_cli
-from lightning_musicgen.cluster.submit import JobSpec, SubmitError, render_sbatch
+from lightning_musicgen.slurm.submit import JobSpec, SubmitError, render_sbatch
 
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

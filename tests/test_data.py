@@ -363,7 +363,7 @@ def test_corrupt_samples_in_shards_are_skipped_and_counted(tmp_path):
 
 def test_skipped_samples_logger_logs_metric(tmp_path):
     import lightning as L
-    from lightning_musicgen.data import SkippedSamplesLogger
+    from lightning_musicgen.training import SkippedSamplesLogger
     _corrupt_shard(tmp_path / "s.tar", tone(1.0, sr=32000, channels=1)[:, 0])
 
     class M(L.LightningModule):

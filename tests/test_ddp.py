@@ -80,18 +80,18 @@ trainer:
   enable_progress_bar: false
   default_root_dir: {tmp}
   logger:
-    - class_path: lightning_musicgen.cluster.logger.ResumableWandbLogger
+    - class_path: lightning_musicgen.training.ResumableWandbLogger
       init_args: {{project: lightning_musicgen, save_dir: {tmp}, offline: true}}
     - class_path: lightning.pytorch.loggers.CSVLogger    # readable copy of what W&B receives
       init_args: {{save_dir: {tmp}, name: csv, version: 0}}
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {{save_last: true, every_n_train_steps: {ckpt_every}, save_top_k: -1}}
-    - lightning_musicgen.cluster.resume.RNGStateCheckpoint
-    - lightning_musicgen.cluster.resume.PreemptionCheckpoint
-    - class_path: lightning_musicgen.callbacks.throughput.AudioThroughputMonitor
+    - lightning_musicgen.training.RNGStateCheckpoint
+    - lightning_musicgen.training.PreemptionCheckpoint
+    - class_path: lightning_musicgen.training.AudioThroughputMonitor
       init_args: {{window_size: 2}}
-    - lightning_musicgen.cluster.logger.LogConfig
+    - lightning_musicgen.training.LogConfig
 {extra_callbacks}
 model:
   init_args:
@@ -147,7 +147,7 @@ def test_demo_lm_ddp_two_processes(own_tmp):
     assert float(last["train/audio_sec_per_sec"]) == pytest.approx(samples * 1.0, rel=1e-6)   # 1-s crops
     assert all(float(r["train/grad_norm"]) > 0 for r in rows if r["train/grad_norm"])
     hparams = yaml.safe_load(open(own_tmp / "csv" / "version_0" / "hparams.yaml"))
-    assert hparams["config"]["model"]["class_path"] == "lightning_musicgen.lm.module.MusicGenModule"
+    assert hparams["config"]["model"]["class_path"] == "lightning_musicgen.lm.MusicGenModule"
     assert hparams["config"]["trainer"]["strategy"]["class_path"] == "lightning.pytorch.strategies.DDPStrategy"
 
 
@@ -190,13 +190,13 @@ trainer:
   enable_progress_bar: false
   default_root_dir: {own_tmp}
   logger:
-    class_path: lightning_musicgen.cluster.logger.ResumableWandbLogger
+    class_path: lightning_musicgen.training.ResumableWandbLogger
     init_args: {{project: lightning_musicgen, save_dir: {own_tmp}, offline: true}}
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {{save_last: true, every_n_train_steps: 2}}
-    - lightning_musicgen.cluster.resume.RNGStateCheckpoint
-    - lightning_musicgen.callbacks.throughput.AudioThroughputMonitor
+    - lightning_musicgen.training.RNGStateCheckpoint
+    - lightning_musicgen.training.AudioThroughputMonitor
     - class_path: test_ddp.DumpWeights
       init_args: {{folder: {own_tmp}}}
 model:
@@ -225,7 +225,7 @@ def test_compile_layers_in_place_keeps_checkpoints_and_outputs():
     the `aot_eager` backend keeps the test fast), parameter names unchanged, same loss and gradients."""
     from lightning.pytorch import LightningModule
 
-    from lightning_musicgen.cluster.compile import CompileLayers
+    from lightning_musicgen.training import CompileLayers
     from lightning_musicgen.lm.model import MusicGenLM
 
     class Holder(LightningModule):
@@ -249,5 +249,5 @@ def test_compile_layers_in_place_keeps_checkpoints_and_outputs():
     for (name, pe), (_, pc) in zip(eager.named_parameters(), compiled.named_parameters()):
         torch.testing.assert_close(pc.grad, pe.grad, msg=name)
     with pytest.raises(ValueError, match="no module of"):
-        CompileLayers(layer_classes=["lightning_musicgen.lm.transformer.DecoderLayer"]).setup(
+        CompileLayers(layer_classes=["lightning_musicgen.lm.DecoderLayer"]).setup(
             None, LightningModule(), "fit")

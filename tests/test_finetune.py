@@ -247,7 +247,7 @@ def test_evaluation_scores_the_base_model_once_at_the_start(base, tmp_path):
 
     from lightning.pytorch.loggers import CSVLogger
 
-    from lightning_musicgen.callbacks import EvaluateGeneration
+    from lightning_musicgen.training import EvaluateGeneration
     from lightning_musicgen.data import TokenDataModule
     from lightning_musicgen.lm.module import MusicGenModule
     callback = EvaluateGeneration(every_n_steps=2, metrics=["chroma_cosine"], num_prompts=2, batch_size=2,

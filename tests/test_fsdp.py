@@ -15,13 +15,13 @@ import torch
 import yaml
 
 from conftest import ROOT
-from lightning_musicgen.cluster.fsdp import TransformerFSDPStrategy
+from lightning_musicgen.training import TransformerFSDPStrategy
 from lightning_musicgen.lm.transformer import DecoderLayer
 
 
 def fsdp_yaml_strategy() -> TransformerFSDPStrategy:
     strategy = yaml.safe_load((ROOT / "configs/trainer/fsdp.yaml").read_text())["trainer"]["strategy"]
-    assert strategy["class_path"] == "lightning_musicgen.cluster.fsdp.TransformerFSDPStrategy"
+    assert strategy["class_path"] == "lightning_musicgen.training.TransformerFSDPStrategy"
     return TransformerFSDPStrategy(**strategy["init_args"])
 
 
@@ -50,7 +50,7 @@ def test_bad_layer_class_is_one_line_error():
     with pytest.raises(ValueError, match=r"'lightning_musicgen.lm.transformer.NoSuchLayer' cannot be imported"):
         TransformerFSDPStrategy(layer_classes=["lightning_musicgen.lm.transformer.NoSuchLayer"])
     with pytest.raises(ValueError, match="not an nn.Module"):
-        TransformerFSDPStrategy(layer_classes=["lightning_musicgen.cluster.fsdp.import_class"])
+        TransformerFSDPStrategy(layer_classes=["lightning_musicgen.training.fsdp.import_class"])
 
 
 STEP_SCRIPT = textwrap.dedent("""
@@ -69,7 +69,7 @@ STEP_SCRIPT = textwrap.dedent("""
         from lightning.fabric.strategies.fsdp import _setup_activation_checkpointing
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP, FullStateDictConfig, StateDictType
-        from lightning_musicgen.cluster.fsdp import TransformerFSDPStrategy
+        from lightning_musicgen.training import TransformerFSDPStrategy
         from lightning_musicgen.lm.model import MusicGenLM
 
         class LossOf(torch.nn.Module):
@@ -87,7 +87,7 @@ STEP_SCRIPT = textwrap.dedent("""
         model = MusicGenLM(**CFG)
         reference = MusicGenLM(**CFG)
         reference.load_state_dict(model.state_dict())
-        strategy = TransformerFSDPStrategy(layer_classes=["lightning_musicgen.lm.transformer.DecoderLayer"])
+        strategy = TransformerFSDPStrategy(layer_classes=["lightning_musicgen.lm.DecoderLayer"])
         sharded = FSDP(LossOf(model), device_id=torch.device("cpu"), **strategy.fsdp_kwargs)
         _setup_activation_checkpointing(sharded, strategy.activation_checkpointing_kwargs)
         units = sum(isinstance(m, FSDP) for m in sharded.modules())

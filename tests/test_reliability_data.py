@@ -129,8 +129,7 @@ def test_codec_gan_steps_with_nonfinite_losses_are_skipped_and_stop_the_run(tmp_
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     import lightning_musicgen.codec.module as codec_module
-    from lightning_musicgen.callbacks.nonfinite import NonFiniteGuard
-    from lightning_musicgen.cluster.checkpoint_io import AtomicCheckpointIO
+    from lightning_musicgen.training import AtomicCheckpointIO, NonFiniteGuard
     from test_codec_train import DictBatches, harmonic_clips, tiny_module
 
     torch.manual_seed(0)
@@ -171,7 +170,7 @@ def test_sigterm_ends_a_run_whose_data_loader_never_returns(own_tmp):
     import signal
     import time
     from test_reliability_training import DEMO_LM, TRAIN_DEFAULT, _wait_for
-    cfg = lm_override(own_tmp, steps=20, callbacks="""    - class_path: lightning_musicgen.cluster.resume.PreemptionCheckpoint
+    cfg = lm_override(own_tmp, steps=20, callbacks="""    - class_path: lightning_musicgen.training.PreemptionCheckpoint
       init_args: {stall_timeout: 5}""")
     cfg.write_text(cfg.read_text().replace(f"train_shards: {own_tmp / 'train'}", "train_shards: 'pipe:sleep 900'"))
     env = dict(os.environ, OMP_NUM_THREADS="1")

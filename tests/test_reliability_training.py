@@ -156,7 +156,7 @@ def test_text_conditioner_truncates_to_the_encoder_limit():
 # case 4: non-finite loss or gradients
 def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(own_tmp):
     write_tokens(own_tmp / "train")
-    guard = """    - class_path: lightning_musicgen.callbacks.nonfinite.NonFiniteGuard
+    guard = """    - class_path: lightning_musicgen.training.NonFiniteGuard
       init_args: {max_consecutive: 3}
     - class_path: test_reliability_training.PoisonLoss
       init_args: {from_step: 4}"""
@@ -188,7 +188,7 @@ def test_a_real_learning_rate_explosion_never_reaches_a_checkpoint(own_tmp):
     """lr 1e4 (AdamW steps of ~1e4 per weight): the run stops non-zero; no checkpoint is non-finite."""
     write_tokens(own_tmp / "train")
     cfg = lm_override(own_tmp, steps=200, ckpt_every=1, model="    lr: 1.0e+4\n    warmup_steps: 1",
-                      callbacks="""    - class_path: lightning_musicgen.callbacks.nonfinite.NonFiniteGuard
+                      callbacks="""    - class_path: lightning_musicgen.training.NonFiniteGuard
       init_args: {max_consecutive: 2}""")
     out = lm_fit(own_tmp, cfg)
     assert out.returncode != 0, out.stderr[-3000:]

@@ -21,9 +21,9 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from conftest import ROOT
-from lightning_musicgen.cluster.checkpoint_io import AtomicCheckpointIO
-from lightning_musicgen.cluster.logger import ResumableWandbLogger, stable_run_id
-from lightning_musicgen.cluster.resume import RNGStateCheckpoint, collect_rng_states
+from lightning_musicgen.training import AtomicCheckpointIO
+from lightning_musicgen.training.logger import ResumableWandbLogger, stable_run_id
+from lightning_musicgen.training.resume import RNGStateCheckpoint, collect_rng_states
 from lightning_musicgen.optim import adamw_warmup_cosine
 
 
@@ -142,9 +142,9 @@ trainer:
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {{save_last: true, every_n_train_steps: 3, save_top_k: -1}}
-    - lightning_musicgen.cluster.resume.PreemptionCheckpoint
+    - lightning_musicgen.training.PreemptionCheckpoint
 """
-RNG_CALLBACK = "    - lightning_musicgen.cluster.resume.RNGStateCheckpoint\n"
+RNG_CALLBACK = "    - lightning_musicgen.training.RNGStateCheckpoint\n"
 
 
 def _fit(tmp: Path, run_id: str, steps: int, *extra: str, rng: bool = True) -> subprocess.CompletedProcess:
@@ -251,7 +251,7 @@ def test_atomic_checkpoint_io_survives_sigkill_during_write(own_tmp):
     AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
     script = textwrap.dedent(f"""
         import os, signal, threading, torch
-        from lightning_musicgen.cluster.checkpoint_io import AtomicCheckpointIO
+        from lightning_musicgen.training import AtomicCheckpointIO
         big = {{"step": 2, "w": [torch.ones(1 << 20) for _ in range(48)]}}   # 200 MB: writes dominate the loop
         threading.Timer(0.4, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
         while True:
@@ -287,7 +287,7 @@ def test_preemption_signal_checkpoints_at_the_next_check_and_stops(tmp_path, mon
     from lightning.pytorch import Trainer
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from lightning_musicgen.cluster.resume import PreemptionCheckpoint
+    from lightning_musicgen.training.resume import PreemptionCheckpoint
 
     for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_NTASKS"):
         monkeypatch.delenv(var, raising=False)

@@ -7,7 +7,7 @@ import pytest
 import lightning as L
 import torch
 
-from lightning_musicgen.callbacks.throughput import AudioThroughputMonitor
+from lightning_musicgen.training import AudioThroughputMonitor
 
 
 class CodeBatches(torch.utils.data.Dataset):

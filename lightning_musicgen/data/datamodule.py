@@ -10,7 +10,7 @@ skipped part (a corrupt sample shifts later batches of that epoch by one sample)
 
 Skipped (corrupt) samples: `datamodule.skipped_samples` is the running total for this process and
 `datamodule.skip_reasons` its split by reason. The first skip of each reason is a warning line (with an example);
-`SkippedSamplesLogger` (added to every fit of this package's modules, see `lightning_musicgen.reliability`) logs
+`lightning_musicgen.training.SkippedSamplesLogger` (added to every fit of this package's modules) logs
 the count as `train/skipped_samples` and shows it on the progress bar once it is non-zero. At setup, local shards
 named by an index but missing are a warning, and a shard folder without `index.json` (an interrupted `prepare`)
 is used with a warning naming what is missing. If no train sample can be used at all the run ends with one line
@@ -25,9 +25,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import Callback, LightningDataModule
+from lightning.pytorch import LightningDataModule
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from lightning_musicgen.data.pipeline import (REPLAYED, AudioCrops, CodeCrops, NoUsableSamples, TrainStream,
@@ -333,30 +332,3 @@ class TokenDataModule(_ShardDataModule):
     def _decoder(self, train: bool) -> CodeCrops:
         seg = self.segment_duration if train else (self.val_segment_duration or self.segment_duration)
         return CodeCrops(seg, self.min_segment_ratio, self.text)
-
-
-class SkippedSamplesLogger(Callback):
-    """Report the datamodule's skipped samples: `train/skipped_samples` to the logger every `every_n_steps`
-    steps, `skipped` on the progress bar once non-zero, and a summary line by reason at the end of training.
-    Added to every fit of this package's modules (`lightning_musicgen.reliability.reliability_callbacks`)."""
-
-    def __init__(self, every_n_steps: int = 1):
-        self.every_n_steps = every_n_steps
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "skipped_samples"):
-            return
-        count = dm.skipped_samples
-        if trainer.global_step % self.every_n_steps == 0:
-            pl_module.log("train/skipped_samples", float(count), on_step=True, on_epoch=False,
-                          rank_zero_only=True, batch_size=1)
-        if count:
-            pl_module.log("skipped", float(count), prog_bar=True, logger=False, on_step=True, on_epoch=False,
-                          rank_zero_only=True, batch_size=1)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        dm = trainer.datamodule
-        if dm is not None and getattr(dm, "skipped_samples", 0):
-            reasons = ", ".join(f"{r}: {n}" for r, n in sorted(dm.skip_reasons.items()))
-            rank_zero_info(f"[lightning_musicgen] skipped {dm.skipped_samples} training sample(s) ({reasons})")

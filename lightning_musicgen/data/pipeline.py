@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from typing import Iterator
 
 import numpy as np
@@ -406,13 +405,3 @@ class ValidStream(IterableDataset):
         for it in items:
             counter.annotate(it["meta"])
         return self.decoder.collate(items)
-
-
-def batches_per_worker(epoch_batches: int, num_workers: int) -> list[int]:
-    """How many of an epoch's batches each worker produces (for docs/tests)."""
-    num_workers = max(1, num_workers)
-    return [len(range(w, epoch_batches, num_workers)) for w in range(num_workers)]
-
-
-def realtime_factor(seconds_of_audio: float, wall_seconds: float) -> float:
-    return seconds_of_audio / wall_seconds if wall_seconds > 0 else math.inf

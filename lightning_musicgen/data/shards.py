@@ -218,17 +218,6 @@ def expand_shards(spec: str | os.PathLike | Iterable[str]) -> list[str]:
     return urls
 
 
-def shard_index_for(urls: list[str]) -> dict | None:
-    """The index.json next to local shards, if there is one (for epoch sizing and sample rates)."""
-    if not urls or urls[0].startswith("pipe:") or "://" in urls[0]:
-        return None
-    path = Path(urls[0]).parent / INDEX_NAME
-    try:
-        return read_index(path)
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 def iter_tar_samples(url: str, on_error) -> Iterator[dict]:
     """Samples (`{"__key__", "__url__", ext: bytes}`) of one shard; errors go to `on_error(exc)` and end
     the shard (a truncated tar keeps the samples read before the damage)."""

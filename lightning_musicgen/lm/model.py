@@ -184,6 +184,3 @@ class MusicGenLM(nn.Module):
             codes = codes.masked_fill(~padding_mask.bool()[:, None, :], self.special_token)
         seq = self.pattern.build(codes, self.special_token)
         return seq, self(self.shift_right(seq), conditions)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())

@@ -11,9 +11,9 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torchmetrics import MeanMetric
 
-from lightning_musicgen.callbacks.media import log_media, log_scalars, mel_image
-from lightning_musicgen.callbacks.periodic import PeriodicEvaluation, validation_batches
 from lightning_musicgen.codec.losses import MelDistance, si_snr
+from lightning_musicgen.training.media import log_media, log_scalars, mel_image
+from lightning_musicgen.training.periodic import PeriodicEvaluation, validation_batches
 
 
 class CodecReconstruction(PeriodicEvaluation):

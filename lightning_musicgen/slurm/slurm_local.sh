@@ -46,7 +46,7 @@ fi
 NODE="$(hostname -s)"
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
 cat > "$CONF" <<EOF
-# written by lightning_musicgen/cluster/slurm_local.sh: a single-node test cluster
+# written by lightning_musicgen/slurm/slurm_local.sh: a single-node test cluster
 ClusterName=localcluster
 SlurmctldHost=${NODE}(127.0.0.1)
 SlurmUser=root

@@ -6,7 +6,7 @@ from typing import Any, Optional
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_musicgen.cluster.fsdp import DEFAULT_LAYERS, import_class
+from lightning_musicgen.training.fsdp import DEFAULT_LAYERS, import_class
 
 
 class CompileLayers(Callback):

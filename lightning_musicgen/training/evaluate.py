@@ -21,9 +21,9 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_musicgen.audio import convert_channels, resample
-from lightning_musicgen.callbacks.media import chroma_image, log_media, log_scalars, mel_image
-from lightning_musicgen.callbacks.periodic import PeriodicEvaluation, validation_batches
 from lightning_musicgen.metrics import CLAPScore, ChromaCosine, FrechetAudioDistance, KLDivergence
+from lightning_musicgen.training.media import chroma_image, log_media, log_scalars, mel_image
+from lightning_musicgen.training.periodic import PeriodicEvaluation, validation_batches
 
 # metric name -> (kind, embedder); logged as eval/<name>
 METRICS = {

@@ -1,0 +1,127 @@
+"""Package layout: configs name classes by their public package path (`lightning_musicgen.<package>.<Class>`)
+and every such name resolves; the paths of earlier versions (`lightning_musicgen.callbacks...`,
+`lightning_musicgen.cluster...`) still resolve to the same classes with a `DeprecationWarning` naming the
+new path; `data` imports nothing from `training`."""
+import importlib
+import re
+import subprocess
+import sys
+import textwrap
+
+import yaml
+
+from conftest import ROOT, run_cli
+
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+PUBLIC = re.compile(r"lightning_musicgen\.([a-z_]+)\.([A-Z][A-Za-z0-9]*)")
+
+
+def _our_class_names(node):
+    """Every string of a parsed config that names something of this package (`class_path` values, callback
+    shorthands, layer class lists)."""
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _our_class_names(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _our_class_names(value)
+    elif isinstance(node, str) and node.startswith("lightning_musicgen."):
+        yield node
+
+
+def test_every_config_class_path_is_public_and_resolves():
+    named = {(cfg.relative_to(ROOT), name) for cfg in CONFIGS for name in _our_class_names(yaml.safe_load(cfg.read_text()))}
+    assert len({name for _, name in named}) >= 10, named  # the trainer, model, data and callback configs
+    for cfg, name in sorted(named):
+        m = PUBLIC.fullmatch(name)
+        assert m, f"{cfg}: {name}: expected lightning_musicgen.<package>.<Class>"
+        package = importlib.import_module(f"lightning_musicgen.{m.group(1)}")
+        assert hasattr(package, "__path__"), f"{cfg}: {name}: lightning_musicgen.{m.group(1)} is not a package"
+        assert m.group(2) in package.__all__, f"{cfg}: {name}: not exported by lightning_musicgen.{m.group(1)}"
+        assert isinstance(getattr(package, m.group(2)), type), f"{cfg}: {name}: not a class"
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_old_import_paths_resolve_to_the_moved_classes_with_a_deprecation_warning():
+    out = _python("""
+        import warnings
+        warnings.simplefilter("always")
+        from lightning_musicgen import training
+        from lightning_musicgen.slurm import submit
+        with warnings.catch_warnings(record=True) as caught:
+            from lightning_musicgen.callbacks import EvaluateGeneration           # old package name
+            from lightning_musicgen.callbacks.nonfinite import NonFiniteGuard     # old callbacks submodule
+            from lightning_musicgen.cluster.resume import RNGStateCheckpoint      # old cluster submodule
+            from lightning_musicgen.cluster.submit import render_sbatch           # old home of submit
+        assert EvaluateGeneration is training.EvaluateGeneration
+        assert NonFiniteGuard is training.NonFiniteGuard
+        assert RNGStateCheckpoint is training.RNGStateCheckpoint
+        assert render_sbatch is submit.render_sbatch
+        import lightning_musicgen.training.resume as resume
+        assert resume.__spec__.name == "lightning_musicgen.training.resume"  # the alias left the module intact
+        for w in caught:
+            assert w.category is DeprecationWarning, w
+            print(w.message)
+    """)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        f"{old} is deprecated and will be removed in the next release: use {new}" for old, new in [
+            ("lightning_musicgen.callbacks.EvaluateGeneration", "lightning_musicgen.training.EvaluateGeneration"),
+            ("lightning_musicgen.callbacks.nonfinite", "lightning_musicgen.training.nonfinite"),
+            ("lightning_musicgen.cluster.resume", "lightning_musicgen.training.resume"),
+            ("lightning_musicgen.cluster.submit", "lightning_musicgen.slurm.submit")]], out.stdout
+
+
+def test_old_yaml_class_paths_still_parse(tmp_path):
+    old = tmp_path / "old_paths.yaml"
+    old.write_text(textwrap.dedent("""
+        trainer:
+          plugins:
+            - class_path: lightning_musicgen.cluster.checkpoint_io.AtomicCheckpointIO
+          callbacks:
+            - lightning_musicgen.cluster.resume.RNGStateCheckpoint
+            - class_path: lightning_musicgen.callbacks.nonfinite.NonFiniteGuard
+              init_args: {max_consecutive: 7}
+            - class_path: lightning_musicgen.callbacks.EvaluateGeneration
+              init_args: {every_n_steps: 3, metrics: [chroma_cosine]}
+    """))
+    out = run_cli("fit", "--config", old, "--print_config")
+    assert out.returncode == 0, out.stderr[-2000:]
+    printed = yaml.safe_load(out.stdout)["trainer"]
+    assert printed["plugins"][0]["class_path"] == "lightning_musicgen.cluster.checkpoint_io.AtomicCheckpointIO"
+    guard, evaluate = printed["callbacks"][1], printed["callbacks"][2]
+    assert guard["init_args"]["max_consecutive"] == 7
+    assert evaluate["init_args"]["every_n_steps"] == 3 and evaluate["init_args"]["metrics"] == ["chroma_cosine"]
+
+
+def test_data_imports_nothing_from_training():
+    out = _python("""
+        import sys
+        import lightning_musicgen.data.datamodule, lightning_musicgen.data.prepare, lightning_musicgen.data.tokenize
+        print(sorted(m for m in sys.modules if m.startswith("lightning_musicgen.training")))
+    """)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_readme_package_layout_lists_every_subpackage_and_top_level_module():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Package layout", 1)[1].split("\n## ", 1)[0]
+    rows = [ln for ln in block.splitlines() if ln.startswith("      ")]
+    listed, parent = set(), ""
+    for row in rows:
+        name = row.split()[0]
+        indent = len(row) - len(row.lstrip())
+        if indent == 6:
+            parent = name if name.endswith("/") else ""
+            listed.add(name)
+        else:  # a nested subpackage, indented under its parent
+            listed.add(parent + name)
+    package = ROOT / "lightning_musicgen"
+    actual = {f"{p.parent.relative_to(package)}/" for p in package.rglob("__init__.py") if p.parent != package}
+    actual |= {p.name for p in package.glob("*.py") if p.name != "__init__.py"}
+    assert listed == actual, (sorted(listed - actual), sorted(actual - listed))
