@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lightning_musicgen.config_dict import dataclass_from_dict
+
 ADAPTERS_FORMAT = "lightning_musicgen.lora"
 TARGET_GROUPS = {
     "self_attn": ("self_attn.qkv", "self_attn.out"),
@@ -60,10 +62,7 @@ class LoRASettings:
     def from_any(cls, value: "LoRASettings | dict | None") -> "LoRASettings | None":
         if value is None or isinstance(value, cls):
             return value
-        unknown = set(value) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"lora: unknown keys {sorted(unknown)} (known: {sorted(cls.__dataclass_fields__)})")
-        return cls(**value)
+        return dataclass_from_dict(cls, value, "lora")
 
     def to_dict(self) -> dict:
         return asdict(self)
