@@ -27,17 +27,20 @@ def counted_train_flops(lm: MusicGenLM, codes: torch.Tensor, conditions: LMCondi
     return counter.get_total_flops()
 
 
-@pytest.mark.parametrize("cross_attention", [True, False])
-def test_lm_train_flops_equal_torch_flop_counter(cross_attention):
+@pytest.mark.parametrize("cross_len, prefix_len", [(COND, 0), (0, COND), (COND, 3)])
+def test_lm_train_flops_equal_torch_flop_counter(cross_len, prefix_len):
+    """Text by cross-attention (MusicGen), everything prepended (no cross-attention), and both (a melody
+    prefix on a cross-attention LM)."""
     torch.manual_seed(0)
-    lm = MusicGenLM(n_q=4, card=64, dim=DIM, num_heads=4, num_layers=2, ffn_dim=48, cross_attention=cross_attention)
+    lm = MusicGenLM(n_q=4, card=64, dim=DIM, num_heads=4, num_layers=2, ffn_dim=48, cross_attention=cross_len > 0)
     codes = torch.randint(0, 64, (B, 4, FRAMES))
-    cond = torch.randn(B, COND, DIM, requires_grad=True)  # in training the conditioner's projection is trained
-    conditions = (LMConditions(cross=cond, cross_mask=torch.ones(B, COND, dtype=torch.bool)) if cross_attention
-                  else LMConditions(prefix=cond))
+    # in training the conditioner's projection is trained: the conditions need gradients
+    cross = torch.randn(B, cross_len, DIM, requires_grad=True) if cross_len else None
+    prefix = torch.randn(B, prefix_len, DIM, requires_grad=True) if prefix_len else None
+    conditions = LMConditions(cross, None if cross is None else torch.ones(B, cross_len, dtype=torch.bool), prefix)
     expected = counted_train_flops(lm, codes, conditions)
-    ours = lm_train_flops(lm.config, B, lm.pattern.num_steps(FRAMES), COND)
-    assert ours == pytest.approx(expected, rel=0.02)
+    assert lm_train_flops(lm.config, B, lm.pattern.num_steps(FRAMES), cross_len, prefix_len) == \
+        pytest.approx(expected, rel=0.02)
 
 
 def test_module_flops_per_batch_counts_the_step_it_ran(tmp_path):

@@ -47,7 +47,7 @@ def test_token_batches_train_and_checkpoint_round_trip(tmp_path):
     module = MusicGenModule(lm=TINY_LM, conditioner=MINILM, lr=1e-3, warmup_steps=1, ema_decay=0.9)
     before = {k: v.clone() for k, v in module.lm.state_dict().items()}
     t = trainer(tmp_path, max_steps=3, limit_val_batches=1, val_check_interval=3, log_every_n_steps=1,
-                callbacks=[AudioThroughputMonitor(frame_rate=50.0)])
+                callbacks=[AudioThroughputMonitor(frame_rate=50.0, window_size=2)])
     t.fit(module, train_dataloaders=token_batches(3), val_dataloaders=token_batches(1, seed=9))
     assert any(not torch.equal(before[k], v) for k, v in module.lm.state_dict().items())
     metrics = t.callback_metrics

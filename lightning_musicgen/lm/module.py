@@ -97,7 +97,7 @@ class MusicGenModule(LightningModule):
         self.weight_decay_on, self.keep_only_valid_steps = weight_decay_on, keep_only_valid_steps
         self.ema = EMA(self.lm, ema_decay) if ema_decay else None  # after LoRA: it averages the adapters too
         self._warned_melody = False
-        self._trained_shape: tuple[int, int] | None = None  # (frames, condition length) of the last training step
+        self._trained_shape: tuple[int, int, int] | None = None  # (frames, cross, prefix length): last train step
         self._text_encoder_hash = None
 
     def _init_fresh(self, lm: LMConfig | dict | None, conditioner: ConditionerConfig | dict | None) -> None:
@@ -241,8 +241,8 @@ class MusicGenModule(LightningModule):
         conditions = self.conditions(batch)
         loss, per_codebook = self.lm.loss(codes, conditions, mask, keep_only_valid_steps=self.keep_only_valid_steps)
         if stage == "train":
-            cond_len = conditions.cross.shape[1] if self.lm.cross_attention else conditions.prefix_len
-            self._trained_shape = (codes.shape[-1], cond_len)
+            cross = conditions.cross.shape[1] if self.lm.cross_attention and conditions.cross is not None else 0
+            self._trained_shape = (codes.shape[-1], cross, conditions.prefix_len)
         B = codes.shape[0]
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=B, on_step=on_step, on_epoch=not on_step,
@@ -262,12 +262,12 @@ class MusicGenModule(LightningModule):
 
     def flops_per_batch(self, batch: dict) -> int | None:
         """Model FLOPs (`lightning_musicgen.flops`) of the training step just run on `batch` on this rank: the
-        LM's forward and backward at the frames and condition length that step saw; None before any step.
+        LM's forward and backward at the frames and condition lengths that step saw; None before any step.
         AudioThroughputMonitor turns it into `train/mfu`."""
         if self._trained_shape is None:
             return None
-        frames, cond_len = self._trained_shape
-        return lm_train_flops(self.lm.config, len(batch["text"]), self.lm.pattern.num_steps(frames), cond_len)
+        frames, cross, prefix = self._trained_shape
+        return lm_train_flops(self.lm.config, len(batch["text"]), self.lm.pattern.num_steps(frames), cross, prefix)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.ema is not None:
