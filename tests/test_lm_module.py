@@ -89,8 +89,11 @@ def test_wav_batches_are_encoded_by_the_frozen_codec(tmp_path):
     codes, frames = module.tokens(batch)
     assert torch.equal(codes, codec.eval().encode(batch["wav"]))
     assert frames.shape == (2, 100) and frames[0].all() and frames[1].sum() == 50
-    t = trainer(tmp_path, max_steps=2)
+    assert module.tokens_per_batch(batch) is None  # no step yet
+    t = trainer(tmp_path, max_steps=2, log_every_n_steps=1, callbacks=[AudioThroughputMonitor(8000, window_size=2)])
     t.fit(module, train_dataloaders=loader([batch, batch]))
+    assert module.tokens_per_batch(batch) == 2 * 2 * 100  # B x K x F of the codes encoded in the step
+    assert float(t.callback_metrics["lm/tokens_per_sec"]) > 0
     assert "codec" not in "".join(module.state_dict())  # frozen codec stays out of checkpoints
     lm, cond, codec2, cfg = load_musicgen(_save(t, tmp_path))
     assert codec2 is not None and cfg["codec_reference"]["absolute"] == str(ckpt.resolve())

@@ -46,7 +46,8 @@ class AudioThroughputMonitor(Callback):
 
     - `train/samples_per_sec` (all ranks together), `train/batches_per_sec` (micro-batches, per rank),
     - `train/audio_sec_per_sec`: seconds of audio processed per wall-clock second, all ranks,
-    - `lm/tokens_per_sec` for code batches (B*K*F codes per second, all ranks),
+    - `lm/tokens_per_sec` for code batches (B*K*F codes per second, all ranks), and for wav batches of a
+      module that defines `tokens_per_batch(batch)` (MusicGenModule: the codes it encoded),
     - `train/mfu` (model FLOPs per second over the device's peak, per rank) when the module defines
       `flops_per_batch(batch)` (FLOPs of the training step just run on `batch`, this rank; MusicGenModule
       does) and the peak is known: `available_flops` if given, else Lightning's `get_available_flops`
@@ -88,7 +89,8 @@ class AudioThroughputMonitor(Callback):
         samples = int(t.shape[0])
         if torch.is_floating_point(t):
             seconds = samples * t.shape[-1] / self.sample_rate
-            tokens = 0
+            count_tokens = getattr(pl_module, "tokens_per_batch", None)  # a module that encodes wav itself
+            tokens = (count_tokens(batch) or 0) if callable(count_tokens) else 0
         else:
             frame_rate = batch_frame_rate(batch) or self.frame_rate
             if frame_rate is None:

@@ -260,6 +260,10 @@ class MusicGenModule(LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._shared_step(batch, "val")
 
+    def tokens_per_batch(self, batch: dict) -> int | None:
+        """Codes (B x K x F) of the training step just run on `batch`; None before any step."""
+        return None if self._trained_shape is None else len(batch["text"]) * self.lm.n_q * self._trained_shape[0]
+
     def flops_per_batch(self, batch: dict) -> int | None:
         """Model FLOPs (`lightning_musicgen.flops`) of the training step just run on `batch` on this rank: the
         LM's forward and backward at the frames and condition lengths that step saw; None before any step.
