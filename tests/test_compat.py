@@ -94,13 +94,22 @@ def test_attached_trainer_and_ddp_kwargs():
     assert compat.ddp_kwargs(L.Trainer(accelerator="cpu", devices=1, logger=False).strategy) is None
 
 
+def _sleep_until_killed(ready) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the handler a Trainer of an earlier test installed
+    ready.set()
+    time.sleep(60)
+
+
 def test_spawn_launcher_is_recognised_and_forwards_signals():
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False)
     assert compat.launched_by_spawn(trainer.strategy)
     assert not compat.launched_by_spawn(L.Trainer(accelerator="cpu", devices=1, logger=False).strategy)
-    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    child = context.Process(target=_sleep_until_killed, args=(ready,))
     child.start()
     try:
+        assert ready.wait(60)
         trainer.strategy.launcher.procs = [child]
         compat.forward_signal_to_launched_processes(trainer, signal.SIGTERM)
         child.join(30)
