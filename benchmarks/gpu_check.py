@@ -33,11 +33,9 @@ peak memory at small and medium size (eager, and small compiled); the same train
 transformers' `MusicgenForCausalLM` (same width, heads, layers, batch, bf16 autocast, fused AdamW)
 for a side-by-side ratio; codec training step time; generation ms/step.
 
-MFU = model FLOPs per step / step time / peak FLOP/s. Model FLOPs are counted from the LM config:
-per pattern step, 2 FLOPs per multiply-add of every matmul (QKV, out, cross-attention Q/out, FFN,
-K heads), plus 4 * dim * (steps + condition length) per layer for the attention scores and values
-(PaLM's convention: causal attention counted in full), plus the cross-attention K/V projection of
-the condition once per sequence; a training step counts 3x the forward. The peak is the GPU's
+MFU = model FLOPs per step / step time / peak FLOP/s. Model FLOPs are counted from the LM config by
+`lightning_musicgen.flops.lm_train_flops` (the count `train/mfu` uses in training; its docstring states the
+convention: 2 FLOPs per multiply-add, causal attention counted in full, backward = 2x forward). The peak is the GPU's
 dense bf16 tensor-core FLOP/s from a small table of datasheet values (`PEAK_BF16_TFLOPS`), or
 `--peak-tflops`; the report names which.
 
@@ -71,6 +69,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a clone
     sys.path.insert(0, str(ROOT))
+
+from lightning_musicgen.flops import lm_train_flops  # noqa: E402  (after the path set-up)
 
 # Dense (no sparsity) bf16 tensor-core peak TFLOP/s from the vendors' datasheets, matched against
 # torch.cuda.get_device_name() in this order (the first match wins).
@@ -118,25 +118,6 @@ def peak_bf16_tflops(device_name: str) -> tuple[str, float] | None:
         if re.search(pattern, device_name):
             return label, tflops
     return None
-
-
-def lm_forward_flops(config: dict, batch: int, steps: int, cond_len: int) -> int:
-    """FLOPs of one forward pass of MusicGenLM (`lm.config`) over `batch` sequences of `steps`
-    pattern steps with `cond_len` condition tokens (see the module docstring for the convention)."""
-    config = config.to_dict() if hasattr(config, "to_dict") else config  # an LMConfig or its dict
-    d, layers = config["dim"], config["num_layers"]
-    ffn = config.get("ffn_dim") or 4 * d
-    cross = bool(config.get("cross_attention", True))
-    per_layer = 2 * 4 * d * d + 2 * 2 * d * ffn + 4 * d * steps  # QKV + out, FFN, self-attention
-    if cross:
-        per_layer += 2 * 2 * d * d + 4 * d * cond_len  # cross Q + out, cross-attention
-    per_step = layers * per_layer + 2 * config["n_q"] * d * config["card"]  # + the K output heads
-    per_sequence = layers * 2 * 2 * d * d * cond_len if cross else 0  # cross K/V of the condition
-    return batch * (steps * per_step + per_sequence)
-
-
-def lm_train_flops(config: dict, batch: int, steps: int, cond_len: int) -> int:
-    return 3 * lm_forward_flops(config, batch, steps, cond_len)  # backward = 2x forward
 
 
 # ---- sizes -------------------------------------------------------------------------------------

@@ -1,15 +1,19 @@
 """The one place that touches private APIs of torch and Lightning.
 
-Everything here is a thin wrapper with a public-API fallback, so that a change in a private name
-breaks one function in this file (and its test), not the package. Supported versions: see
-setup.cfg (`torch>=2.11`, `lightning>=2.4`).
+Everything here is a thin wrapper, so that a change in a private name breaks one function in this
+file (and its test, tests/test_compat.py), not the package. Supported versions: the ranges setup.cfg
+declares (torch >=2.11,<2.15, lightning >=2.6,<2.7), checked by tests/test_compat.py.
 
-Lightning: `is_accumulating` (fit loop internals) and `forward_signal_to_launched_processes` (the
-private launcher classes' `kill`), used by the signal handling in training/resume.py.
+torch: CPU feature probes and oneDNN's packed linear kernels (generation), `foreach_lerp_` (EMA).
+Lightning: `is_accumulating` (fit loop internals), `forward_signal_to_launched_processes` (the private
+launcher classes' `kill`), `launched_by_spawn`, `ddp_kwargs` (a DDPStrategy's DistributedDataParallel
+arguments), `attached_trainer` (a LightningModule's trainer or None) and `batches_processed_in_epoch`
+(the training epoch loop's progress counter).
 """
 from __future__ import annotations
 
 import signal
+from typing import Any, Optional
 
 import torch
 
@@ -72,3 +76,26 @@ def launched_by_spawn(strategy) -> bool:
     ddp_fork, ddp_notebook): children that exit right after `fit`."""
     from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
     return isinstance(getattr(strategy, "launcher", None), _MultiProcessingLauncher)
+
+
+def foreach_lerp_(targets: list[torch.Tensor], sources: list[torch.Tensor], weight: float) -> None:
+    """targets[i] += weight * (sources[i] - targets[i]) for all i, in one fused kernel (`torch._foreach_lerp_`)."""
+    torch._foreach_lerp_(targets, sources, weight)
+
+
+def ddp_kwargs(strategy) -> Optional[dict[str, Any]]:
+    """The keyword arguments a DDPStrategy will pass to DistributedDataParallel (`_ddp_kwargs`, e.g.
+    `find_unused_parameters`); None for a strategy that is not DDP."""
+    from lightning.pytorch.strategies import DDPStrategy
+    return dict(strategy._ddp_kwargs) if isinstance(strategy, DDPStrategy) else None
+
+
+def attached_trainer(module):
+    """The Trainer `module` (a LightningModule) is attached to, or None (`module.trainer` raises then)."""
+    return module._trainer
+
+
+def batches_processed_in_epoch(trainer) -> int:
+    """Training batches fully processed (training_step and backward done) in the current epoch
+    (`fit_loop.epoch_loop.batch_progress.current.processed`)."""
+    return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import copy
 
 import torch
+
+from lightning_musicgen.compat import foreach_lerp_
 from torch import nn
 
 
@@ -42,7 +44,7 @@ class EMA(nn.Module):
             return False
         ema_params = [p for p in self.module.parameters()]
         live_params = [p.detach().to(q.dtype) for p, q in zip(model.parameters(), ema_params)]
-        torch._foreach_lerp_(ema_params, live_params, 1.0 - self.decay)
+        foreach_lerp_(ema_params, live_params, 1.0 - self.decay)
         for b_ema, b in zip(self.module.buffers(), model.buffers()):
             b_ema.copy_(b)
         self.step.fill_(step)

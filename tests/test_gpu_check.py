@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import ROOT
+from lightning_musicgen.flops import lm_forward_flops, lm_train_flops
 
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 EXPECTED_CHECKS = {"sdpa_training", "sdpa_decoding", "lm_bf16_vs_fp32/small", "lm_bf16_vs_fp32/medium",
@@ -123,7 +124,7 @@ def test_mfu_is_config_flops_over_the_named_peak(run):
         size = report["sizes"][key]
         config = dict(n_q=size["n_q"], card=size["card"], dim=size["dim"], num_layers=size["layers"])
         steps = size["frames"] + size["n_q"] - 1  # delay pattern
-        flops = gc.lm_train_flops(config, size["batch"], steps, size["cond_len"])
+        flops = lm_train_flops(config, size["batch"], steps, size["cond_len"])
         step_s = size["batch"] * size["frames"] * size["n_q"] / values[f"lm_train/{key}/tokens_per_s"]
         expected = 100 * flops / step_s / report["peak"]["flops"]
         assert values[f"lm_train/{key}/mfu"] == pytest.approx(expected, rel=1e-9)
@@ -141,10 +142,10 @@ def test_flops_from_the_config_equal_torch_flop_counter():
     # the math backend: its matmuls are visible to the counter (the fused CPU kernel is not counted)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as forward:
         lm(lm.shift_right(lm.pattern.build(codes, lm.special_token)), cond)
-    assert forward.get_total_flops() == gc.lm_forward_flops(lm.config, 2, steps, 5)
+    assert forward.get_total_flops() == lm_forward_flops(lm.config, 2, steps, 5)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as train:
         lm.loss(codes, cond)[0].backward()
-    assert train.get_total_flops() == gc.lm_train_flops(lm.config, 2, steps, 5)
+    assert train.get_total_flops() == lm_train_flops(lm.config, 2, steps, 5)
 
 
 @pytest.mark.parametrize("name, label, tflops", [

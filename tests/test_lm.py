@@ -1,6 +1,7 @@
 """MusicGenLM, transformer, conditioners, MusicGenModule: KV cache, masking, CFG dropout, training."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -140,6 +141,18 @@ def test_word_dropout_rate(minilm_text):
     minilm_text.eval()
 
 
+def test_word_dropout_is_the_data_layers_and_follows_the_torch_seed(minilm_text):
+    from lightning_musicgen.data.text import word_dropout
+    text = " ".join(f"w{i}" for i in range(200))
+    ours = minilm_text.drop_words(text, np.random.default_rng(5))
+    assert ours == word_dropout(text, minilm_text.word_dropout, np.random.default_rng(5)) != text
+    torch.manual_seed(3)
+    first = minilm_text.drop_words(text)
+    torch.manual_seed(3)
+    assert minilm_text.drop_words(text) == first
+    assert minilm_text.drop_words(text) != first
+
+
 def test_cfg_dropout_rates_and_null_conditions(minilm_text):
     import random
     random.seed(0)
@@ -183,6 +196,17 @@ def test_cross_null_condition_zeroes_cross_attention(minilm_text):
             assert (out == 0).all()
         both = provider(["anything at all", "x"]).cat(null)
         assert both.batch_size == 4 and lm(torch.cat([seq, seq]), both).shape == (4, K, 4, CARD)
+
+
+def test_configs_from_dicts_name_the_unknown_key_in_one_line():
+    from lightning_musicgen.codec.model import CodecConfig
+    from lightning_musicgen.errors import ConfigError
+    from lightning_musicgen.lm.model import LMConfig
+    for build, what in ((LMConfig.from_dict, "lm config"), (CodecConfig.from_dict, "codec config")):
+        with pytest.raises(ConfigError, match=rf"^{what}: unknown key\(s\) \['dimm'\] \(known: \[") as err:
+            build({"dimm": 8})
+        assert "\n" not in str(err.value)
+    assert LMConfig.from_dict({"dim": 64, "num_heads": 4}).dim == 64
 
 
 def test_build_condition_provider_rejects_unknown_keys():

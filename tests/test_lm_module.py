@@ -14,6 +14,7 @@ import yaml
 from lightning.pytorch import Trainer
 
 from conftest import ROOT
+from lightning_musicgen.training.throughput import AudioThroughputMonitor
 from lightning_musicgen.lm.checkpoint import load_musicgen
 from lightning_musicgen.lm.module import MusicGenModule
 
@@ -45,11 +46,12 @@ def test_token_batches_train_and_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     module = MusicGenModule(lm=TINY_LM, conditioner=MINILM, lr=1e-3, warmup_steps=1, ema_decay=0.9)
     before = {k: v.clone() for k, v in module.lm.state_dict().items()}
-    t = trainer(tmp_path, max_steps=3, limit_val_batches=1, val_check_interval=3)
+    t = trainer(tmp_path, max_steps=3, limit_val_batches=1, val_check_interval=3, log_every_n_steps=1,
+                callbacks=[AudioThroughputMonitor(frame_rate=50.0, window_size=2)])
     t.fit(module, train_dataloaders=token_batches(3), val_dataloaders=token_batches(1, seed=9))
     assert any(not torch.equal(before[k], v) for k, v in module.lm.state_dict().items())
     metrics = t.callback_metrics
-    for key in ("train/loss", "train/ce_q3", "lm/ppl_q0", "lm/tokens_per_s", "val/loss", "val/ce_q0", "val/ppl_q2"):
+    for key in ("train/loss", "train/ce_q3", "lm/ppl_q0", "lm/tokens_per_sec", "val/loss", "val/ce_q0", "val/ppl_q2"):
         assert key in metrics and math.isfinite(float(metrics[key])), key
     opt = t.optimizers[0]
     assert opt.param_groups[0]["betas"] == (0.9, 0.95) and opt.param_groups[0]["weight_decay"] == 0.1
@@ -87,8 +89,11 @@ def test_wav_batches_are_encoded_by_the_frozen_codec(tmp_path):
     codes, frames = module.tokens(batch)
     assert torch.equal(codes, codec.eval().encode(batch["wav"]))
     assert frames.shape == (2, 100) and frames[0].all() and frames[1].sum() == 50
-    t = trainer(tmp_path, max_steps=2)
+    assert module.tokens_per_batch(batch) is None  # no step yet
+    t = trainer(tmp_path, max_steps=2, log_every_n_steps=1, callbacks=[AudioThroughputMonitor(8000, window_size=2)])
     t.fit(module, train_dataloaders=loader([batch, batch]))
+    assert module.tokens_per_batch(batch) == 2 * 2 * 100  # B x K x F of the codes encoded in the step
+    assert float(t.callback_metrics["lm/tokens_per_sec"]) > 0
     assert "codec" not in "".join(module.state_dict())  # frozen codec stays out of checkpoints
     lm, cond, codec2, cfg = load_musicgen(_save(t, tmp_path))
     assert codec2 is not None and cfg["codec_reference"]["absolute"] == str(ckpt.resolve())

@@ -244,6 +244,19 @@ def test_atomic_checkpoint_io_keeps_old_file_on_failed_write(tmp_path, monkeypat
     assert torch.load(path)["step"] == 3
 
 
+def test_atomic_checkpoint_io_writes_remote_paths_whole():
+    import fsspec
+    from lightning_musicgen.reliability import RunAborted
+    io = AtomicCheckpointIO()
+    path = "memory://ckpts/remote_last.ckpt"
+    io.save_checkpoint({"step": 4, "state_dict": {"w": torch.ones(3)}}, path)
+    assert io.load_checkpoint(path)["step"] == 4
+    with pytest.raises(RunAborted, match="w is not finite"):
+        io.save_checkpoint({"step": 5, "state_dict": {"w": torch.tensor([float("nan")])}}, path)
+    assert io.load_checkpoint(path)["step"] == 4
+    fsspec.filesystem("memory").rm("ckpts", recursive=True)
+
+
 def test_atomic_checkpoint_io_survives_sigkill_during_write(own_tmp):
     tmp_path = own_tmp
     """A real SIGKILL while a large checkpoint is being written: the old file stays loadable."""
@@ -269,6 +282,21 @@ def test_run_id_is_stable_across_requeue():
     assert stable_run_id(None, dict(slurm, WANDB_RUN_ID="abc")) == "abc"
     assert stable_run_id("given", slurm) == "given"
     assert stable_run_id(None, {}) != stable_run_id(None, {})      # outside SLURM: a fresh run
+
+
+def test_sbatch_script_and_logger_derive_the_same_run_id(tmp_path):
+    """The sbatch script's WANDB_RUN_ID comes from the same function as the logger's id."""
+    from lightning_musicgen.slurm.submit import JobSpec, render_sbatch
+    (tmp_path / "job.yaml").write_text("trainer: {}\n")
+    script = render_sbatch(JobSpec(configs=["job.yaml"], workdir=str(tmp_path)))
+    line = next(ln for ln in script.splitlines() if "WANDB_RUN_ID=" in ln)
+    slurm = {"SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "2", "SLURM_JOB_ID": "9", "SLURM_CLUSTER_NAME": "a b"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "WANDB_"))}
+    env.update(slurm, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run(["bash", "-c", f'{line}; echo "$WANDB_RUN_ID"'], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == stable_run_id(None, slurm) == "a-b-7_2"
 
 
 def test_wandb_logger_knows_its_folder_before_the_run_starts(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lightning_musicgen.audio.dsp import MelSpectrogram
+from lightning_musicgen.distributed import mean_across_ranks
 
 
 def _fp32(fn):
@@ -185,7 +186,7 @@ class Balancer:
                 norm = g.flatten(1).norm(dim=1).mean()
             else:
                 norm = g.norm()
-            norm = float(_mean_across_ranks(norm))
+            norm = float(mean_across_ranks(norm))  # identical balancer scales on every replica
             avg = self._ema(name, norm)
             self.norms[name] = avg
             if self.balance:
@@ -202,12 +203,3 @@ class Balancer:
     def load_state_dict(self, state: dict) -> None:
         self._ema_sum = dict(state.get("ema_sum", {}))
         self._ema_count = dict(state.get("ema_count", {}))
-
-
-def _mean_across_ranks(t: torch.Tensor) -> torch.Tensor:
-    """Identical balancer scales on every replica: average the gradient norms over ranks."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        t = t.detach().clone()
-        torch.distributed.all_reduce(t)
-        t /= torch.distributed.get_world_size()
-    return t

@@ -8,7 +8,7 @@ Files: `save(dir)` writes a codec model folder and `from_checkpoint(path)` reads
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from lightning_musicgen.codec.quantization import QuantizedResult, ResidualVectorQuantizer
+from lightning_musicgen.config_dict import dataclass_from_dict
 from lightning_musicgen.codec.seanet import SEANetDecoder, SEANetEncoder
 from lightning_musicgen.errors import CheckpointError, CheckpointNotFoundError, ConfigError
 
@@ -62,11 +63,7 @@ class CodecConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CodecConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"codec config: unknown key(s) {unknown}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "codec config")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

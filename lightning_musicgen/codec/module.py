@@ -15,16 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_musicgen.codec.discriminators import build_discriminator
 from lightning_musicgen.codec.losses import (ADV_LOSSES, FEATURE_MATCHING, Balancer, MelDistance, MultiScaleMelLoss,
                                              discriminator_loss, feature_matching_loss, generator_adversarial_loss,
                                              si_snr)
 from lightning_musicgen.codec.model import CodecConfig, CompressionModel
+from lightning_musicgen.compat import attached_trainer, ddp_kwargs
 from lightning_musicgen.ema import EMA
 from lightning_musicgen.optim import WarmupCosineLR
 
@@ -108,11 +107,12 @@ class CodecModule(LightningModule):
         return [opt_g, opt_d], scheds
 
     def setup(self, stage: str) -> None:
-        precision = str(getattr(self.trainer, "precision", "32-true")) if self._trainer else "32-true"
+        trainer = attached_trainer(self)
+        precision = str(getattr(trainer, "precision", "32-true")) if trainer else "32-true"
         if precision.startswith("16"):
             raise ValueError(f"CodecModule: precision {precision!r} is not supported (use bf16-mixed or 32-true)")
-        ddp_kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None) if self._trainer else None
-        if ddp_kwargs is not None and self.trainer.world_size > 1 and not ddp_kwargs.get("find_unused_parameters"):
+        kwargs = ddp_kwargs(trainer.strategy) if trainer else None
+        if kwargs is not None and trainer.world_size > 1 and not kwargs.get("find_unused_parameters"):
             # the discriminator and generator backwards each leave the other network without gradients
             raise ValueError("CodecModule under DDP needs trainer.strategy.init_args.find_unused_parameters=true "
                              "(or strategy: ddp_find_unused_parameters_true)")
@@ -217,39 +217,17 @@ class CodecModule(LightningModule):
             self._log_reconstructions("val", x, y)
 
     # -- reconstructions to the logger -----------------------------------------------------------
-    def mel_image(self, wav: torch.Tensor) -> np.ndarray:
-        """wav[C, T] -> uint8 image [n_mels, frames] of the log-mel spectrogram (low frequencies at the bottom)."""
-        with torch.autocast(wav.device.type, enabled=False):
-            logmel = self.mel_distance.logmel(wav.float().mean(0, keepdim=True)[None])[1][0, 0]
-        logmel = logmel.clamp(min=logmel.max() - 8.0)  # 80 dB-ish dynamic range
-        img = (logmel - logmel.min()) / (logmel.max() - logmel.min() + 1e-8)
-        return (img.flip(0).cpu().numpy() * 255).astype(np.uint8)
-
-    @rank_zero_only
     def _log_reconstructions(self, split: str, x: torch.Tensor, y: torch.Tensor) -> None:
-        logger = self.logger
-        if logger is None or self.hparams.log_audio_samples <= 0:
-            return
+        """The first `log_audio_samples` originals and reconstructions, with their mel images, to every logger
+        (rank 0; `callbacks.media.log_media`, which never stops the run on a logging error)."""
         n = min(self.hparams.log_audio_samples, x.shape[0])
+        if n <= 0 or not self.trainer.is_global_zero or not self.trainer.loggers:
+            return
+        from lightning_musicgen.training.media import log_media, mel_image
         sr = self.codec_config.sample_rate
-        audios = [w.float().clamp(-1, 1).mean(0).cpu().numpy() for pair in zip(x[:n], y[:n]) for w in pair]
+        audios = [w for pair in zip(x[:n], y[:n]) for w in pair]
         captions = [f"{kind} {i}" for i in range(n) for kind in ("original", "reconstruction")]
-        images = [np.concatenate([self.mel_image(x[i]), self.mel_image(y[i])], axis=0) for i in range(n)]
-        try:
-            from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-            if isinstance(logger, WandbLogger):
-                logger.log_audio(f"{split}/audio", audios, step=self.global_step, caption=captions,
-                                 sample_rate=[sr] * len(audios))
-                logger.log_image(f"{split}/mel", images, step=self.global_step,
-                                 caption=[f"sample {i}: original (top) / reconstruction" for i in range(n)])
-            elif isinstance(logger, TensorBoardLogger):
-                for cap, a in zip(captions, audios):
-                    logger.experiment.add_audio(f"{split}/{cap}", a[None], self.global_step, sample_rate=sr)
-                for i, img in enumerate(images):
-                    logger.experiment.add_image(f"{split}/mel_{i}", img[None], self.global_step)
-        except Exception as exc:  # logging media must never stop a training run
-            from lightning.pytorch.utilities import rank_zero_warn
-            rank_zero_warn(f"could not log reconstructions ({type(exc).__name__}: {exc})")
+        log_media(self.trainer, split, audios, sr, captions, {"mel": [mel_image(a, sr) for a in audios]})
 
     def configure_callbacks(self):
         from lightning_musicgen.reliability import reliability_callbacks

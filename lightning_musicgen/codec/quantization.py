@@ -17,21 +17,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() \
-        and torch.distributed.get_world_size() > 1
-
-
-def _all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    if _distributed():
-        torch.distributed.all_reduce(t)
-        t /= torch.distributed.get_world_size()
-    return t
+from lightning_musicgen.distributed import is_distributed, mean_across_ranks
 
 
 def _broadcast(*tensors: torch.Tensor) -> None:
-    if _distributed():
+    if is_distributed():
         for t in tensors:
             torch.distributed.broadcast(t, src=0)
 
@@ -108,7 +98,7 @@ class EuclideanCodebook(nn.Module):
         """EMA of cluster sizes and sums over the (global) batch; returns this batch's counts."""
         counts = torch.bincount(codes, minlength=self.bins).to(x.dtype)
         sums = torch.zeros(self.bins, self.dim, device=x.device, dtype=x.dtype).index_add_(0, codes, x)
-        stats = _all_reduce_mean(torch.cat([counts[:, None], sums], dim=1))
+        stats = mean_across_ranks(torch.cat([counts[:, None], sums], dim=1))
         counts, sums = stats[:, 0], stats[:, 1:]
         self.cluster_size.lerp_(counts, 1 - self.decay)
         self.embed_avg.lerp_(sums, 1 - self.decay)

@@ -29,6 +29,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
+from lightning_musicgen.compat import batches_processed_in_epoch
 from lightning_musicgen.data.pipeline import (REPLAYED, AudioCrops, CodeCrops, NoUsableSamples, TrainStream,
                                               ValidStream)
 from lightning_musicgen.data.shards import INDEX_NAME, expand_shards
@@ -225,7 +226,7 @@ class _ShardDataModule(LightningDataModule):
 
     def _trained_batches(self) -> int:
         if self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
-            return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+            return batches_processed_in_epoch(self.trainer)
         return self._yielded
 
     def state_dict(self) -> dict:

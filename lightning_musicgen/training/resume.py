@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_musicgen.compat import forward_signal_to_launched_processes, is_accumulating
+from lightning_musicgen.distributed import slurm_job_id
 from lightning_musicgen.reliability import SignalExit
 
 log = logging.getLogger("lightning.pytorch.callbacks.preemption")  # shown by Lightning's INFO handler
@@ -86,14 +87,6 @@ class RNGStateCheckpoint(Callback):
         if self._pending is not None:
             set_rng_states(self._pending)
             self._pending = None
-
-
-def slurm_job_id(environ: dict | None = None) -> str | None:
-    """`SLURM_JOB_ID`, or `ARRAYJOB_TASK` for an array task (what `scontrol requeue` takes)."""
-    env = os.environ if environ is None else environ
-    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    return env.get("SLURM_JOB_ID")
 
 
 class PreemptionCheckpoint(Callback):

@@ -46,9 +46,12 @@ class AudioThroughputMonitor(Callback):
 
     - `train/samples_per_sec` (all ranks together), `train/batches_per_sec` (micro-batches, per rank),
     - `train/audio_sec_per_sec`: seconds of audio processed per wall-clock second, all ranks,
-    - `lm/tokens_per_sec` for code batches (B*K*F codes per second, all ranks),
-    - `train/mfu` when the module defines `flops_per_batch` (FLOPs of one training step on one
-      rank) and Lightning knows the device's peak FLOP/s,
+    - `lm/tokens_per_sec` for code batches (B*K*F codes per second, all ranks), and for wav batches of a
+      module that defines `tokens_per_batch(batch)` (MusicGenModule: the codes it encoded),
+    - `train/mfu` (model FLOPs per second over the device's peak, per rank) when the module defines
+      `flops_per_batch(batch)` (FLOPs of the training step just run on `batch`, this rank; MusicGenModule
+      does) and the peak is known: `available_flops` if given, else Lightning's `get_available_flops`
+      (its table of GPUs; None on CPU, and then no `train/mfu`),
     - `train/grad_norm` (L2 over all parameters, before clipping; all shards under FSDP),
     - `train/memory_gb`: peak CUDA memory allocated since the last log (max RSS on CPU).
 
@@ -57,8 +60,9 @@ class AudioThroughputMonitor(Callback):
     shards record their codec's) or, failing that, `frame_rate`."""
 
     def __init__(self, sample_rate: int = 32000, frame_rate: Optional[float] = None, window_size: int = 20,
-                 log_grad_norm: bool = True):
+                 log_grad_norm: bool = True, available_flops: Optional[float] = None):
         self.sample_rate, self.frame_rate, self.log_grad_norm = sample_rate, frame_rate, log_grad_norm
+        self.available_flops = available_flops
         self.window_size = window_size
         self._meter: Optional[Throughput] = None
         self._t0 = 0.0
@@ -69,7 +73,7 @@ class AudioThroughputMonitor(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         dtype = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed": torch.float16,
                  "16-true": torch.float16}.get(str(trainer.precision), torch.float32)
-        available = get_available_flops(trainer.strategy.root_device, dtype)
+        available = self.available_flops or get_available_flops(trainer.strategy.root_device, dtype)
         self._meter = Throughput(available_flops=available, world_size=trainer.world_size,
                                  window_size=self.window_size)
 
@@ -85,7 +89,8 @@ class AudioThroughputMonitor(Callback):
         samples = int(t.shape[0])
         if torch.is_floating_point(t):
             seconds = samples * t.shape[-1] / self.sample_rate
-            tokens = 0
+            count_tokens = getattr(pl_module, "tokens_per_batch", None)  # a module that encodes wav itself
+            tokens = (count_tokens(batch) or 0) if callable(count_tokens) else 0
         else:
             frame_rate = batch_frame_rate(batch) or self.frame_rate
             if frame_rate is None:
@@ -97,7 +102,8 @@ class AudioThroughputMonitor(Callback):
         self._samples += samples
         self._audio_seconds += seconds
         self._tokens += tokens
-        flops = getattr(pl_module, "flops_per_batch", None)
+        count_flops = getattr(pl_module, "flops_per_batch", None)
+        flops = count_flops(batch) if callable(count_flops) else None
         self._meter.update(time=time.perf_counter() - self._t0, batches=self._batches, samples=int(self._samples),
                            lengths=int(round(self._audio_seconds * 1000)), flops=flops)
         step = trainer.global_step
