@@ -28,6 +28,39 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
                           timeout=timeout)
 
 
+_BATCH = r"""
+import contextlib, io, json, sys, traceback
+from lightning_musicgen.__main__ import main
+results = []
+for argv in json.loads(sys.stdin.read()):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    results.append([code, out.getvalue(), err.getvalue()])
+sys.__stdout__.write("\n@@results@@" + json.dumps(results))
+"""
+
+
+def run_cli_batch(argvs, cwd=None, timeout=900):
+    """Run several `python -m lightning_musicgen ARGS` commands one after another in ONE fresh Python
+    process (for parse-only commands such as `--print_config`, whose cost is mostly imports); -> one
+    CompletedProcess per command with its exit status and what it printed."""
+    import json
+    import subprocess
+    argvs = [[str(a) for a in argv] for argv in argvs]
+    res = subprocess.run([sys.executable, "-c", _BATCH], input=json.dumps(argvs), cwd=cwd or ROOT,
+                         capture_output=True, text=True, timeout=timeout)
+    assert "@@results@@" in res.stdout, res.stderr[-4000:]
+    results = json.loads(res.stdout.rsplit("@@results@@", 1)[1])
+    return [subprocess.CompletedProcess(argv, code, out, err) for argv, (code, out, err) in zip(argvs, results)]
+
+
 @pytest.fixture(autouse=True)
 def _restore_environment():
     """Tests that run wandb or DDP in-process leave variables in os.environ (the wandb service

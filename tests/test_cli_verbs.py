@@ -1,14 +1,13 @@
 """One command line for every verb: `--help` lists them all, `VERB --help` documents every option of the
 verb's function, the public dashed flag spellings parse, and a bad argument is one stderr line naming it
-(exit 2) for every verb, through a real process."""
+(exit 2) for every verb, run as commands in a fresh process."""
 from __future__ import annotations
 
 import inspect
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_batch
 from lightning_musicgen.__main__ import TOOL_VERBS, TRAIN_VERBS, main, verb_function
 
 
@@ -37,8 +36,7 @@ def bad_calls(tmp) -> dict[str, tuple[list[str], str]]:
 def test_every_verb_reports_a_bad_argument_in_one_line(tmp_path):
     calls = bad_calls(tmp_path)
     assert set(calls) == set(TRAIN_VERBS) | set(TOOL_VERBS)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = dict(zip(calls, pool.map(lambda verb: run_cli(verb, *calls[verb][0]), calls)))
+    results = dict(zip(calls, run_cli_batch([[verb, *calls[verb][0]] for verb in calls])))
     for verb, res in results.items():
         lines = [line for line in res.stderr.splitlines() if line.strip()]
         assert res.returncode == 2, (verb, res.returncode, res.stderr[-2000:])

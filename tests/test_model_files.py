@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_batch
 from lightning_musicgen.codec.model import CodecConfig, CompressionModel
 from lightning_musicgen.lm.conditioners import (ConditionerConfig, MelodyConfig, TextConfig,
                                                 build_condition_provider, packaged_minilm_path)
@@ -304,16 +304,26 @@ def test_demo_checkpoint_holds_trainable_state_and_the_folder_holds_the_lm_once(
     assert not (folder / "text_encoder" / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize("override, expected", [
+NESTED_OVERRIDES = [
     ("--model.init_args.lm.dim=48", None),
     ("--model.init_args.lm.dimm=48", ["model.init_args.lm.dimm='48'", "unknown option", "LMConfig"]),
     ("--model.init_args.conditioner.text.word_dropout=x",
      ["model.init_args.conditioner.text.word_dropout='x'", "expected float"]),
-])
-def test_nested_lm_and_conditioner_options_are_typed(override, expected):
-    """Issue 13 case 12: nested options are typed and validated; a bad one is one line naming the
+]
+
+
+@pytest.fixture(scope="module")
+def nested_printed() -> dict:
+    """`fit --print_config` with each override, parsed in one process."""
+    argvs = [["fit", "--print_config", "--config", "configs/demo/musicgen.yaml", o] for o, _ in NESTED_OVERRIDES]
+    return dict(zip([o for o, _ in NESTED_OVERRIDES], run_cli_batch(argvs)))
+
+
+@pytest.mark.parametrize("override, expected", NESTED_OVERRIDES)
+def test_nested_lm_and_conditioner_options_are_typed(override, expected, nested_printed):
+    """Nested options are typed and validated; a bad one is one line naming the
     config file, the key, the value and what was expected."""
-    res = run_cli("fit", "--print_config", "--config", "configs/demo/musicgen.yaml", override)
+    res = nested_printed[override]
     if expected is None:
         assert res.returncode == 0, res.stderr[-2000:]
         lm = __import__("yaml").safe_load(res.stdout)["model"]["init_args"]["lm"]
