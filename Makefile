@@ -33,8 +33,11 @@ install: $(VENV)/.stamp-demo
 install-dev: $(VENV)/.stamp-dev
 
 # The suite includes real-SLURM tests: `make test` starts the local single-node SLURM first.
+# TEST_WORKERS pytest processes share the test files (pytest-xdist; a file's tests stay together);
+# many tests wait on subprocesses, so two workers help even on a 2-core machine.
+TEST_WORKERS ?= 2
 test: $(VENV)/.stamp-dev slurm-up
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # The demo, step by step; each step is skipped when its output exists (delete it to redo).
 FIT := $(PY) -m lightning_musicgen fit --config configs/trainer/default.yaml

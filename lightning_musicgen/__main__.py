@@ -44,6 +44,8 @@ TOOL_VERBS = {
              "LoRA adapters: extract them, or merge them into the base model"),
     "submit": ("lightning_musicgen.slurm.submit:submit_command",
                "render and submit a SLURM (sbatch) training job"),
+    "memory": ("lightning_musicgen.memory:memory_command",
+               "estimate the memory of fine-tuning an official model (what fits in 16-80 GB)"),
     "reference": ("lightning_musicgen.metrics.reference:reference_command",
                   "embed audio files and save FAD reference statistics (mu, sigma)"),
 }

@@ -25,6 +25,7 @@ buckets (one more copy of the trainable gradients under DDP).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal, Optional
 
 GiB = 2**30
 # The SEANet encoder of EnCodec 32 kHz (64 filters) under no_grad in fp32: its full-rate first stage
@@ -242,7 +243,7 @@ def measured_peak(fn) -> tuple[float, float]:
     return float(peak), float(current)
 
 
-# ---- the official models (README table: `python -m lightning_musicgen.memory`) ------------------
+# ---- the official models (README table: `python -m lightning_musicgen memory`) ------------------
 OFFICIAL = {
     "musicgen-small": dict(n_q=4, card=2048, dim=1024, num_heads=16, num_layers=24, cross_attention=True),
     "musicgen-medium": dict(n_q=4, card=2048, dim=1536, num_heads=24, num_layers=48, cross_attention=True),
@@ -297,5 +298,33 @@ def table(budgets=(16, 24, 40, 80)) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    print(table())
+def memory_command(*, model: Optional[Literal["musicgen-small", "musicgen-medium", "musicgen-melody"]] = None,
+                   method: Literal["lora", "full"] = "lora", seconds: float = 30.0, micro_batch: int = 1,
+                   precision: str = "bf16-mixed", budget_gb: Optional[float] = None) -> None:
+    """Estimate the training memory of fine-tuning an official MusicGen, before the run.
+
+    Without --model: the table of the largest micro-batch that fits 16, 24, 40 and 80 GB for every
+    official model, LoRA and full fine-tuning, 10 s and 30 s crops (bf16-mixed, gradient checkpointing).
+
+    Args:
+        model: one official model: its estimate for the options below, component by component (GiB).
+        method: lora (r=16 on attention and FFN) or full (every LM weight and the text projection).
+        seconds: crop length in seconds.
+        micro_batch: sequences per device and optimizer step.
+        precision: Lightning precision of the run (bf16-mixed, 32-true, ...).
+        budget_gb: with --model: also print the largest micro-batch that fits this many GB.
+    """
+    if model is None:
+        print(table())
+        return
+    if seconds <= 0 or micro_batch < 1:
+        raise ValueError(f"--seconds {seconds} / --micro-batch {micro_batch}: need seconds > 0 and micro-batch >= 1")
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    parts = official_estimate(model, method, seconds, micro_batch, precision=precision).gib()
+    print(f"{model}, {method}, {seconds:g} s crops, micro-batch {micro_batch}, {precision}:")
+    for name, value in parts.items():
+        print(f"  {name:<12} {value:7.2f} GiB")
+    if budget_gb is not None:
+        best = largest_micro_batch(model, method, seconds, budget_gb, precision=precision)
+        print(f"largest micro-batch within 90 % of {budget_gb:g} GB: {best or 'none (not even 1)'}")

@@ -29,6 +29,7 @@ def bad_calls(tmp) -> dict[str, tuple[list[str], str]]:
         "export": (["--ckpt", missing, "--out", str(tmp / "exp")], missing),
         "lora": (["extract", "--ckpt", missing, "--out", str(tmp / "a.safetensors")], missing),
         "submit": (["--config", missing + ".yaml", "--dry-run"], missing + ".yaml"),
+        "memory": (["--model", "musicgen-huge"], "musicgen-huge"),
         "reference": ([missing, "--out", str(tmp / "x.npz")], missing),
     }
 

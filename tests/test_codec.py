@@ -157,12 +157,13 @@ def test_convert_cli_and_checkpoint_roundtrip(tmp_path):
 
 def test_convert_rejects_unsupported_models(tmp_path):
     from lightning_musicgen.convert.encodec import convert_encodec
+    from lightning_musicgen.errors import InputError
     hf = EncodecModel(EncodecConfig(**{**HF_32KHZ, "num_filters": 4, "hidden_size": 8, "codebook_size": 16,
                                        "norm_type": "time_group_norm"}))
     hf.save_pretrained(tmp_path / "hf")
-    with pytest.raises(SystemExit, match="time_group_norm"):
+    with pytest.raises(InputError, match="time_group_norm"):
         convert_encodec(tmp_path / "hf", tmp_path / "x.pt")
-    with pytest.raises(SystemExit, match="cannot load an EncodecModel"):
+    with pytest.raises(InputError, match="cannot load an EncodecModel"):
         convert_encodec(tmp_path, tmp_path / "x.pt")
 
 

@@ -123,3 +123,17 @@ def test_the_lm_is_conditioned_on_the_melody_file_chroma(dataset, tmp_path):
     assert torch.allclose(prefix[:1], from_file, atol=1e-6) and not torch.allclose(prefix[:1], from_crop, atol=1e-3)
     with torch.no_grad():  # the sample without a melody file keeps today's behaviour: its crop's chroma
         assert torch.allclose(prefix[1:], melody(melody.chroma(batch["wav"][1:])), atol=1e-6)
+
+
+def test_tokenize_reports_the_melody_files_it_cannot_carry(dataset, tmp_path):
+    """Token shards hold no audio: a sample's melody file is listed as ignored (report and index), not
+    silently lost, and the codes of both samples are written."""
+    from test_data_tokens import StandInCodec
+
+    from lightning_musicgen.data.tokenize import tokenize_shards
+    _, shards, _ = dataset
+    index = tokenize_shards(StandInCodec(), shards, tmp_path / "tok", progress=False)
+    assert index["samples"] == 2 and index["skipped"] == 0
+    assert index["ignored"] == 1 and index["ignored_by_reason"] == {"melody file not carried": 1}
+    report = (tmp_path / "tok" / "report.tsv").read_text()
+    assert "song_a" in report and "melody file not carried" in report and "song_b" not in report

@@ -89,3 +89,16 @@ def test_micro_batch_for_budget():
     assert micro_batch_for_budget(cost, 35, 16, 2) == 8
     with pytest.raises(ValueError, match="even micro-batch 1"):
         micro_batch_for_budget(cost, 12, None, 1)
+
+
+def test_memory_verb_prints_the_table_and_one_estimate(capsys):
+    from lightning_musicgen.__main__ import main
+    from lightning_musicgen.memory import official_estimate, table
+    assert main(["memory"]) == 0
+    assert capsys.readouterr().out.strip() == table().strip()
+    assert main(["memory", "--model", "musicgen-small", "--method", "full", "--seconds", "10",
+                 "--micro-batch", "2", "--budget-gb", "24"]) == 0
+    out = capsys.readouterr().out
+    expected = official_estimate("musicgen-small", "full", 10.0, 2)
+    assert f"peak         {expected.gib()['peak']:7.2f} GiB" in out, out
+    assert "largest micro-batch within 90 % of 24 GB:" in out

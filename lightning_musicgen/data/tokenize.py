@@ -5,6 +5,9 @@ Every input shard `NAME.tar` becomes `OUTPUT/NAME.tar` with samples `KEY.codes.n
 `codec_sample_rate`, `codec_channels`, `frames`, `duration`), written atomically; a re-run skips finished
 shards. `OUTPUT/index.json` sizes epochs for `TokenDataModule` (duration in seconds of audio).
 
+A sample's melody conditioning file (`melody.flac`) is not carried (token shards hold no audio): each is
+listed in the report as ignored, and melody models train on the audio shards instead.
+
 Long files are encoded in chunks of `--chunk-seconds` with `--context-seconds` of audio on each side that
 is encoded and then discarded, so chunk seams see the same receptive field as a whole-file encode (exact
 when the context covers the encoder's receptive field; SEANet's is well under a second).
@@ -21,8 +24,8 @@ import numpy as np
 import torch
 
 from lightning_musicgen.audio.io import AudioReadError, convert_channels, read_audio, resample
-from lightning_musicgen.data.shards import (AUDIO_EXTS, AtomicShardWriter, atomic_write_json, expand_shards,
-                                            iter_tar_samples, write_index)
+from lightning_musicgen.data.shards import (AUDIO_EXTS, MELODY_MEMBER, AtomicShardWriter, atomic_write_json,
+                                            expand_shards, iter_tar_samples, write_index)
 from lightning_musicgen.errors import inputs_checked_by_library
 
 
@@ -71,7 +74,7 @@ def tokenize_shards(model, source, output, chunk_seconds: float = 30.0, context_
     codec_info = {"frame_rate": float(model.frame_rate), "num_codebooks": int(model.num_codebooks),
                   "cardinality": int(model.cardinality), "codec_sample_rate": int(model.sample_rate),
                   "codec_channels": int(model.channels)}
-    shards, skipped = [], []
+    shards, skipped = [], []  # skipped: report entries (unreadable samples, and ignored melody files)
     bar = tqdm(urls, unit="shard", desc=f"tokenize -> {output.name}", disable=not progress)
     for url in bar:
         name = shard_filename(url)
@@ -111,6 +114,9 @@ def tokenize_shards(model, source, output, chunk_seconds: float = 30.0, context_
                                                  "json": json.dumps(meta, ensure_ascii=False).encode()})
                 samples += 1
                 duration += seconds
+                if MELODY_MEMBER in sample:  # reported, so a melody run is not silently trained without it
+                    errors.append({"path": where, "reason": "melody file not carried", "action": "ignored",
+                                   "detail": "token shards keep no audio: train melody models on the audio shards"})
         stats = {"name": name, "samples": samples, "duration": round(duration, 6), "skipped": errors,
                  "codec": codec_info}
         atomic_write_json(stats_path, stats)
@@ -148,3 +154,6 @@ def tokenize_command(*, codec: str, input: str, output: str, device: str = "auto
                                 codec_name=str(codec))
     print(f"{output}: {index['samples']} samples, {index['duration'] / 3600:.2f} h of audio as "
           f"{index['num_codebooks']} x {index['frame_rate']:g} Hz codes; skipped {index['skipped']}")
+    if index.get("ignored"):
+        print(f"{output}: {index['ignored']} samples carry a melody file that token shards do not keep; "
+              f"train melody models on the audio shards (AudioDataModule) to condition on it")
