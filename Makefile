@@ -43,7 +43,7 @@ test: $(VENV)/.stamp-dev slurm-up
 FIT := $(PY) -m lightning_musicgen fit --config configs/trainer/default.yaml
 
 $(DEMO)/train/index.json: | $(VENV)/.stamp-demo
-	$(PY) -m lightning_musicgen demo-data --output $(DEMO) --minutes 30 --workers 2
+	$(PY) -m lightning_musicgen demo-data --output $(DEMO) --minutes 20 --workers 2
 
 $(RUNS)/codec/last.ckpt: $(DEMO)/train/index.json
 	$(FIT) --config configs/demo/codec.yaml
