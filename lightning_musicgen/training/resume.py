@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_musicgen.compat import forward_signal_to_launched_processes, is_accumulating
-from lightning_musicgen.distributed import slurm_job_id
+from lightning_musicgen.distributed import is_distributed, slurm_job_id
 from lightning_musicgen.reliability import SignalExit
 
 log = logging.getLogger("lightning.pytorch.callbacks.preemption")  # shown by Lightning's INFO handler
@@ -72,7 +72,7 @@ class RNGStateCheckpoint(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         local = collect_rng_states()
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if is_distributed():
             gathered: list[Any] = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, local)  # state_dict() runs on every rank at save time
             return {"per_rank": gathered}

@@ -13,6 +13,8 @@ from lightning.fabric.utilities.throughput import Throughput, get_available_flop
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import FSDPStrategy
 
+from lightning_musicgen.distributed import is_distributed
+
 
 def find_batch_tensor(batch: Any) -> Optional[torch.Tensor]:
     """The tensor that carries the batch: `codes` (LongTensor[B,K,F]) for the LM, `wav`
@@ -140,7 +142,7 @@ def total_grad_norm(module: torch.nn.Module, sharded: bool = False) -> Optional[
     if not grads:
         return None
     sq = torch.stack([torch.linalg.vector_norm(g.detach().float()) ** 2 for g in grads]).sum()
-    if sharded and torch.distributed.is_available() and torch.distributed.is_initialized():
+    if sharded and is_distributed():
         torch.distributed.all_reduce(sq)
     return sq.sqrt()
 
