@@ -201,7 +201,7 @@ def make_plan(device: torch.device, tiny: bool, compile_backend: str | None) -> 
         return Plan(True, sizes, compare_batch=2, compare_frames=24, warmup_steps=1, timed_steps=2, equal_layers=2,
                     gen_seconds=0.3, gen_equal_seconds=0.3, gen_batches=(1, 8),
                     codec_overrides=dict(dimension=16, n_filters=4, ratios=[4, 4, 4, 2], lstm_layers=1, n_q=2,
-                                         bins=64, kmeans_iters=2),
+                                         card=64, kmeans_iters=2),
                     disc_overrides=dict(filters=4, n_ffts=[512, 256]),
                     codec_batch=2, codec_seconds=0.1, codec_steps=1, fsdp_steps=2, fsdp_batch=2, fsdp_frames=16,
                     compile_backend=compile_backend or ("aot_eager" if device.type == "cpu" else "inductor"))

@@ -4,7 +4,7 @@ Model folder (written by `export`, `convert`, `CompressionModel.save`; loads wit
 
     MusicGen                                       codec
     DIR/config.json       typed + versioned        DIR/config.json   {"format", "version", "kind": "codec",
-    DIR/model.safetensors "lm.*" + "conditioner.*"                    "codec": CodecConfig, "num_codebooks",
+    DIR/model.safetensors "lm.*" + "conditioner.*"                    "codec": CodecConfig, "n_q",
                           (no text-encoder weights                    "weights": "ema" | "trained"}
                           unless copied)           DIR/model.safetensors   CompressionModel.state_dict()
     DIR/codec/            a codec folder
@@ -167,20 +167,25 @@ def save_codec(codec, out: str | os.PathLike, weights: str = "trained") -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / CONFIG, {"format": FORMAT, "version": VERSION, "kind": "codec",
-                               "codec": codec.config.to_dict(), "num_codebooks": codec.num_codebooks,
+                               "codec": codec.config.to_dict(), "n_q": codec.n_q,
                                "weights": weights})
     save_file(_plain(codec.state_dict()), str(out / WEIGHTS))
     return out
 
 
-def codec_from_state(config: dict, state: dict, num_codebooks: int | None = None, source: str = "checkpoint"):
+def _n_q(d: dict) -> int | None:
+    """The active codebook count a codec file records ("num_codebooks" in files older than the rename)."""
+    return d.get("n_q", d.get("num_codebooks"))
+
+
+def codec_from_state(config: dict, state: dict, n_q: int | None = None, source: str = "checkpoint"):
     from lightning_musicgen.codec.model import CodecConfig, CompressionModel
     model = CompressionModel(CodecConfig.from_dict(config))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"{source}: codec weights do not match its config ({str(exc).splitlines()[0]})") from exc
-    model.num_codebooks = num_codebooks or model.total_codebooks
+    model.n_q = n_q or model.max_n_q
     return model
 
 
@@ -208,21 +213,21 @@ def load_codec(path: str | os.PathLike, use_ema: bool = True):
         cfg = _read_config(path)
         if cfg.get("kind") != "codec":
             raise CheckpointError(f"{path / CONFIG}: kind {cfg.get('kind')!r} is not a codec")
-        return codec_from_state(cfg["codec"], _load_weights(path), cfg.get("num_codebooks"), str(path))
+        return codec_from_state(cfg["codec"], _load_weights(path), _n_q(cfg), str(path))
     if not path.is_file():
         raise CheckpointNotFoundError(f"{path}: codec checkpoint not found")
     ckpt = _torch_load(path)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a codec checkpoint")
     if ckpt.get("format") == LEGACY_CODEC:
-        return codec_from_state(ckpt["config"], ckpt["state_dict"], ckpt.get("num_codebooks"), str(path))
+        return codec_from_state(ckpt["config"], ckpt["state_dict"], _n_q(ckpt), str(path))
     if "state_dict" in ckpt and ("codec" in (ckpt.get("hyper_parameters") or {}) or "codec_config" in ckpt):
         config, state, _ = codec_module_state(ckpt, use_ema)
         return codec_from_state(config, state, None, str(path))
     if ckpt.get("format") == LEGACY_MUSICGEN and isinstance(ckpt.get("codec"), dict) \
             and ckpt["codec"].get("format") == LEGACY_CODEC:
         c = ckpt["codec"]
-        return codec_from_state(c["config"], c["state_dict"], c.get("num_codebooks"), str(path))
+        return codec_from_state(c["config"], c["state_dict"], _n_q(c), str(path))
     raise CheckpointError(f"{path}: neither a codec model folder, a CodecModule checkpoint nor a converted codec file")
 
 

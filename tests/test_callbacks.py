@@ -237,7 +237,7 @@ def test_evaluate_generation_with_the_real_musicgen_module(tmp_path):
     from lightning_musicgen.lm.module import MusicGenModule
     torch.manual_seed(0)
     codec = CompressionModel(CodecConfig(sample_rate=SR, n_filters=4, ratios=(8, 8, 4), dimension=16, lstm_layers=0,
-                                         n_q=2, bins=16, kmeans_init=False))
+                                         n_q=2, card=16, kmeans_init=False))
     codec.save(tmp_path / "codec.pt")
     module = MusicGenModule(lm=dict(n_q=2, card=16, dim=32, num_heads=2, num_layers=1, pattern="delay"),
                             conditioner={"text": {"name": "minilm"}, "fuse": "cross"},
@@ -287,7 +287,7 @@ def test_codec_reconstruction_with_the_real_codec_module(tmp_path):
     from lightning_musicgen.codec.module import CodecModule
     torch.manual_seed(0)
     module = CodecModule(codec=dict(sample_rate=SR, n_filters=4, ratios=[8, 8, 4], dimension=16, lstm_layers=0, n_q=2,
-                                    bins=16, kmeans_init=False),
+                                    card=16, kmeans_init=False),
                          discriminator_kwargs={"filters": 4, "n_ffts": [256, 128]}, ema_decay=0.9, total_steps=2)
     callback = CodecReconstruction(every_n_steps=2, num_clips=3, batch_size=2, num_audio_samples=1)
     seen = {}

@@ -26,7 +26,7 @@ def fit_config(tmp_path_factory):
     from lightning_musicgen.codec import CodecConfig, CompressionModel
     folder = tmp_path_factory.mktemp("cfg")
     codec = CompressionModel(CodecConfig(sample_rate=8000, dimension=8, n_filters=4, ratios=(4, 4), lstm_layers=0,
-                                         n_q=2, bins=16, kmeans_init=False))
+                                         n_q=2, card=16, kmeans_init=False))
     codec.save(folder / "codec.pt")
     torch.save({"weights": torch.zeros(3)}, folder / "not_a_codec.pt")
 
@@ -100,15 +100,25 @@ def test_13_init_checks_and_yaml_errors_are_one_line(fit_config, capsys):
 
 
 def test_13_token_ids_above_the_lm_card_stop_in_one_line():
-    """Without a codec to compare with, the token shards' cardinality is checked on the first batch."""
+    """Without a codec to compare with, the token shards' card is checked on the first batch."""
     from lightning_musicgen.lm.module import MusicGenModule
     module = MusicGenModule(lm={"n_q": 2, "card": 8, "dim": 16, "num_heads": 2, "num_layers": 1},
                             conditioner={"text": {"name": "minilm"}, "fuse": "cross"})
-    batch = {"codes": torch.randint(0, 8, (2, 2, 5)), "meta": [{"cardinality": 16}] * 2}
+    batch = {"codes": torch.randint(0, 8, (2, 2, 5)), "meta": [{"card": 16}] * 2}
     with pytest.raises(ConfigError, match="codes of a 16-code codec, above lm.card=8; set lm.card to 16"):
         module.tokens(batch)
-    batch["meta"] = [{"cardinality": 8}] * 2
+    batch["meta"] = [{"cardinality": 16}] * 2  # token shards written before the n_q/card rename
+    with pytest.raises(ConfigError, match="set lm.card to 16"):
+        module.tokens(batch)
+    batch["meta"] = [{"card": 8}] * 2
     assert module.tokens(batch)[0].shape == (2, 2, 5)
+
+
+def test_tokenize_takes_n_q_or_its_deprecated_name_not_both(tmp_path):
+    from lightning_musicgen.data.tokenize import tokenize_command
+    with pytest.raises(InputError, match="give n_q only"):
+        tokenize_command(codec=str(tmp_path / "c"), input=str(tmp_path), output=str(tmp_path / "o"), n_q=2,
+                         num_codebooks=2)
 
 
 @pytest.fixture(scope="module")

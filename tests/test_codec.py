@@ -86,7 +86,7 @@ def hf_and_ours_32khz():
 def test_32khz_equals_transformers(hf_and_ours_32khz, audio):
     hf, ours = hf_and_ours_32khz
     assert (ours.sample_rate, ours.channels, ours.frame_rate) == (32000, 1, 50.0)
-    assert (ours.num_codebooks, ours.cardinality, ours.hop_length) == (4, 2048, 640)
+    assert (ours.n_q, ours.card, ours.hop_length) == (4, 2048, 640)
     wav = {"random": lambda: torch.randn(2, 1, 16000 + 123) * 0.2, "music": lambda: harmonic_audio(32000, 1.0),
            "soundfont": soundfont_audio}[audio]()
     with torch.no_grad():
@@ -127,11 +127,11 @@ def test_small_causal_stereo_with_conv_shortcut_equals_transformers():
                            hidden_size=16, codebook_size=64, target_bandwidths=[6.0, 12.0, 24.0], use_causal_conv=True,
                            use_conv_shortcut=True, num_residual_layers=2, num_lstm_layers=1)
     ours = encodec_from_transformers(hf)
-    assert ours.num_codebooks == hf.quantizer.get_num_quantizers_for_bandwidth(6.0)
+    assert ours.n_q == hf.quantizer.get_num_quantizers_for_bandwidth(6.0)
     wav = torch.randn(3, 2, 1001) * 0.3
     with torch.no_grad():
         for bw in (6.0, 12.0, 24.0):
-            ours.num_codebooks = hf.quantizer.get_num_quantizers_for_bandwidth(bw)
+            ours.n_q = hf.quantizer.get_num_quantizers_for_bandwidth(bw)
             codes_hf = hf.encode(wav, bandwidth=bw).audio_codes[0]
             codes = ours.encode(wav)
             assert torch.equal(codes, codes_hf)
@@ -146,7 +146,7 @@ def test_convert_cli_and_checkpoint_roundtrip(tmp_path):
     res = run_cli("convert", "--from-hf", tmp_path / "hf", "--out", out)
     assert res.returncode == 0, res.stderr[-2000:]
     config = json.loads((out / "config.json").read_text())  # a model folder: JSON + safetensors, no pickle
-    assert config["kind"] == "codec" and config["codec"]["bins"] == 256 and (out / "model.safetensors").is_file()
+    assert config["kind"] == "codec" and config["codec"]["card"] == 256 and (out / "model.safetensors").is_file()
     model = CompressionModel.from_checkpoint(out).eval()
     wav = harmonic_audio(32000, 0.5, batch=1)
     with torch.no_grad():
@@ -169,7 +169,7 @@ def test_convert_rejects_unsupported_models(tmp_path):
 
 def test_inplace_activations_keep_outputs_and_gradients():
     torch.manual_seed(0)
-    cfg = CodecConfig(sample_rate=8000, n_filters=4, ratios=(4, 2), dimension=8, bins=16, lstm_layers=1,
+    cfg = CodecConfig(sample_rate=8000, n_filters=4, ratios=(4, 2), dimension=8, card=16, lstm_layers=1,
                       true_skip=False, n_residual_layers=2)
     model = CompressionModel(cfg)
     wav = torch.randn(2, 1, 400)
@@ -193,14 +193,14 @@ def test_inplace_activations_keep_outputs_and_gradients():
 
 
 def test_bad_inputs_have_clear_errors(tmp_path):
-    model = CompressionModel(CodecConfig(sample_rate=8000, n_filters=4, ratios=(2, 2), dimension=8, bins=16,
+    model = CompressionModel(CodecConfig(sample_rate=8000, n_filters=4, ratios=(2, 2), dimension=8, card=16,
                                          lstm_layers=0))
     with pytest.raises(ValueError, match=r"expected wav \[B, 1, T\]"):
         model.encode(torch.zeros(1, 2, 100))
     with pytest.raises(ValueError, match=r"codes must be in \[0, 16\)"):
         model.decode(torch.full((1, 4, 3), 16))
-    with pytest.raises(ValueError, match="num_codebooks"):
-        model.num_codebooks = 5
+    with pytest.raises(ValueError, match="n_q"):
+        model.n_q = 5
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         CompressionModel.from_checkpoint(tmp_path / "missing.pt")
     torch.save({"something": 1}, tmp_path / "other.pt")
@@ -216,7 +216,7 @@ def test_variable_bandwidth_decodes_prefix():
     wav = harmonic_audio(32000, 0.5, batch=1)
     with torch.no_grad():
         full = model.encode(wav)
-        model.num_codebooks = 2
+        model.n_q = 2
         two = model.encode(wav)
         assert model.bitrate == pytest.approx(2 * 8 * 50)
         assert torch.equal(two, full[:, :2])
@@ -227,7 +227,7 @@ def test_variable_bandwidth_decodes_prefix():
 
 def test_rvq_each_quantizer_shrinks_the_residual():
     torch.manual_seed(0)
-    rvq = ResidualVectorQuantizer(dimension=16, n_q=6, bins=64, kmeans_iters=10).train()
+    rvq = ResidualVectorQuantizer(dimension=16, n_q=6, card=64, kmeans_iters=10).train()
     z = torch.randn(4, 16, 200)
     rvq(z)  # k-means initialisation + one EMA step
     rvq.eval()
@@ -245,7 +245,7 @@ def test_rvq_each_quantizer_shrinks_the_residual():
 
 def test_rvq_encode_is_fp32_under_bf16_autocast():
     torch.manual_seed(0)
-    rvq = ResidualVectorQuantizer(dimension=128, n_q=2, bins=1024, kmeans_init=False).eval()
+    rvq = ResidualVectorQuantizer(dimension=128, n_q=2, card=1024, kmeans_init=False).eval()
     for layer in rvq.layers:
         layer.embed.normal_()
     z = torch.randn(2, 128, 600)
@@ -260,7 +260,7 @@ def test_rvq_encode_is_fp32_under_bf16_autocast():
 
 def test_kmeans_initialisation_runs_once():
     torch.manual_seed(0)
-    rvq = ResidualVectorQuantizer(dimension=8, n_q=2, bins=16, kmeans_iters=5, threshold_ema_dead_code=0).train()
+    rvq = ResidualVectorQuantizer(dimension=8, n_q=2, card=16, kmeans_iters=5, threshold_ema_dead_code=0).train()
     layer = rvq.layers[0]
     assert layer.inited.item() == 0 and layer.embed.abs().sum() == 0
     calls = []
@@ -275,7 +275,7 @@ def test_kmeans_initialisation_runs_once():
     rvq(torch.randn(2, 8, 100))
     assert len(calls) == 1
     # the flag lives in the state dict: a reloaded quantizer does not re-initialise
-    fresh = ResidualVectorQuantizer(dimension=8, n_q=2, bins=16, threshold_ema_dead_code=0).train()
+    fresh = ResidualVectorQuantizer(dimension=8, n_q=2, card=16, threshold_ema_dead_code=0).train()
     fresh.load_state_dict(rvq.state_dict())
     before = fresh.layers[0].embed.clone()
     fresh.layers[0].decay = 1.0  # EMA frozen: only an init would change the codebook
@@ -285,7 +285,7 @@ def test_kmeans_initialisation_runs_once():
 
 def test_dead_codes_are_replaced():
     torch.manual_seed(0)
-    rvq = ResidualVectorQuantizer(dimension=4, n_q=1, bins=32, decay=0.5, kmeans_iters=3,
+    rvq = ResidualVectorQuantizer(dimension=4, n_q=1, card=32, decay=0.5, kmeans_iters=3,
                                   threshold_ema_dead_code=2.0).train()
     layer = rvq.layers[0]
     rvq(torch.randn(1, 4, 512))  # spreads the codebook over N(0, 1)
@@ -304,7 +304,7 @@ def test_dead_codes_are_replaced():
 
 def test_quantizer_dropout_and_straight_through():
     torch.manual_seed(0)
-    rvq = ResidualVectorQuantizer(dimension=8, n_q=4, bins=16, q_dropout=True).train()
+    rvq = ResidualVectorQuantizer(dimension=8, n_q=4, card=16, q_dropout=True).train()
     seen = {rvq(torch.randn(2, 8, 50)).num_quantizers for _ in range(30)}
     assert seen == {1, 2, 3, 4}
     z = torch.randn(2, 8, 50, requires_grad=True)
@@ -382,13 +382,51 @@ def test_discriminators_shapes(kind):
 
 def test_codec_module_rejects_bad_config():
     with pytest.raises(ValueError, match="loss_weights"):
-        CodecModule(codec=CodecConfig(n_filters=4, dimension=8, bins=16), loss_weights={"l2": 1.0})
+        CodecModule(codec=CodecConfig(n_filters=4, dimension=8, card=16), loss_weights={"l2": 1.0})
     with pytest.raises(ValueError, match="discriminator"):
-        CodecModule(codec=CodecConfig(n_filters=4, dimension=8, bins=16), discriminator="nope")
+        CodecModule(codec=CodecConfig(n_filters=4, dimension=8, card=16), discriminator="nope")
     import lightning as L
     from lightning.pytorch.strategies import DDPStrategy
-    module = CodecModule(codec=CodecConfig(n_filters=4, dimension=8, bins=16))
+    module = CodecModule(codec=CodecConfig(n_filters=4, dimension=8, card=16))
     module.trainer = L.Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy(process_group_backend="gloo"),
                                logger=False)
     with pytest.raises(ValueError, match="find_unused_parameters=true"):
         module.setup("fit")
+
+
+def test_audiocraft_names_are_deprecated_aliases_and_old_files_load(tmp_path):
+    """`num_codebooks`/`total_codebooks`/`cardinality` and the `bins` key still work (with a warning),
+    and files written under the old keys load with the same n_q and card."""
+    import pickle
+    with pytest.warns(DeprecationWarning, match="'bins' is deprecated"):
+        model = CompressionModel(sample_rate=8000, n_filters=4, ratios=(2, 2), dimension=8, n_q=3, bins=16,
+                                 lstm_layers=0)
+    assert (model.card, model.max_n_q, model.n_q) == (16, 3, 3)
+    with pytest.warns(DeprecationWarning, match="use n_q"):
+        model.num_codebooks = 2
+    assert model.n_q == 2
+    with pytest.warns(DeprecationWarning):
+        assert (model.num_codebooks, model.total_codebooks, model.cardinality) == (2, 3, 16)
+    with pytest.raises(ValueError, match="both card=16 and its old name bins=8"):
+        CodecConfig.from_dict({"card": 16, "bins": 8})
+
+    # a codec folder and a single-file checkpoint as written before the rename
+    model.save(tmp_path / "folder")
+    cfg = json.loads((tmp_path / "folder" / "config.json").read_text())
+    assert cfg["n_q"] == 2 and cfg["codec"]["card"] == 16
+    cfg["num_codebooks"] = cfg.pop("n_q")
+    cfg["codec"]["bins"] = cfg["codec"].pop("card")
+    (tmp_path / "folder" / "config.json").write_text(json.dumps(cfg))
+    old = model.to_checkpoint_dict()
+    old["num_codebooks"] = old.pop("n_q")
+    old["config"]["bins"] = old["config"].pop("card")
+    torch.save(old, tmp_path / "old.pt")
+    for path in (tmp_path / "folder", tmp_path / "old.pt"):
+        back = CompressionModel.from_checkpoint(path)
+        assert (back.n_q, back.card) == (2, 16), path
+        assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))
+
+    # a CodecConfig pickled (e.g. in a checkpoint's hyper-parameters) with the old field name
+    old_pickle = pickle.dumps(model.config).replace(b"card", b"bins")
+    config = pickle.loads(old_pickle)
+    assert config.card == 16 and "bins" not in config.__dict__

@@ -40,7 +40,7 @@ def harmonic_clips(n: int, seconds: float, seed: int) -> torch.Tensor:
 
 def tiny_module(**overrides):
     from lightning_musicgen.codec import CodecConfig, CodecModule
-    codec = CodecConfig(sample_rate=SR, n_filters=8, ratios=(4, 4, 2), dimension=32, n_q=4, bins=64,
+    codec = CodecConfig(sample_rate=SR, n_filters=8, ratios=(4, 4, 2), dimension=32, n_q=4, card=64,
                         lstm_layers=1, kmeans_iters=5)
     kwargs = dict(codec=codec, discriminator_kwargs={"filters": 8, "n_ffts": [256, 128]}, lr=2e-3,
                   adversarial_warmup_steps=30, gradient_clip_val=10.0, log_audio_every_n_steps=0)
@@ -112,7 +112,7 @@ def test_short_fit_lowers_mel_distance_and_checkpoint_loads(tmp_path):
         assert torch.equal(raw.decode(raw.encode(held_out)), module.generator.eval().decode(
             module.generator.encode(held_out)))
         assert torch.equal(ema.encode(held_out), module.generator_ema.module.eval().encode(held_out))
-    assert (raw.sample_rate, raw.frame_rate, raw.num_codebooks, raw.cardinality) == (SR, SR / 32, 4, 64)
+    assert (raw.sample_rate, raw.frame_rate, raw.n_q, raw.card) == (SR, SR / 32, 4, 64)
     exported = module.export(tmp_path / "codec")
     assert torch.equal(CompressionModel.from_checkpoint(exported).encode(held_out), ema.encode(held_out))
 

@@ -62,7 +62,7 @@ def test_musicgen_logits_match_transformers(tmp_path, tokenizer):
     hf, folder = _save(tmp_path, False, tokenizer)
     out = convert_musicgen(folder, tmp_path / "musicgen.pt")
     lm, cond, codec, cfg = load_musicgen(out)
-    assert (codec.num_codebooks, codec.cardinality, codec.sample_rate) == (K, CARD, 32000)
+    assert (codec.n_q, codec.card, codec.sample_rate) == (K, CARD, 32000)
     wav = torch.randn(1, 1, 3200)
     with torch.no_grad():  # the embedded codec is transformers' audio encoder
         ref_codes = hf.audio_encoder.encode(wav, bandwidth=0.8).audio_codes[0]

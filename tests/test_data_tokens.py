@@ -21,13 +21,13 @@ class StandInCodec(nn.Module):
     """The CompressionModel contract with a tiny strided conv encoder (receptive field 2 hops) and a
     scalar quantizer: codes depend on neighbouring frames, so chunk seams are exercised."""
 
-    sample_rate, channels, frame_rate, cardinality = 16000, 1, 50, 64
+    sample_rate, channels, frame_rate, card = 16000, 1, 50, 64
 
-    def __init__(self, num_codebooks=2):
+    def __init__(self, n_q=2):
         super().__init__()
-        self.num_codebooks = num_codebooks
+        self.n_q = n_q
         self.hop = self.sample_rate // self.frame_rate
-        self.conv = nn.Conv1d(1, num_codebooks, kernel_size=3 * self.hop, stride=self.hop, padding=self.hop)
+        self.conv = nn.Conv1d(1, n_q, kernel_size=3 * self.hop, stride=self.hop, padding=self.hop)
         torch.manual_seed(0)
         nn.init.normal_(self.conv.weight, std=0.05)
 
@@ -35,7 +35,7 @@ class StandInCodec(nn.Module):
         frames = math.ceil(wav.shape[-1] / self.hop)
         wav = nn.functional.pad(wav, (0, frames * self.hop - wav.shape[-1]))
         z = self.conv(wav)[..., :frames]
-        return ((torch.tanh(z) + 1) / 2 * (self.cardinality - 1)).round().long()
+        return ((torch.tanh(z) + 1) / 2 * (self.card - 1)).round().long()
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_tokenize_writes_codes_and_metadata(audio_shards, tmp_path):
     codec = StandInCodec()
     index = tokenize_shards(codec, audio_shards, tmp_path / "tok", chunk_seconds=1.0, progress=False)
     assert index["kind"] == "tokens" and index["samples"] == 5 and index["frame_rate"] == 50
-    assert index["num_codebooks"] == 2 and index["cardinality"] == 64
+    assert index["n_q"] == 2 and index["card"] == 64
     with tarfile.open(tmp_path / "tok" / "shard-000001.tar") as tar:
         names = sorted(tar.getnames())
         codes = np.load(io.BytesIO(tar.extractfile(names[0]).read()))
@@ -90,7 +90,7 @@ def test_shard_filename_of_paths_and_pipes():
 
 
 def test_token_datamodule_batches(audio_shards, tmp_path):
-    tokenize_shards(StandInCodec(num_codebooks=3), audio_shards, tmp_path / "tok", progress=False)
+    tokenize_shards(StandInCodec(n_q=3), audio_shards, tmp_path / "tok", progress=False)
     dm = TokenDataModule(tmp_path / "tok", tmp_path / "tok", segment_duration=3.0, min_segment_ratio=0.5,
                          batch_size=2, num_workers=0, epoch_steps=3, merge_text_p=0.0, seed=0)
     for batch in dm.train_dataloader():
@@ -109,14 +109,14 @@ def test_token_datamodule_batches(audio_shards, tmp_path):
 
 def test_tokenize_cli_with_a_real_compression_model(audio_shards, tmp_path):
     from lightning_musicgen.codec import CompressionModel
-    codec = CompressionModel(sample_rate=16000, n_filters=4, dimension=8, ratios=(8, 4), n_q=2, bins=32,
+    codec = CompressionModel(sample_rate=16000, n_filters=4, dimension=8, ratios=(8, 4), n_q=2, card=32,
                              lstm_layers=0, kmeans_init=False).eval()
     ckpt = codec.save(tmp_path / "codec.pt")
     out = run_cli("tokenize", "--codec", ckpt, "--input", audio_shards, "--output", tmp_path / "tok",
                   "--chunk-seconds", "1.5", "--no-progress")
     assert out.returncode == 0, out.stderr[-2000:]
     index = read_index(tmp_path / "tok")
-    assert index["samples"] == 5 and index["num_codebooks"] == 2 and index["frame_rate"] == 500
+    assert index["samples"] == 5 and index["n_q"] == 2 and index["frame_rate"] == 500
     with tarfile.open(tmp_path / "tok" / "shard-000000.tar") as tar:
         name = sorted(tar.getnames())[0]
         codes = np.load(io.BytesIO(tar.extractfile(name).read()))

@@ -49,7 +49,7 @@ def test_demo_codec_config_learns_and_uses_its_codebooks():
         recon = model.decode(codes)[..., :held_out.shape[-1]]
     perplexities = []
     for k in range(codes.shape[1]):
-        p = torch.bincount(codes[:, k].flatten(), minlength=model.cardinality).float()
+        p = torch.bincount(codes[:, k].flatten(), minlength=model.card).float()
         p = p[p > 0] / p.sum()
         perplexities.append(float(torch.exp(-(p * p.log()).sum())))
     snr = float(si_snr(recon, held_out))

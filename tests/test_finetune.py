@@ -107,7 +107,7 @@ def test_init_from_converted_equals_the_converted_model(base):
     assert module.conditioner.text.word_dropout == 0.0 and module.conditioner_config.text.word_dropout == 0.0
     assert module.lm.config.gradient_checkpointing
     torch.testing.assert_close(logits(module.lm, module.conditioner), logits(lm, cond), atol=0, rtol=0)
-    assert module.codec.num_codebooks == K  # the codec embedded in the converted file
+    assert module.codec.n_q == K  # the codec embedded in the converted file
     with pytest.raises(ValueError, match="lm.dim=64 differs"):
         MusicGenModule(init_from=str(base["converted"]), lm={"dim": 64})
     # typed configs (as LightningCLI builds them): training-time fields apply, defaults are not "set"
@@ -235,7 +235,7 @@ def test_lora_cli_extract_and_merge(base, lora_run, tmp_path, capsys):
                  "--out", str(tmp_path / "merged")]) == 0
     model = MusicGen.from_pretrained(tmp_path / "merged", device="cpu", dtype="float32")
     torch.testing.assert_close(logits(model.lm, model.conditioner), tuned, atol=1e-5, rtol=0)
-    assert model.codec.num_codebooks == K  # the base's codec came along
+    assert model.codec.n_q == K  # the base's codec came along
     capsys.readouterr()
     assert main(["lora", "extract", "--ckpt", str(base["converted"]), "--out", str(tmp_path / "b.safetensors")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -78,7 +78,7 @@ def test_wav_batches_are_encoded_by_the_frozen_codec(tmp_path):
     from lightning_musicgen.codec.model import CodecConfig
     torch.manual_seed(0)
     codec = CompressionModel(CodecConfig(sample_rate=8000, dimension=8, n_filters=4, ratios=(4, 4), lstm_layers=0,
-                                         n_q=2, bins=16, kmeans_init=False))
+                                         n_q=2, card=16, kmeans_init=False))
     ckpt = codec.save(tmp_path / "codec.pt")
     lm_cfg = {"dim": 32, "num_heads": 4, "num_layers": 1, "n_q": None, "card": None}
     module = MusicGenModule(lm=lm_cfg, conditioner=MINILM, codec_checkpoint=str(ckpt), warmup_steps=1)
@@ -171,8 +171,8 @@ def write_token_shards(folder, n, frames, card, seed):
             clips.append(codes)
             buf = io.BytesIO()
             np.save(buf, codes)
-            meta = {"description": f"an ascending scale, take {i % 5}", "frame_rate": 50.0, "num_codebooks": 4,
-                    "cardinality": card, "duration": frames / 50.0}
+            meta = {"description": f"an ascending scale, take {i % 5}", "frame_rate": 50.0, "n_q": 4,
+                    "card": card, "duration": frames / 50.0}
             w.write(f"clip{i:04d}", {"codes.npy": buf.getvalue(), "json": json.dumps(meta).encode()})
     return np.stack(clips)
 

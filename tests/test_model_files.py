@@ -31,10 +31,10 @@ def tokenizer_files():
         return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
 
 
-def tiny_codec(seed=0, n_q=K, bins=CARD):
+def tiny_codec(seed=0, n_q=K, card=CARD):
     torch.manual_seed(seed)
     codec = CompressionModel(CodecConfig(sample_rate=32000, dimension=8, n_filters=4, ratios=(8, 5, 4, 4),
-                                         lstm_layers=1, n_q=n_q, bins=bins, kmeans_init=False))
+                                         lstm_layers=1, n_q=n_q, card=card, kmeans_init=False))
     with torch.no_grad():
         for p in codec.parameters():
             p.add_(torch.randn_like(p) * 0.02)
@@ -130,8 +130,8 @@ def test_export_to_transformers_matches_and_round_trips(tmp_path, tokenizer_file
 
 def test_export_encodec_to_transformers_cli_and_back(tmp_path):
     from transformers import EncodecModel
-    codec = tiny_codec(3, n_q=4, bins=64)
-    codec.num_codebooks = 2  # the bandwidth in use travels too
+    codec = tiny_codec(3, n_q=4, card=64)
+    codec.n_q = 2  # the bandwidth in use travels too
     codec.save(tmp_path / "codec")
     res = run_cli("export", "--ckpt", tmp_path / "codec", "--out", tmp_path / "hf", "--format", "transformers")
     assert res.returncode == 0, res.stderr[-2000:]
@@ -146,7 +146,7 @@ def test_export_encodec_to_transformers_cli_and_back(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     back = CompressionModel.from_checkpoint(tmp_path / "back")
     _assert_same_state(codec.state_dict(), back.state_dict())
-    assert back.num_codebooks == 2
+    assert back.n_q == 2
 
 
 def test_transformers_refuses_what_it_cannot_express(tmp_path, tokenizer_files):
@@ -204,7 +204,7 @@ def test_training_checkpoint_references_frozen_parts(tmp_path):
     _assert_same_state(lm.state_dict(), module.ema.module.state_dict())
 
     cfg = json.loads((moved / "codec" / "config.json").read_text())  # the codec changes under the checkpoint
-    cfg["num_codebooks"] = 3
+    cfg["n_q"] = 3
     (moved / "codec" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(FileNotFoundError) as err:
         load_musicgen(moved / "checkpoints" / "last.ckpt")
@@ -282,7 +282,7 @@ def test_demo_checkpoint_holds_trainable_state_and_the_folder_holds_the_lm_once(
     from lightning_musicgen.lm.module import MusicGenModule
     from lightning_musicgen.model_files import export_model_folder
     init = yaml.safe_load((ROOT / "configs/demo/musicgen.yaml").read_text())["model"]["init_args"]
-    tiny_codec(bins=CARD).save(tmp_path / "codec-model")
+    tiny_codec(card=CARD).save(tmp_path / "codec-model")
     init["codec_checkpoint"] = str(tmp_path / "codec-model")
     module = MusicGenModule(**init)
     g = torch.Generator().manual_seed(0)

@@ -121,7 +121,7 @@ SR, T, BATCH, STEPS = 8000, 1200, 2, 10  # T > 1024: our logged mel metrics use 
 CODEC = dict(sample_rate=SR, channels=1, dimension=8, n_filters=4, n_residual_layers=1, ratios=[4, 2],
              kernel_size=7, last_kernel_size=7, residual_kernel_size=3, dilation_base=2, compress=2,
              lstm_layers=1, true_skip=True, causal=False, norm="weight_norm", pad_mode="constant", n_q=2,
-             bins=16, decay=0.99, kmeans_init=False, threshold_ema_dead_code=0.0)
+             card=16, decay=0.99, kmeans_init=False, threshold_ema_dead_code=0.0)
 WEIGHTS = {"adv": 4.0, "feat": 4.0, "l1": 0.1}
 
 

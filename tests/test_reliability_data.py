@@ -25,7 +25,7 @@ def _codes() -> bytes:
 
 
 def _meta() -> bytes:
-    return json.dumps({"description": "x", "frame_rate": 50.0, "num_codebooks": 4, "cardinality": CARD}).encode()
+    return json.dumps({"description": "x", "frame_rate": 50.0, "n_q": 4, "card": CARD}).encode()
 
 
 def _shard_folder(folder: Path, samples: list[dict], names=("shard-000000.tar",), index: bool = True) -> Path:

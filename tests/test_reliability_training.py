@@ -39,7 +39,7 @@ def write_tokens(folder: Path, n: int = 12, frames: int = 60, caption=lambda i: 
             codes = (np.arange(frames)[None, :] + rng.integers(0, 3, (4, 1))) % CARD
             buf = io.BytesIO()
             np.save(buf, codes.astype(np.int16))
-            meta = {"description": caption(i), "frame_rate": 50.0, "num_codebooks": 4, "cardinality": CARD}
+            meta = {"description": caption(i), "frame_rate": 50.0, "n_q": 4, "card": CARD}
             w.write(f"clip{i:04d}", {"codes.npy": buf.getvalue(), "json": json.dumps(meta).encode()})
     write_index(folder, [{"name": "shard-000000.tar", "samples": n, "duration": n * frames / 50}], [])
     return folder
@@ -51,7 +51,7 @@ def tiny_codec(path: Path) -> Path:
     from lightning_musicgen.codec.model import CodecConfig
     torch.manual_seed(0)
     config = CodecConfig(sample_rate=8000, dimension=8, n_filters=2, ratios=(4, 4, 2, 2), lstm_layers=0,
-                         n_q=4, bins=CARD, kmeans_init=False)
+                         n_q=4, card=CARD, kmeans_init=False)
     return CompressionModel(config).save(path)
 
 

@@ -3,11 +3,17 @@
 Files: `save(dir)` writes a codec model folder and `from_checkpoint(path)` reads every codec file
 (both through `lightning_musicgen.model_files`, see docs/model_files.md). `to_checkpoint_dict` /
 `from_checkpoint_dict` are the in-memory form {"format": "lightning_musicgen.codec", "version": 1,
-"config": CodecConfig.to_dict(), "num_codebooks": K, "state_dict": ...}.
+"config": CodecConfig.to_dict(), "n_q": K, "state_dict": ...}.
+
+Vocabulary (MusicGen's): `n_q` codebooks of `card` codes each. `config.n_q` is how many the model has
+(`max_n_q`); `n_q` is how many `encode` uses (settable, for variable bandwidth). audiocraft's names
+`num_codebooks`, `total_codebooks`, `cardinality` and a `bins` config key still work for one release
+with a `DeprecationWarning`; files written before the rename (key "num_codebooks", config "bins") load.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +52,7 @@ class CodecConfig:
     pad_mode: str = "reflect"
     trim_right_ratio: float = 1.0
     n_q: int = 4
-    bins: int = 2048
+    card: int = 2048
     decay: float = 0.99
     kmeans_init: bool = True
     kmeans_iters: int = 10
@@ -55,15 +61,18 @@ class CodecConfig:
 
     def __post_init__(self):
         self.ratios = tuple(int(r) for r in self.ratios)
-        for name in ("sample_rate", "channels", "dimension", "n_filters", "n_q", "bins"):
+        for name in ("sample_rate", "channels", "dimension", "n_filters", "n_q", "card"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"codec config: {name} must be positive, got {getattr(self, name)}")
         if not self.ratios or any(r <= 0 for r in self.ratios):
             raise ConfigError(f"codec config: ratios must be positive integers, got {list(self.ratios)}")
 
+    def __setstate__(self, state: dict[str, Any]) -> None:  # configs pickled in checkpoints before the rename
+        self.__dict__.update(renamed_keys(state))
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CodecConfig":
-        return dataclass_from_dict(cls, d, "codec config")
+        return dataclass_from_dict(cls, renamed_keys(d), "codec config")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -71,19 +80,33 @@ class CodecConfig:
         return d
 
 
+def renamed_keys(d: dict[str, Any]) -> dict[str, Any]:
+    """A codec config dict with audiocraft's `bins` read as `card` (configs and files older than the rename)."""
+    if "bins" not in d:
+        return d
+    if "card" in d:
+        raise ConfigError(f"codec config: both card={d['card']} and its old name bins={d['bins']} are set")
+    warnings.warn("codec config key 'bins' is deprecated: use 'card'", DeprecationWarning, stacklevel=3)
+    return {("card" if k == "bins" else k): v for k, v in d.items()}
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"CompressionModel.{old} is deprecated: use {new}", DeprecationWarning, stacklevel=3)
+
+
 class CompressionModel(nn.Module):
     """EnCodec-style neural audio codec: wav[B, C, T] <-> codes[B, K, F] at `frame_rate` Hz.
 
-    Attributes: `sample_rate`, `channels`, `frame_rate`, `hop_length`, `num_codebooks` (settable,
-    1..total_codebooks, for variable bandwidth), `total_codebooks`, `cardinality`.
+    Attributes: `sample_rate`, `channels`, `frame_rate`, `hop_length`, `n_q` (settable, 1..max_n_q, for
+    variable bandwidth), `max_n_q`, `card`.
     """
 
     def __init__(self, config: CodecConfig | None = None, **overrides):
         super().__init__()
         if config is None:
-            config = CodecConfig(**overrides)
+            config = CodecConfig.from_dict(overrides)
         elif overrides:
-            config = CodecConfig.from_dict({**config.to_dict(), **overrides})
+            config = CodecConfig.from_dict({**config.to_dict(), **renamed_keys(overrides)})
         self.config = config
         seanet = dict(channels=config.channels, dimension=config.dimension, n_filters=config.n_filters,
                       n_residual_layers=config.n_residual_layers, ratios=config.ratios,
@@ -94,9 +117,9 @@ class CompressionModel(nn.Module):
         self.encoder = SEANetEncoder(**seanet)
         self.decoder = SEANetDecoder(**seanet, trim_right_ratio=config.trim_right_ratio)
         self.quantizer = ResidualVectorQuantizer(
-            config.dimension, config.n_q, config.bins, config.decay, config.kmeans_init,
+            config.dimension, config.n_q, config.card, config.decay, config.kmeans_init,
             config.kmeans_iters, config.threshold_ema_dead_code, config.q_dropout)
-        self._num_codebooks = config.n_q
+        self._n_q = config.n_q
 
     # -- attributes of the public contract -------------------------------------------------------
     @property
@@ -117,27 +140,51 @@ class CompressionModel(nn.Module):
         return self.config.sample_rate / self.hop_length
 
     @property
-    def cardinality(self) -> int:
-        return self.config.bins
+    def card(self) -> int:
+        """Codes per codebook."""
+        return self.config.card
 
     @property
-    def total_codebooks(self) -> int:
+    def max_n_q(self) -> int:
+        """Codebooks the model has."""
         return self.config.n_q
 
     @property
+    def n_q(self) -> int:
+        """Codebooks `encode` uses (1..max_n_q)."""
+        return self._n_q
+
+    @n_q.setter
+    def n_q(self, n: int) -> None:
+        if not 1 <= int(n) <= self.config.n_q:
+            raise ConfigError(f"codec n_q must be in [1, {self.config.n_q}], got {n}")
+        self._n_q = int(n)
+
+    # audiocraft's names, deprecated
+    @property
+    def cardinality(self) -> int:
+        _deprecated("cardinality", "card")
+        return self.card
+
+    @property
+    def total_codebooks(self) -> int:
+        _deprecated("total_codebooks", "max_n_q")
+        return self.max_n_q
+
+    @property
     def num_codebooks(self) -> int:
-        return self._num_codebooks
+        _deprecated("num_codebooks", "n_q")
+        return self.n_q
 
     @num_codebooks.setter
     def num_codebooks(self, n: int) -> None:
-        if not 1 <= int(n) <= self.config.n_q:
-            raise ValueError(f"num_codebooks must be in [1, {self.config.n_q}], got {n}")
-        self._num_codebooks = int(n)
+        _deprecated("num_codebooks", "n_q")
+        self.n_q = n
 
     @property
     def bitrate(self) -> float:
         """Bits per second at the current number of codebooks."""
-        return self.frame_rate * self.quantizer.bits_per_frame(self.num_codebooks)
+        return self.frame_rate * self.quantizer.bits_per_frame(self.n_q)
 
     def num_frames(self, num_samples: int) -> int:
         return math.ceil(num_samples / self.hop_length)
@@ -148,23 +195,23 @@ class CompressionModel(nn.Module):
             raise ValueError(f"expected wav [B, {self.channels}, T], got shape {list(wav.shape)}")
 
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
-        """wav[B, C, T] -> codes LongTensor[B, num_codebooks, ceil(T / hop_length)]."""
+        """wav[B, C, T] -> codes LongTensor[B, n_q, ceil(T / hop_length)]."""
         self._check_wav(wav)
         with parametrize.cached():
             z = self.encoder(wav)
-        return self.quantizer.encode(z, self.num_codebooks)
+        return self.quantizer.encode(z, self.n_q)
 
     def decode_latent(self, codes: torch.Tensor) -> torch.Tensor:
         """codes[B, K, F] -> quantized latent[B, dimension, F]."""
         if codes.dim() != 3:
             raise ValueError(f"expected codes [B, K, F], got shape {list(codes.shape)}")
-        if codes.numel() and (codes.min() < 0 or codes.max() >= self.cardinality):
-            raise ValueError(f"codes must be in [0, {self.cardinality}), got [{int(codes.min())}, "
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.card):
+            raise ValueError(f"codes must be in [0, {self.card}), got [{int(codes.min())}, "
                              f"{int(codes.max())}]")
         return self.quantizer.decode(codes)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes[B, K, F] (K <= total_codebooks) -> wav[B, C, F * hop_length]."""
+        """codes[B, K, F] (K <= max_n_q) -> wav[B, C, F * hop_length]."""
         z = self.decode_latent(codes)
         with parametrize.cached():
             return self.decoder(z)
@@ -182,7 +229,7 @@ class CompressionModel(nn.Module):
     def to_checkpoint_dict(self) -> dict[str, Any]:
         """The converted/exported checkpoint format (a plain dict of tensors and builtins)."""
         return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": self.config.to_dict(),
-                "num_codebooks": self.num_codebooks,
+                "n_q": self.n_q,
                 "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
 
     @classmethod
@@ -191,7 +238,7 @@ class CompressionModel(nn.Module):
             raise CheckpointError(f"{source}: not a {CHECKPOINT_FORMAT} checkpoint (format={d.get('format')!r})")
         model = cls(CodecConfig.from_dict(d["config"]))
         model.load_state_dict(d["state_dict"])
-        model.num_codebooks = d.get("num_codebooks", model.total_codebooks)
+        model.n_q = d.get("n_q", d.get("num_codebooks", model.max_n_q))
         return model
 
     def save(self, path: str | Path) -> Path:

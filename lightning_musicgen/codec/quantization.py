@@ -63,16 +63,16 @@ class VQStats:
 
 
 class EuclideanCodebook(nn.Module):
-    """One EMA codebook of `bins` vectors of size `dim` (buffer names follow EnCodec)."""
+    """One EMA codebook of `card` vectors of size `dim` (buffer names follow EnCodec)."""
 
-    def __init__(self, dim: int, bins: int, decay: float = 0.99, epsilon: float = 1e-5,
+    def __init__(self, dim: int, card: int, decay: float = 0.99, epsilon: float = 1e-5,
                  kmeans_init: bool = True, kmeans_iters: int = 10, threshold_ema_dead_code: float = 2.0):
         super().__init__()
-        self.dim, self.bins, self.decay, self.epsilon = dim, bins, decay, epsilon
+        self.dim, self.card, self.decay, self.epsilon = dim, card, decay, epsilon
         self.kmeans_iters, self.threshold_ema_dead_code = kmeans_iters, threshold_ema_dead_code
-        embed = torch.zeros(bins, dim) if kmeans_init else nn.init.kaiming_uniform_(torch.empty(bins, dim))
+        embed = torch.zeros(card, dim) if kmeans_init else nn.init.kaiming_uniform_(torch.empty(card, dim))
         self.register_buffer("inited", torch.tensor([float(not kmeans_init)]))
-        self.register_buffer("cluster_size", torch.zeros(bins))
+        self.register_buffer("cluster_size", torch.zeros(card))
         self.register_buffer("embed", embed)
         self.register_buffer("embed_avg", embed.clone())
 
@@ -86,7 +86,7 @@ class EuclideanCodebook(nn.Module):
     @torch.no_grad()
     def init_from(self, x: torch.Tensor) -> None:
         """k-means on the first batch (rank 0's, broadcast to the others)."""
-        centroids, counts = kmeans(x, self.bins, self.kmeans_iters)
+        centroids, counts = kmeans(x, self.card, self.kmeans_iters)
         self.embed.copy_(centroids)
         self.embed_avg.copy_(centroids * counts[:, None])  # EMA sums consistent with embed = avg / size
         self.cluster_size.copy_(counts)
@@ -96,14 +96,14 @@ class EuclideanCodebook(nn.Module):
     @torch.no_grad()
     def ema_update(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """EMA of cluster sizes and sums over the (global) batch; returns this batch's counts."""
-        counts = torch.bincount(codes, minlength=self.bins).to(x.dtype)
-        sums = torch.zeros(self.bins, self.dim, device=x.device, dtype=x.dtype).index_add_(0, codes, x)
+        counts = torch.bincount(codes, minlength=self.card).to(x.dtype)
+        sums = torch.zeros(self.card, self.dim, device=x.device, dtype=x.dtype).index_add_(0, codes, x)
         stats = mean_across_ranks(torch.cat([counts[:, None], sums], dim=1))
         counts, sums = stats[:, 0], stats[:, 1:]
         self.cluster_size.lerp_(counts, 1 - self.decay)
         self.embed_avg.lerp_(sums, 1 - self.decay)
         n = self.cluster_size.sum()
-        smoothed = (self.cluster_size + self.epsilon) / (n + self.bins * self.epsilon) * n  # Laplace
+        smoothed = (self.cluster_size + self.epsilon) / (n + self.card * self.epsilon) * n  # Laplace
         self.embed.copy_(self.embed_avg / smoothed[:, None])
         return counts
 
@@ -156,18 +156,18 @@ class ResidualVectorQuantizer(nn.Module):
     trains every bandwidth at once; the draw uses a generator seeded identically on every rank.
     """
 
-    def __init__(self, dimension: int = 128, n_q: int = 4, bins: int = 2048, decay: float = 0.99,
+    def __init__(self, dimension: int = 128, n_q: int = 4, card: int = 2048, decay: float = 0.99,
                  kmeans_init: bool = True, kmeans_iters: int = 10, threshold_ema_dead_code: float = 2.0,
                  q_dropout: bool = False, seed: int = 1234):
         super().__init__()
-        self.dimension, self.n_q, self.bins, self.q_dropout = dimension, n_q, bins, q_dropout
+        self.dimension, self.n_q, self.card, self.q_dropout = dimension, n_q, card, q_dropout
         self.layers = nn.ModuleList(
-            EuclideanCodebook(dimension, bins, decay, kmeans_init=kmeans_init, kmeans_iters=kmeans_iters,
+            EuclideanCodebook(dimension, card, decay, kmeans_init=kmeans_init, kmeans_iters=kmeans_iters,
                               threshold_ema_dead_code=threshold_ema_dead_code) for _ in range(n_q))
         self._rng = torch.Generator().manual_seed(seed)
 
     def bits_per_frame(self, n_q: int | None = None) -> float:
-        return (n_q or self.n_q) * math.log2(self.bins)
+        return (n_q or self.n_q) * math.log2(self.card)
 
     def encode(self, z: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
         """Latent [B, D, F] -> codes [B, K, F] (K = n_q or all); fp32 also under autocast."""

@@ -61,7 +61,7 @@ def codec_cfg(codec) -> dict:
                   dilation_base=c.dilation_base, pad_mode=c.pad_mode, true_skip=c.true_skip, compress=c.compress,
                   lstm=c.lstm_layers, disable_norm_outer_blocks=0, encoder={},
                   decoder={"trim_right_ratio": c.trim_right_ratio})
-    rvq = dict(n_q=c.n_q, q_dropout=c.q_dropout, bins=c.bins, decay=c.decay, kmeans_init=c.kmeans_init,
+    rvq = dict(n_q=c.n_q, q_dropout=c.q_dropout, bins=c.card, decay=c.decay, kmeans_init=c.kmeans_init,
                kmeans_iters=c.kmeans_iters, threshold_ema_dead_code=c.threshold_ema_dead_code,
                orthogonal_reg_weight=0.0, orthogonal_reg_active_codes_only=False, orthogonal_reg_max_codes=None)
     return {"compression_model": "encodec", "sample_rate": c.sample_rate, "channels": c.channels,
@@ -92,7 +92,7 @@ def codec_from_audiocraft(cfg, state: dict, source: str):
         last_kernel_size=s["last_kernel_size"], residual_kernel_size=s["residual_kernel_size"],
         dilation_base=s["dilation_base"], compress=s["compress"], lstm_layers=s["lstm"], true_skip=s["true_skip"],
         causal=e.get("causal", s.get("causal", False)), norm="weight_norm", pad_mode=s["pad_mode"],
-        trim_right_ratio=(s.get("decoder") or {}).get("trim_right_ratio", 1.0), n_q=q["n_q"], bins=q["bins"],
+        trim_right_ratio=(s.get("decoder") or {}).get("trim_right_ratio", 1.0), n_q=q["n_q"], card=q["bins"],
         decay=q["decay"], kmeans_init=q["kmeans_init"], kmeans_iters=q["kmeans_iters"],
         threshold_ema_dead_code=q["threshold_ema_dead_code"], q_dropout=q.get("q_dropout", False))
     model = CompressionModel(config)
@@ -330,7 +330,7 @@ def convert_audiocraft(path: str | Path, out: str | Path, codec: str | None = No
             raise ValueError(f"{lm_file}: an LM needs its codec: pass --codec (a model folder or checkpoint), "
                              f"or put {CODEC_FILE} next to it")
         lm, conditioner, cond_cfg, max_duration = lm_from_audiocraft(cfg, state, str(lm_file), text_encoder)
-        codec_model.num_codebooks = lm.n_q if lm.n_q <= codec_model.total_codebooks else codec_model.num_codebooks
+        codec_model.n_q = lm.n_q if lm.n_q <= codec_model.max_n_q else codec_model.n_q
         return save_musicgen(out, lm, conditioner, cond_cfg, codec_model, max_duration=max_duration,
                              meta={"source": str(path), "format": "audiocraft"})
     cfg, state = read_package(codec_file)

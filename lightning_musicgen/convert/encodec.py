@@ -31,7 +31,7 @@ def codec_config_from_transformers(cfg) -> CodecConfig:
         residual_kernel_size=cfg.residual_kernel_size, dilation_base=cfg.dilation_growth_rate,
         compress=cfg.compress, lstm_layers=cfg.num_lstm_layers, true_skip=not cfg.use_conv_shortcut,
         causal=cfg.use_causal_conv, norm="weight_norm", pad_mode=cfg.pad_mode,
-        trim_right_ratio=cfg.trim_right_ratio, n_q=cfg.num_quantizers, bins=cfg.codebook_size,
+        trim_right_ratio=cfg.trim_right_ratio, n_q=cfg.num_quantizers, card=cfg.codebook_size,
         kmeans_init=True)
 
 
@@ -65,7 +65,7 @@ def encodec_from_transformers(hf_model) -> CompressionModel:
     # transformers encodes at the first target bandwidth by default; so do we
     bandwidths = list(getattr(hf_model.config, "target_bandwidths", []) or [])
     if bandwidths:
-        model.num_codebooks = hf_model.quantizer.get_num_quantizers_for_bandwidth(bandwidths[0])
+        model.n_q = hf_model.quantizer.get_num_quantizers_for_bandwidth(bandwidths[0])
     return model.eval()
 
 

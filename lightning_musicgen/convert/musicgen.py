@@ -32,10 +32,10 @@ def lm_config_from_hf(dec, cross_attention: bool) -> dict:
                 pattern="delay", pattern_kwargs={"delays": delays})
 
 
-def lm_state_from_hf(sd: dict, num_layers: int, num_codebooks: int, cross_attention: bool) -> dict:
+def lm_state_from_hf(sd: dict, num_layers: int, n_q: int, cross_attention: bool) -> dict:
     """Rename/fuse transformers' decoder weights into MusicGenLM's state dict."""
     out = {}
-    for k in range(num_codebooks):
+    for k in range(n_q):
         out[f"emb.{k}.weight"] = sd[f"{DECODER}embed_tokens.{k}.weight"]
         out[f"heads.{k}.weight"] = sd[f"decoder.lm_heads.{k}.weight"]
     for i in range(num_layers):
@@ -123,7 +123,7 @@ def convert_musicgen(folder: Path, out: Path, tokenizer: str | None = None) -> P
         except ValueError as exc:
             raise InputError(f"{folder}: audio encoder: {exc}") from exc
         stereo = getattr(dec, "audio_channels", 1) == 2
-        codec.num_codebooks = dec.num_codebooks // 2 if stereo else dec.num_codebooks  # what the LM models
+        codec.n_q = dec.num_codebooks // 2 if stereo else dec.num_codebooks  # what the LM models
         meta = {"source": str(folder), "model_type": kind, "sample_rate": hf.config.audio_encoder.sampling_rate,
                 "frame_rate": getattr(hf.config.audio_encoder, "frame_rate", None),
                 "audio_channels": getattr(dec, "audio_channels", 1),

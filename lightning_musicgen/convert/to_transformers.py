@@ -40,18 +40,18 @@ def encodec_config(codec):
     hop = math.prod(c.ratios)
     if c.sample_rate % hop:
         raise NotExpressible(f"codec frame rate {c.sample_rate}/{hop} is not an integer (transformers rounds it)")
-    if c.bins & (c.bins - 1):
-        raise NotExpressible(f"codebook size {c.bins} is not a power of two (transformers' bandwidth arithmetic)")
-    frame_rate, nbits = c.sample_rate // hop, int(math.log2(c.bins))
-    bandwidths = [_bandwidth(codec.num_codebooks, frame_rate, nbits)]
-    if codec.num_codebooks != c.n_q:
+    if c.card & (c.card - 1):
+        raise NotExpressible(f"codebook size {c.card} is not a power of two (transformers' bandwidth arithmetic)")
+    frame_rate, nbits = c.sample_rate // hop, int(math.log2(c.card))
+    bandwidths = [_bandwidth(codec.n_q, frame_rate, nbits)]
+    if codec.n_q != c.n_q:
         bandwidths.append(_bandwidth(c.n_q, frame_rate, nbits))
     return EncodecConfig(
         sampling_rate=c.sample_rate, audio_channels=c.channels, hidden_size=c.dimension, num_filters=c.n_filters,
         num_residual_layers=c.n_residual_layers, upsampling_ratios=list(c.ratios), norm_type="weight_norm",
         kernel_size=c.kernel_size, last_kernel_size=c.last_kernel_size, residual_kernel_size=c.residual_kernel_size,
         dilation_growth_rate=c.dilation_base, use_causal_conv=c.causal, pad_mode=c.pad_mode, compress=c.compress,
-        num_lstm_layers=c.lstm_layers, trim_right_ratio=c.trim_right_ratio, codebook_size=c.bins,
+        num_lstm_layers=c.lstm_layers, trim_right_ratio=c.trim_right_ratio, codebook_size=c.card,
         codebook_dim=c.dimension, use_conv_shortcut=not c.true_skip, target_bandwidths=bandwidths,
         normalize=False, chunk_length_s=None, overlap=None)
 
@@ -91,10 +91,10 @@ def _load_exact(hf, state: dict, what: str) -> None:
 
 
 # ---- MusicGen ---------------------------------------------------------------------------------
-def lm_state_to_hf(state: dict, num_layers: int, num_codebooks: int, cross_attention: bool) -> dict:
+def lm_state_to_hf(state: dict, num_layers: int, n_q: int, cross_attention: bool) -> dict:
     """MusicGenLM weights -> transformers' decoder names (inverse of convert.musicgen.lm_state_from_hf)."""
     out = {}
-    for k in range(num_codebooks):
+    for k in range(n_q):
         out[f"{DECODER}embed_tokens.{k}.weight"] = state[f"emb.{k}.weight"]
         out[f"decoder.lm_heads.{k}.weight"] = state[f"heads.{k}.weight"]
     for i in range(num_layers):
@@ -122,7 +122,7 @@ def lm_state_to_hf(state: dict, num_layers: int, num_codebooks: int, cross_atten
 def check_lm(lm, codec) -> int:
     """Refuse what transformers' MusicGen decoder cannot express; returns its audio_channels."""
     c = lm.config
-    stereo = codec is not None and codec.channels == 1 and lm.n_q == 2 * codec.num_codebooks
+    stereo = codec is not None and codec.channels == 1 and lm.n_q == 2 * codec.n_q
     delays = [k // 2 for k in range(lm.n_q)] if stereo else list(range(lm.n_q))
     if c.pattern != "delay" or lm.pattern.delays != delays:
         raise NotExpressible(f"pattern {c.pattern!r} {c.pattern_kwargs or ''}: transformers' MusicGen has only the "
@@ -138,8 +138,8 @@ def check_lm(lm, codec) -> int:
         raise NotExpressible(f"activation {c.activation!r} has no transformers name")
     if codec is None:
         raise NotExpressible("no codec recorded: transformers' MusicGen needs its audio encoder")
-    if codec.cardinality != lm.card:
-        raise NotExpressible(f"codec cardinality {codec.cardinality} != LM cardinality {lm.card}")
+    if codec.card != lm.card:
+        raise NotExpressible(f"codec card {codec.card} != LM card {lm.card}")
     return 2 if stereo else 1
 
 

@@ -314,7 +314,7 @@ class TokenDataModule(_ShardDataModule):
 
     Batches: `{"codes": long[B, K, F], "mask": bool[B, F], "text": list[str], "meta": list[dict]}` with
     F = segment_duration * frame_rate; padded positions hold 0 and mask False. Each meta carries the
-    codec's `frame_rate`, `num_codebooks`, `cardinality`, `sample_rate`. Options as `AudioDataModule`.
+    codec's `frame_rate`, `n_q`, `card`, `sample_rate`. Options as `AudioDataModule`.
     """
 
     def __init__(self, train_shards: Any = None, val_shards: Any = None, segment_duration: float | None = 30.0,

@@ -195,7 +195,6 @@ class CodeCrops:
         check_crop_options(segment_duration, min_segment_ratio)
         self.segment_duration, self.min_segment_ratio = segment_duration, min_segment_ratio
         self.text = text or TextAugment()
-        self.num_codebooks: int | None = None
 
     plan = AudioCrops.plan
 

@@ -1,7 +1,7 @@
 """`python -m lightning_musicgen tokenize`: audio shards -> codec token shards for LM training.
 
 Every input shard `NAME.tar` becomes `OUTPUT/NAME.tar` with samples `KEY.codes.npy` (int16/int32 [K, F]) and
-`KEY.json` (the audio sample's metadata plus `frame_rate`, `num_codebooks`, `cardinality`,
+`KEY.json` (the audio sample's metadata plus `frame_rate`, `n_q`, `card`,
 `codec_sample_rate`, `codec_channels`, `frames`, `duration`), written atomically; a re-run skips finished
 shards. `OUTPUT/index.json` sizes epochs for `TokenDataModule` (duration in seconds of audio).
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -26,7 +27,7 @@ import torch
 from lightning_musicgen.audio.io import AudioReadError, convert_channels, read_audio, resample
 from lightning_musicgen.data.shards import (AUDIO_EXTS, MELODY_MEMBER, AtomicShardWriter, atomic_write_json,
                                             expand_shards, iter_tar_samples, write_index)
-from lightning_musicgen.errors import inputs_checked_by_library
+from lightning_musicgen.errors import InputError, inputs_checked_by_library
 
 
 @torch.no_grad()
@@ -63,16 +64,16 @@ def _audio_blob(sample: dict) -> bytes | None:
 def tokenize_shards(model, source, output, chunk_seconds: float = 30.0, context_seconds: float = 1.0,
                     progress: bool = True, codec_name: str | None = None) -> dict:
     """Encode every audio shard of `source` with `model` (a CompressionModel or anything with `encode`,
-    `sample_rate`, `channels`, `frame_rate`, `num_codebooks`, `cardinality`) into `output`."""
+    `sample_rate`, `channels`, `frame_rate`, `n_q`, `card`) into `output`."""
     from tqdm import tqdm
     urls = expand_shards(source)
     if not urls:
         raise ValueError(f"{source}: no shards")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    dtype = np.int16 if model.cardinality <= np.iinfo(np.int16).max else np.int32
-    codec_info = {"frame_rate": float(model.frame_rate), "num_codebooks": int(model.num_codebooks),
-                  "cardinality": int(model.cardinality), "codec_sample_rate": int(model.sample_rate),
+    dtype = np.int16 if model.card <= np.iinfo(np.int16).max else np.int32
+    codec_info = {"frame_rate": float(model.frame_rate), "n_q": int(model.n_q),
+                  "card": int(model.card), "codec_sample_rate": int(model.sample_rate),
                   "codec_channels": int(model.channels)}
     shards, skipped = [], []  # skipped: report entries (unreadable samples, and ignored melody files)
     bar = tqdm(urls, unit="shard", desc=f"tokenize -> {output.name}", disable=not progress)
@@ -126,8 +127,8 @@ def tokenize_shards(model, source, output, chunk_seconds: float = 30.0, context_
 
 
 def tokenize_command(*, codec: str, input: str, output: str, device: str = "auto",
-                     num_codebooks: Optional[int] = None, chunk_seconds: float = 30.0, context_seconds: float = 1.0,
-                     no_progress: bool = False) -> None:
+                     n_q: Optional[int] = None, chunk_seconds: float = 30.0, context_seconds: float = 1.0,
+                     no_progress: bool = False, num_codebooks: Optional[int] = None) -> None:
     """Encode audio shards with a trained codec into token shards for LM training.
 
     Reads the shards of `prepare`/`demo-data` and writes KEY.codes.npy + KEY.json shards that
@@ -138,22 +139,28 @@ def tokenize_command(*, codec: str, input: str, output: str, device: str = "auto
         input: audio shards: folder, index.json, glob or brace pattern.
         output: token shard folder.
         device: torch device (auto: cuda if available, else cpu).
-        num_codebooks: keep the first K codebooks (default: all).
+        n_q: keep the first n_q codebooks (default: all).
         chunk_seconds: encode long files in chunks of this many seconds.
         context_seconds: audio context (seconds) encoded and discarded around each chunk.
         no_progress: no progress bar.
+        num_codebooks: deprecated name of n_q.
     """
     from lightning_musicgen.codec import CompressionModel
+    if num_codebooks is not None:
+        if n_q is not None:
+            raise InputError("tokenize: give n_q only (num_codebooks is its deprecated name)")
+        warnings.warn("tokenize --num_codebooks is deprecated: use --n_q", DeprecationWarning, stacklevel=2)
+        n_q = num_codebooks
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     with inputs_checked_by_library():
         model = CompressionModel.from_checkpoint(codec).eval().to(device)
-        if num_codebooks is not None:
-            model.num_codebooks = num_codebooks
+        if n_q is not None:
+            model.n_q = n_q
         index = tokenize_shards(model, input, output, chunk_seconds, context_seconds, progress=not no_progress,
                                 codec_name=str(codec))
     print(f"{output}: {index['samples']} samples, {index['duration'] / 3600:.2f} h of audio as "
-          f"{index['num_codebooks']} x {index['frame_rate']:g} Hz codes; skipped {index['skipped']}")
+          f"{index['n_q']} x {index['frame_rate']:g} Hz codes; skipped {index['skipped']}")
     if index.get("ignored"):
         print(f"{output}: {index['ignored']} samples carry a melody file that token shards do not keep; "
               f"train melody models on the audio shards (AudioDataModule) to condition on it")

@@ -88,12 +88,12 @@ class MusicGen:
         self.frame_rate = float(frame_rate if frame_rate is not None else codec.frame_rate)
         self.interleaved_stereo = False
         if codec is not None:
-            if codec.cardinality != lm.card:
-                raise ConfigError(f"codec cardinality {codec.cardinality} != LM cardinality {lm.card}")
-            if lm.n_q == 2 * codec.num_codebooks and codec.channels == 1:
+            if codec.card != lm.card:
+                raise ConfigError(f"codec card {codec.card} != LM card {lm.card}")
+            if lm.n_q == 2 * codec.n_q and codec.channels == 1:
                 self.interleaved_stereo = True  # transformers' stereo MusicGen: L/R codebooks interleaved
-            elif lm.n_q != codec.num_codebooks:
-                raise ConfigError(f"codec gives {codec.num_codebooks} codebooks, the LM models {lm.n_q}")
+            elif lm.n_q != codec.n_q:
+                raise ConfigError(f"codec gives n_q={codec.n_q} codebooks, the LM models n_q={lm.n_q}")
         if not 0 < extend_stride < max_duration:
             raise ConfigError(f"extend_stride ({extend_stride} s) must be in (0, max_duration = {max_duration} s)")
         self.max_duration, self.extend_stride = float(max_duration), float(extend_stride)

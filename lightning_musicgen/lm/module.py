@@ -109,12 +109,12 @@ class MusicGenModule(LightningModule):
         if codec_checkpoint:  # loaded now: a missing or wrong-kind file fails here, in one line
             codec = self._load_codec()
         if codec is not None and (lm_cfg.n_q is None or lm_cfg.card is None):
-            lm_cfg = LMConfig.from_dict({**lm_cfg.to_dict(), "n_q": lm_cfg.n_q or codec.num_codebooks,
-                                         "card": lm_cfg.card or codec.cardinality})  # null -> the codec's
+            lm_cfg = LMConfig.from_dict({**lm_cfg.to_dict(), "n_q": lm_cfg.n_q or codec.n_q,
+                                         "card": lm_cfg.card or codec.card})  # null -> the codec's
         self.lm = MusicGenLM(lm_cfg)
-        if codec is not None and (codec.cardinality != self.lm.card or codec.total_codebooks < self.lm.n_q):
+        if codec is not None and (codec.card != self.lm.card or codec.max_n_q < self.lm.n_q):
             raise ConfigError(f"lm.n_q={self.lm.n_q}, lm.card={self.lm.card} do not match the codec {codec_checkpoint} "
-                              f"({codec.total_codebooks} codebooks x {codec.cardinality} codes); set them to null "
+                              f"({codec.max_n_q} codebooks x {codec.card} codes); set them to null "
                               "to use the codec's")
         self.conditioner_config = cond_cfg.with_dim(self.lm.dim)
         self.conditioner: ConditionProvider = build_condition_provider(self.conditioner_config)
@@ -190,10 +190,10 @@ class MusicGenModule(LightningModule):
         if not self.codec_checkpoint:
             raise ValueError("model.init_args.codec_checkpoint: needed to encode audio batches (or use token shards)")
         codec = self._load_codec()
-        if codec.num_codebooks != self.lm.n_q and codec.total_codebooks >= self.lm.n_q:
-            codec.num_codebooks = self.lm.n_q
-        if (codec.num_codebooks, codec.cardinality) != (self.lm.n_q, self.lm.card):
-            raise ValueError(f"codec {self.codec_checkpoint}: {codec.num_codebooks} x {codec.cardinality} codes "
+        if codec.n_q != self.lm.n_q and codec.max_n_q >= self.lm.n_q:
+            codec.n_q = self.lm.n_q
+        if (codec.n_q, codec.card) != (self.lm.n_q, self.lm.card):
+            raise ValueError(f"codec {self.codec_checkpoint}: {codec.n_q} x {codec.card} codes "
                              f"!= LM n_q={self.lm.n_q} x card={self.lm.card}")
         if next(codec.parameters()).device != self.device:
             codec.to(self.device)
@@ -206,7 +206,7 @@ class MusicGenModule(LightningModule):
             codes, mask = batch["codes"], batch.get("mask")
             if codes.shape[1] != self.lm.n_q:
                 raise ConfigError(f"token batch has {codes.shape[1]} codebooks, the LM models lm.n_q={self.lm.n_q}")
-            card = max((int(m.get("cardinality") or 0) for m in batch.get("meta") or []), default=0)
+            card = max((int(m.get("card", m.get("cardinality")) or 0) for m in batch.get("meta") or []), default=0)
             if card > self.lm.card:  # token ids beyond the LM's embeddings: fail in one line, not in an index error
                 raise ConfigError(f"token shards hold codes of a {card}-code codec, above lm.card={self.lm.card}; "
                                   f"set lm.card to {card}")
