@@ -20,6 +20,7 @@ import copy
 import torch
 
 from lightning_musicgen.compat import foreach_lerp_
+from lightning_musicgen.errors import ConfigError
 from torch import nn
 
 
@@ -27,7 +28,7 @@ class EMA(nn.Module):
     def __init__(self, model: nn.Module, decay: float):
         super().__init__()
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
+            raise ConfigError(f"ema_decay must be in (0, 1), got {decay}")
         self.decay = float(decay)
         self.module = copy.deepcopy(model).requires_grad_(False).eval()
         self.register_buffer("step", torch.tensor(-1, dtype=torch.long))

@@ -7,6 +7,10 @@ both without a traceback. Anything else is a bug and keeps its traceback. Messag
 names the bad thing (option, key, file, value) and what was expected.
 
 Every `UserError` derives from `ValueError` so that code catching `ValueError` keeps working.
+Library code raises the type that says what is wrong where it finds it: `ConfigError` in constructors
+and config checks, `InputError`/`MissingFileError` for data and command-line inputs, `CheckpointError`/
+`CheckpointNotFoundError` for model files. A bare `ValueError` inside the library is a broken contract
+(a caller's bug: a wrong tensor shape) and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -27,6 +31,13 @@ class InputError(UserError):
 
 class SubmitError(InputError):
     """A bad `submit` input (option, cluster config, job spec)."""
+
+
+class MissingFileError(InputError, FileNotFoundError):
+    """An input file or folder (data, index, weights, soundfont) that does not exist (also a FileNotFoundError)."""
+
+    def __str__(self) -> str:  # FileNotFoundError would format "[Errno ...]" when given errno args
+        return str(self.args[0]) if self.args else "file not found"
 
 
 class CheckpointError(UserError):
@@ -53,8 +64,9 @@ class RunError(RuntimeError):
 
 @contextmanager
 def inputs_checked_by_library():
-    """Re-raise a `FileNotFoundError`/`ValueError` from library code that reports bad inputs with those
-    built-in types as an `InputError` with the same (first) line, so the command line prints it as one."""
+    """Re-raise a `FileNotFoundError`/`ValueError` from the third-party readers a verb calls (transformers,
+    safetensors, torch.load, soundfile report a bad file with those built-in types) as an `InputError` with
+    the same (first) line, so the command line prints it as one."""
     try:
         yield
     except UserError:

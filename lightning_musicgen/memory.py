@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal, Optional
 
+from lightning_musicgen.errors import ConfigError, InputError
+
 GiB = 2**30
 # The SEANet encoder of EnCodec 32 kHz (64 filters) under no_grad in fp32: its full-rate first stage
 # holds about 288 floats per input sample at its peak (measured with `measured_peak`: 1152 bytes per
@@ -56,7 +58,7 @@ def _bytes(precision: str) -> tuple[int, int, int]:
     """(parameter bytes, residual-stream bytes, matmul-output bytes)."""
     precision = str(precision)
     if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision.endswith("-true") and precision[:2] in ("bf", "16"):
         return 2, 2, 2
     if precision.endswith("-mixed"):
@@ -318,9 +320,9 @@ def memory_command(*, model: Optional[Literal["musicgen-small", "musicgen-medium
         print(table())
         return
     if seconds <= 0 or micro_batch < 1:
-        raise ValueError(f"--seconds {seconds} / --micro-batch {micro_batch}: need seconds > 0 and micro-batch >= 1")
+        raise InputError(f"--seconds {seconds} / --micro-batch {micro_batch}: need seconds > 0 and micro-batch >= 1")
     if precision not in PRECISIONS:
-        raise ValueError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        raise InputError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     parts = official_estimate(model, method, seconds, micro_batch, precision=precision).gib()
     print(f"{model}, {method}, {seconds:g} s crops, micro-batch {micro_batch}, {precision}:")
     for name, value in parts.items():

@@ -371,8 +371,8 @@ def _init_from_conditioner(init_from: str, cond_cfg, checkpoint: Path):
     from lightning_musicgen.lm.conditioners import build_condition_provider
     source = Path(init_from).expanduser()
     if not source.exists():
-        raise FileNotFoundError(f"{checkpoint}: its init_from model {source} (the frozen text encoder's source) "
-                                "is missing; pass text_encoder=")
+        raise CheckpointNotFoundError(f"{checkpoint}: its init_from model {source} (the frozen text encoder's source) "
+                                      "is missing; pass text_encoder=")
     _, base, _, _ = load_musicgen(source, load_codec_model=False)
     text = base.text
     conditioner = build_condition_provider(cond_cfg, text.encoder_config(), text.tokenizer_files())

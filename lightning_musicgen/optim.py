@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from lightning_musicgen.errors import ConfigError
+
 
 def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
     """LR multiplier: 0 -> 1 linearly over `warmup_steps`, then cosine to `min_lr_ratio` at
@@ -24,9 +26,9 @@ class WarmupCosineLR(LambdaLR):
     def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
                  min_lr_ratio: float = 0.0, last_epoch: int = -1):
         if total_steps <= 0 or warmup_steps < 0 or warmup_steps > total_steps:
-            raise ValueError(f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps})")
+            raise ConfigError(f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps})")
         if not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
         self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
         super().__init__(optimizer, self._factor, last_epoch)
 
@@ -42,7 +44,7 @@ def decay_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay:
     """Parameter groups for AdamW. `decay_on="matrices"`: weight decay on matrices only (biases,
     norms and other 1-D parameters get none); "all": every parameter decays (audiocraft)."""
     if decay_on not in WEIGHT_DECAY_ON:
-        raise ValueError(f"weight_decay_on must be one of {WEIGHT_DECAY_ON}, got {decay_on!r}")
+        raise ConfigError(f"weight_decay_on must be one of {WEIGHT_DECAY_ON}, got {decay_on!r}")
     decay, no_decay = [], []
     for name, p in named_params:
         if not p.requires_grad:

@@ -14,6 +14,8 @@ import torch
 
 from lightning_musicgen import compat
 
+from lightning_musicgen.errors import ConfigError
+
 
 def bf16_is_fast(device: torch.device | str = "cpu") -> bool:
     """bf16 runs fast on `device` (CUDA with native bf16, or a CPU with AVX512-BF16/AMX)."""
@@ -78,5 +80,5 @@ def inference_dtype(dtype: torch.dtype | str | None, device: torch.device | str)
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in _DTYPE_NAMES:
-        raise ValueError(f"dtype {dtype!r} is not one of auto, {', '.join(_DTYPE_NAMES)}")
+        raise ConfigError(f"dtype {dtype!r} is not one of auto, {', '.join(_DTYPE_NAMES)}")
     return _DTYPE_NAMES[dtype]

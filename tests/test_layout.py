@@ -125,3 +125,48 @@ def test_readme_package_layout_lists_every_subpackage_and_top_level_module():
     actual = {f"{p.parent.relative_to(package)}/" for p in package.rglob("__init__.py") if p.parent != package}
     actual |= {p.name for p in package.glob("*.py") if p.name != "__init__.py"}
     assert listed == actual, (sorted(listed - actual), sorted(actual - listed))
+
+
+def test_config_checks_and_verbs_raise_typed_errors():
+    """A check in a constructor (`__init__`/`__post_init__`: config values) or in a verb (`*_command`) raises an
+    `errors.py` type, never a bare ValueError/FileNotFoundError/RuntimeError, so the command line prints it as
+    one line without needing to guess. Bare built-ins stay for contract violations inside the library."""
+    import ast
+    bare = ("ValueError", "FileNotFoundError", "RuntimeError", "TypeError", "KeyError")
+    found = []
+    for path in sorted((ROOT / "lightning_musicgen").rglob("*.py")):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, ast.FunctionDef) and (fn.name in ("__init__", "__post_init__")
+                                                    or fn.name.endswith("_command")):
+                found += [f"{path.relative_to(ROOT)}:{node.lineno} {fn.name}" for node in ast.walk(fn)
+                          if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
+                          and getattr(node.exc.func, "id", None) in bare]
+    assert not found, found
+
+
+def test_user_errors_are_typed_where_they_are_raised(tmp_path):
+    import pytest
+    from lightning_musicgen.data.shards import expand_shards, read_index
+    from lightning_musicgen.errors import CheckpointError, CheckpointNotFoundError, ConfigError, MissingFileError
+    from lightning_musicgen.lm.lora import LoRASettings, read_adapters
+    from lightning_musicgen.lm.model import LMConfig
+    from lightning_musicgen.lm.patterns import get_pattern
+    from lightning_musicgen.optim import WarmupCosineLR
+    import torch
+    with pytest.raises(ConfigError, match="unknown pattern 'nope'"):
+        get_pattern("nope", 4)
+    with pytest.raises(ConfigError, match="dim"):
+        LMConfig(n_q=4, card=16, dim=0)
+    with pytest.raises(ConfigError, match="lora.r=0"):
+        LoRASettings(r=0)
+    with pytest.raises(ConfigError, match="min_lr_ratio"):
+        WarmupCosineLR(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), 0, 10, min_lr_ratio=2.0)
+    with pytest.raises(MissingFileError, match="no shard index"):
+        read_index(tmp_path / "index.json")
+    with pytest.raises(MissingFileError, match="no shard matches"):
+        expand_shards(str(tmp_path / "x-*.tar"))
+    with pytest.raises(CheckpointNotFoundError, match="no such adapters file"):
+        read_adapters(tmp_path / "a.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        read_adapters(tmp_path / "bad.safetensors")

@@ -22,6 +22,8 @@ import math
 
 import torch
 
+from lightning_musicgen.errors import ConfigError
+
 G = 1 / math.sqrt(2)  # -3 dB
 
 # Default channel order per count. FL/FR front, FC centre, LFE, BL/BR back, SL/SR side, BC back centre.
@@ -61,9 +63,9 @@ def channel_order(format: str | None, subtype: str | None = None) -> str:
 def downmix_matrix(in_channels: int, out_channels: int, order: str = "wav") -> torch.Tensor:
     """The [out_channels, in_channels] matrix that `to_channels` applies (out_channels 1 or 2)."""
     if order not in LAYOUTS:
-        raise ValueError(f"channel order {order!r}: expected one of {sorted(LAYOUTS)}")
+        raise ConfigError(f"channel order {order!r}: expected one of {sorted(LAYOUTS)}")
     if out_channels not in (1, 2) or in_channels < 1:
-        raise ValueError(f"cannot mix {in_channels} channels into {out_channels}: targets are 1 or 2 channels")
+        raise ConfigError(f"cannot mix {in_channels} channels into {out_channels}: targets are 1 or 2 channels")
     if in_channels == out_channels:
         return torch.eye(in_channels)
     if in_channels == 1:

@@ -12,6 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
+from lightning_musicgen.errors import ConfigError
+
 
 def _same_padding(kernel: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> tuple[int, int]:
     return ((kernel[0] - 1) * dilation[0] // 2, (kernel[1] - 1) * dilation[1] // 2)
@@ -58,9 +60,9 @@ class STFTDiscriminator(nn.Module):
                  channel_layout: str = "interleaved", norm_first_conv: bool = True, activation_slope: float = 0.2):
         super().__init__()
         if stft_norm not in ("frame_length", "window"):
-            raise ValueError(f"stft_norm must be 'frame_length' or 'window', got {stft_norm!r}")
+            raise ConfigError(f"stft_norm must be 'frame_length' or 'window', got {stft_norm!r}")
         if channel_layout not in ("interleaved", "real_imag"):
-            raise ValueError(f"channel_layout must be 'interleaved' or 'real_imag', got {channel_layout!r}")
+            raise ConfigError(f"channel_layout must be 'interleaved' or 'real_imag', got {channel_layout!r}")
         self.n_fft, self.hop_length, self.win_length = n_fft, hop_length, win_length
         self.center, self.stft_norm, self.channel_layout = center, stft_norm, channel_layout
         self.activation_slope = activation_slope
@@ -149,4 +151,4 @@ def build_discriminator(kind: str, channels: int, **kwargs) -> nn.Module:
         return MultiScaleSTFTDiscriminator(channels, **kwargs)
     if kind == "mpd":
         return MultiPeriodDiscriminator(channels, **kwargs)
-    raise ValueError(f"discriminator must be 'msstftd' or 'mpd', got {kind!r}")
+    raise ConfigError(f"discriminator must be 'msstftd' or 'mpd', got {kind!r}")

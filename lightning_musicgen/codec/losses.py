@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from lightning_musicgen.audio.dsp import MelSpectrogram
 from lightning_musicgen.distributed import mean_across_ranks
+from lightning_musicgen.errors import ConfigError
 
 
 def _fp32(fn):
@@ -117,7 +118,7 @@ def generator_adversarial_loss(fake_logits: list[torch.Tensor], kind: str = "hin
 
 def _check_adv_loss(kind: str) -> None:
     if kind not in ADV_LOSSES:
-        raise ValueError(f"adversarial loss must be one of {ADV_LOSSES}, got {kind!r}")
+        raise ConfigError(f"adversarial loss must be one of {ADV_LOSSES}, got {kind!r}")
 
 
 def hinge_discriminator_loss(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> torch.Tensor:
@@ -137,7 +138,7 @@ def feature_matching_loss(fake_feats: list[list[torch.Tensor]], real_feats: list
     """Mean over discriminators of the mean over their layers of L1(fake, real) (real features
     detached); "relative" divides each layer's L1 by mean|real|, "l1" does not (audiocraft)."""
     if kind not in FEATURE_MATCHING:
-        raise ValueError(f"feature matching must be one of {FEATURE_MATCHING}, got {kind!r}")
+        raise ConfigError(f"feature matching must be one of {FEATURE_MATCHING}, got {kind!r}")
     total = 0.0
     for fakes, reals in zip(fake_feats, real_feats):
         layers = 0.0

@@ -25,6 +25,7 @@ from lightning_musicgen.codec.losses import (ADV_LOSSES, FEATURE_MATCHING, Balan
 from lightning_musicgen.codec.model import CodecConfig, CompressionModel
 from lightning_musicgen.compat import attached_trainer, ddp_kwargs
 from lightning_musicgen.ema import EMA
+from lightning_musicgen.errors import ConfigError
 from lightning_musicgen.optim import WarmupCosineLR
 
 DEFAULT_WEIGHTS = {"adv": 4.0, "feat": 4.0, "l1": 0.1, "msspec": 2.0}
@@ -76,13 +77,13 @@ class CodecModule(LightningModule):
         weights = dict(DEFAULT_WEIGHTS if loss_weights is None else loss_weights)
         unknown = sorted(set(weights) - set(DEFAULT_WEIGHTS))
         if unknown:
-            raise ValueError(f"loss_weights: unknown loss(es) {unknown}; known: {sorted(DEFAULT_WEIGHTS)}")
+            raise ConfigError(f"loss_weights: unknown loss(es) {unknown}; known: {sorted(DEFAULT_WEIGHTS)}")
         if disc_every < 1:
-            raise ValueError(f"disc_every must be >= 1, got {disc_every}")
+            raise ConfigError(f"disc_every must be >= 1, got {disc_every}")
         if adv_loss not in ADV_LOSSES:
-            raise ValueError(f"model.init_args.adv_loss: one of {ADV_LOSSES}, got {adv_loss!r}")
+            raise ConfigError(f"model.init_args.adv_loss: one of {ADV_LOSSES}, got {adv_loss!r}")
         if feature_matching not in FEATURE_MATCHING:
-            raise ValueError(f"model.init_args.feature_matching: one of {FEATURE_MATCHING}, got {feature_matching!r}")
+            raise ConfigError(f"model.init_args.feature_matching: one of {FEATURE_MATCHING}, got {feature_matching!r}")
         self.save_hyperparameters(ignore=["codec"])
         self.hparams["codec"] = codec.to_dict()
         self.automatic_optimization = False
@@ -110,12 +111,12 @@ class CodecModule(LightningModule):
         trainer = attached_trainer(self)
         precision = str(getattr(trainer, "precision", "32-true")) if trainer else "32-true"
         if precision.startswith("16"):
-            raise ValueError(f"CodecModule: precision {precision!r} is not supported (use bf16-mixed or 32-true)")
+            raise ConfigError(f"CodecModule: precision {precision!r} is not supported (use bf16-mixed or 32-true)")
         kwargs = ddp_kwargs(trainer.strategy) if trainer else None
         if kwargs is not None and trainer.world_size > 1 and not kwargs.get("find_unused_parameters"):
             # the discriminator and generator backwards each leave the other network without gradients
-            raise ValueError("CodecModule under DDP needs trainer.strategy.init_args.find_unused_parameters=true "
-                             "(or strategy: ddp_find_unused_parameters_true)")
+            raise ConfigError("CodecModule under DDP needs trainer.strategy.init_args.find_unused_parameters=true "
+                              "(or strategy: ddp_find_unused_parameters_true)")
 
     def _wav(self, batch) -> torch.Tensor:
         wav = batch["wav"] if isinstance(batch, dict) else batch

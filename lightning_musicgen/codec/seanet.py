@@ -13,13 +13,15 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
+from lightning_musicgen.errors import ConfigError
+
 
 def _normed(conv: nn.Module, norm: str) -> nn.Module:
     if norm == "weight_norm":
         return weight_norm(conv)
     if norm == "none":
         return conv
-    raise ValueError(f"norm must be 'weight_norm' or 'none', got {norm!r}")
+    raise ConfigError(f"norm must be 'weight_norm' or 'none', got {norm!r}")
 
 
 def pad1d(x: torch.Tensor, left: int, right: int, mode: str = "reflect") -> torch.Tensor:
@@ -70,7 +72,7 @@ class StreamableConvTranspose1d(nn.Module):
         super().__init__()
         self.convtr = _normed(nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride), norm)
         if not causal and trim_right_ratio != 1.0:
-            raise ValueError("trim_right_ratio != 1.0 only makes sense for causal convolutions")
+            raise ConfigError("trim_right_ratio != 1.0 only makes sense for causal convolutions")
         padding_total = kernel_size - stride
         right = math.ceil(padding_total * trim_right_ratio) if causal else padding_total // 2
         self.trim_left, self.trim_right = padding_total - right, right

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from lightning_musicgen.convert.to_transformers import NotExpressible
+from lightning_musicgen.errors import CheckpointError, CheckpointNotFoundError, InputError
 
 T5_NAMES = ("t5-small", "t5-base", "t5-large", "t5-3b", "t5-11b", "google/flan-t5-small", "google/flan-t5-base",
             "google/flan-t5-large", "google/flan-t5-xl", "google/flan-t5-xxl")
@@ -106,8 +107,8 @@ def _load_renamed(model, state: dict, mapping: dict[str, str], source: str) -> N
     missing = sorted(set(mapping) - set(state))
     unexpected = sorted(set(state) - set(mapping))
     if missing or unexpected:
-        raise ValueError(f"{source}: weights do not match the converted architecture (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]})")
+        raise CheckpointError(f"{source}: weights do not match the converted architecture (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})")
     model.load_state_dict({ours: state[theirs] for theirs, ours in mapping.items()})
 
 
@@ -210,14 +211,15 @@ def read_package(path: Path) -> tuple[dict, dict]:
     try:
         pkg = torch.load(path, map_location="cpu", weights_only=False)  # solver checkpoints pickle a DictConfig
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable audiocraft file ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{path}: not a readable audiocraft file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(pkg, dict):
-        raise ValueError(f"{path}: not an audiocraft package (a dict with 'best_state' and 'xp.cfg')")
+        raise CheckpointError(f"{path}: not an audiocraft package (a dict with 'best_state' and 'xp.cfg')")
     if "pretrained" in pkg:
-        raise ValueError(f"{path}: names the pretrained codec {pkg['pretrained']!r} instead of holding it; convert "
-                         "that one with `convert --from-hf` and pass it with --codec")
+        raise CheckpointError(f"{path}: names the pretrained codec {pkg['pretrained']!r} instead of holding it; "
+                              "convert that one with `convert --from-hf` and pass it with --codec")
     if "xp.cfg" not in pkg or "best_state" not in pkg:
-        raise ValueError(f"{path}: not an audiocraft package (keys {sorted(pkg)[:6]}; expected best_state, xp.cfg)")
+        raise CheckpointError(f"{path}: not an audiocraft package (keys {sorted(pkg)[:6]}; "
+                              "expected best_state, xp.cfg)")
     cfg = pkg["xp.cfg"]
     cfg = OmegaConf.create(cfg) if isinstance(cfg, (str, dict)) else cfg
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
@@ -275,8 +277,8 @@ def lm_from_audiocraft(cfg: dict, state: dict, source: str, text_encoder: str | 
     expected = lm_state_to_audiocraft(lm, conditioner)  # audiocraft's names for this architecture
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{source}: LM weights do not match the converted architecture (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]})")
+        raise CheckpointError(f"{source}: LM weights do not match the converted architecture (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})")
     lm_state = {k: state[_to_audiocraft(k)] for k in lm.state_dict() if ".cross_attn.q." not in k
                 and ".cross_attn.kv." not in k}
     for i in range(len(lm.transformer.layers)):
@@ -312,22 +314,22 @@ def convert_audiocraft(path: str | Path, out: str | Path, codec: str | None = No
     if path.is_dir():
         lm_file, codec_file = path / LM_FILE, path / CODEC_FILE
         if not lm_file.is_file() and not codec_file.is_file():
-            raise FileNotFoundError(f"{path}: neither {LM_FILE} nor {CODEC_FILE} in it")
+            raise CheckpointNotFoundError(f"{path}: neither {LM_FILE} nor {CODEC_FILE} in it")
     elif path.is_file():
         lm_file, codec_file = path, None
     else:
-        raise FileNotFoundError(f"{path}: no such file or folder")
+        raise CheckpointNotFoundError(f"{path}: no such file or folder")
     codec_model = load_codec(codec) if codec else None
     if lm_file.is_file():
         cfg, state = read_package(lm_file)
         if "lm_model" not in cfg:  # a codec file or a compression solver checkpoint
             if "compression_model" not in cfg:
-                raise ValueError(f"{lm_file}: neither an LM nor a compression model config")
+                raise CheckpointError(f"{lm_file}: neither an LM nor a compression model config")
             return save_codec(codec_from_audiocraft(cfg, state, str(lm_file)), out)
         if codec_model is None and codec_file is not None and codec_file.is_file():
             codec_model = codec_from_audiocraft(*read_package(codec_file), str(codec_file))
         if codec_model is None:
-            raise ValueError(f"{lm_file}: an LM needs its codec: pass --codec (a model folder or checkpoint), "
+            raise InputError(f"{lm_file}: an LM needs its codec: pass --codec (a model folder or checkpoint), "
                              f"or put {CODEC_FILE} next to it")
         lm, conditioner, cond_cfg, max_duration = lm_from_audiocraft(cfg, state, str(lm_file), text_encoder)
         codec_model.n_q = lm.n_q if lm.n_q <= codec_model.max_n_q else codec_model.n_q

@@ -12,18 +12,19 @@ from pathlib import Path
 import torch
 
 from lightning_musicgen.codec.model import CodecConfig, CompressionModel
-from lightning_musicgen.errors import InputError
+from lightning_musicgen.errors import CheckpointError, InputError
 
 
 def codec_config_from_transformers(cfg) -> CodecConfig:
     """EncodecConfig -> CodecConfig (raises a one-line ValueError for what we do not support)."""
     if getattr(cfg, "norm_type", "weight_norm") != "weight_norm":
-        raise ValueError(f"EnCodec norm_type {cfg.norm_type!r} is not supported (only weight_norm)")
+        raise CheckpointError(f"EnCodec norm_type {cfg.norm_type!r} is not supported (only weight_norm)")
     if getattr(cfg, "normalize", False) or getattr(cfg, "chunk_length_s", None):
-        raise ValueError("EnCodec models with normalize=True or chunked encoding (the 48 kHz one) are not supported")
+        raise CheckpointError("EnCodec models with normalize=True or chunked encoding (the 48 kHz one) "
+                              "are not supported")
     codebook_dim = getattr(cfg, "codebook_dim", None) or cfg.hidden_size
     if codebook_dim != cfg.hidden_size:
-        raise ValueError(f"EnCodec codebook_dim {codebook_dim} != hidden_size {cfg.hidden_size} is not supported")
+        raise CheckpointError(f"EnCodec codebook_dim {codebook_dim} != hidden_size {cfg.hidden_size} is not supported")
     return CodecConfig(
         sample_rate=cfg.sampling_rate, channels=cfg.audio_channels, dimension=cfg.hidden_size,
         n_filters=cfg.num_filters, n_residual_layers=cfg.num_residual_layers,
@@ -56,11 +57,11 @@ def encodec_from_transformers(hf_model) -> CompressionModel:
     missing = sorted(set(ours) - set(state))
     unexpected = sorted(set(state) - set(ours))
     if missing or unexpected:
-        raise ValueError(f"EnCodec weights do not match the converted architecture: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+        raise CheckpointError(f"EnCodec weights do not match the converted architecture: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
     for k, v in state.items():
         if v.shape != ours[k].shape:
-            raise ValueError(f"EnCodec weight {k}: shape {list(v.shape)} != expected {list(ours[k].shape)}")
+            raise CheckpointError(f"EnCodec weight {k}: shape {list(v.shape)} != expected {list(ours[k].shape)}")
     model.load_state_dict(state)
     # transformers encodes at the first target bandwidth by default; so do we
     bandwidths = list(getattr(hf_model.config, "target_bandwidths", []) or [])

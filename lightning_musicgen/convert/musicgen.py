@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_musicgen.errors import InputError
+from lightning_musicgen.errors import CheckpointError, InputError
 
 DECODER = "decoder.model.decoder."
 
@@ -21,8 +21,8 @@ DECODER = "decoder.model.decoder."
 def lm_config_from_hf(dec, cross_attention: bool) -> dict:
     """transformers decoder config -> MusicGenLM kwargs."""
     if dec.pad_token_id != dec.vocab_size:
-        raise ValueError(f"decoder pad_token_id {dec.pad_token_id} != vocab_size {dec.vocab_size}: "
-                         "the special token must be the extra embedding row")
+        raise CheckpointError(f"decoder pad_token_id {dec.pad_token_id} != vocab_size {dec.vocab_size}: "
+                              "the special token must be the extra embedding row")
     K = dec.num_codebooks
     stereo = getattr(dec, "audio_channels", 1) == 2
     delays = [k // 2 for k in range(K)] if stereo else list(range(K))  # stereo: L/R pairs share a delay

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from lightning_musicgen.audio.chroma import ChromaExtractor
 from lightning_musicgen.audio.dsp import slaney_mel_filterbank
+from lightning_musicgen.errors import AudioReadError, ConfigError
 
 SAMPLE_RATE = 16000  # the tagger's rate; tempo and key run on the same mono waveform
 PITCH_NAMES = ("C", "C sharp", "D", "E flat", "E", "F", "F sharp", "G", "A flat", "A", "B flat", "B")
@@ -69,16 +70,16 @@ def parse_key(name: str) -> tuple[int, str]:
     """"B flat major" / "Bb major" / "F# minor" -> (pitch class, mode)."""
     words = name.replace("♭", " flat").replace("♯", " sharp").split()
     if len(words) < 2 or words[-1].lower() not in ("major", "minor"):
-        raise ValueError(f"key {name!r}: expected '<tonic> major|minor'")
+        raise ConfigError(f"key {name!r}: expected '<tonic> major|minor'")
     tonic = " ".join(words[:-1]).strip()
     letter = tonic[0].upper()
     base = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}.get(letter)
     if base is None:
-        raise ValueError(f"key {name!r}: unknown tonic {tonic!r}")
+        raise ConfigError(f"key {name!r}: unknown tonic {tonic!r}")
     rest = tonic[1:].strip().lower()
     shift = {"": 0, "#": 1, "sharp": 1, "b": -1, "flat": -1, "-": -1}.get(rest)
     if shift is None:
-        raise ValueError(f"key {name!r}: unknown accidental {rest!r}")
+        raise ConfigError(f"key {name!r}: unknown accidental {rest!r}")
     return (base + shift) % 12, words[-1].lower()
 
 
@@ -97,7 +98,7 @@ class KeyEstimator:
 
     def __init__(self, sample_rate: int = SAMPLE_RATE, profiles: str = "temperley", harmonic_decay: float = 0.6):
         if profiles not in KEY_PROFILES:
-            raise ValueError(f"key profiles {profiles!r}: not one of {sorted(KEY_PROFILES)}")
+            raise ConfigError(f"key profiles {profiles!r}: not one of {sorted(KEY_PROFILES)}")
         # ~0.5 s windows: enough frequency resolution to separate semitones down to ~C2
         n_fft = 1 << int(round(math.log2(sample_rate / 2)))
         self.extractor = ChromaExtractor(sample_rate, 12, n_fft=n_fft, hop_length=n_fft // 4, argmax=False)
@@ -130,7 +131,7 @@ class TempoEstimator:
                  prior_bpm: float = 120.0, prior_octaves: float = 1.0, window_seconds: float = 12.0,
                  hop_seconds: float = 2.0, multiples: int = 4, frame_rate: float = 100.0, n_mels: int = 40):
         if not 0 < min_bpm < max_bpm:
-            raise ValueError(f"tempo range [{min_bpm}, {max_bpm}] BPM: need 0 < min < max")
+            raise ConfigError(f"tempo range [{min_bpm}, {max_bpm}] BPM: need 0 < min < max")
         self.sample_rate, self.min_bpm, self.max_bpm = sample_rate, min_bpm, max_bpm
         self.prior_bpm, self.prior_octaves, self.multiples = prior_bpm, prior_octaves, multiples
         self.hop = int(round(sample_rate / frame_rate))
@@ -295,7 +296,7 @@ def _load_mono(path: str) -> Tensor:
     from lightning_musicgen.audio.io import read_audio, resample
     wav, sr = read_audio(path)
     if wav.shape[-1] == 0 or not torch.isfinite(wav).all():
-        raise ValueError(f"{path}: empty or non-finite audio")
+        raise AudioReadError(f"{path}: empty or non-finite audio")
     return resample(wav.mean(0, keepdim=True), sr, SAMPLE_RATE)[0]
 
 

@@ -162,7 +162,7 @@ class _ShardDataModule(LightningDataModule):
         if self._train_stream is None:
             self.setup("fit")
         if self._train_stream is None:
-            raise ValueError("train_shards is not set: no training data")
+            raise ConfigError("train_shards is not set: no training data")
         return self._loader(self._train_stream, train=True)
 
     def val_dataloader(self) -> DataLoader:

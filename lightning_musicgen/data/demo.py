@@ -34,7 +34,7 @@ from lightning_musicgen.audio.io import write_audio
 from lightning_musicgen.audio.loudness import normalize_loudness
 from lightning_musicgen.data.prepare import DEFAULT_WORKERS
 from lightning_musicgen.data.shards import atomic_write_json
-from lightning_musicgen.errors import InputError, inputs_checked_by_library
+from lightning_musicgen.errors import InputError, MissingFileError, inputs_checked_by_library
 
 MAX_VOICES = 15  # MIDI channels minus the drum channel
 
@@ -395,12 +395,12 @@ def build_demo(output, minutes: float = 60.0, valid_fraction: float = 0.1, seed:
     from lightning_musicgen.data.prepare import prepare
     soundfont = str(Path(soundfont or default_soundfont()).expanduser())
     if not Path(soundfont).is_file():
-        raise FileNotFoundError(f"{soundfont}: soundfont not found")
+        raise MissingFileError(f"{soundfont}: soundfont not found")
     import tinysoundfont
     try:
         tinysoundfont.Synth(samplerate=sample_rate).sfload(soundfont)
     except Exception as exc:
-        raise ValueError(f"{soundfont}: not a loadable SoundFont ({exc})") from None
+        raise InputError(f"{soundfont}: not a loadable SoundFont ({exc})") from None
     output = Path(output)
     pieces_dir = output / "render" / "pieces"
     pieces_dir.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from lightning_musicgen.audio.io import AudioReadError, convert_channels, read_audio, resample
 from lightning_musicgen.data.shards import AUDIO_EXTS, MELODY_MEMBER, iter_tar_samples
 from lightning_musicgen.data.text import TextAugment
-from lightning_musicgen.errors import ConfigError
+from lightning_musicgen.errors import ConfigError, InputError
 
 
 REPLAYED = "__replayed_batch__"  # key of the placeholder a worker yields for a fast-forwarded batch
@@ -89,7 +89,7 @@ class AudioCrops:
         self.text = text or TextAugment()
         self.normalize_loudness, self.loudness_target = normalize_loudness, loudness_target
         if not max_peak > 0:
-            raise ValueError(f"max_peak={max_peak}: must be > 0 (full scale is 1.0)")
+            raise ConfigError(f"max_peak={max_peak}: must be > 0 (full scale is 1.0)")
         self.max_peak = max_peak
 
     def plan(self, sample: dict, rng: np.random.Generator | None) -> dict:
@@ -224,7 +224,7 @@ class CodeCrops:
     def collate(self, items: list[dict]) -> dict:
         k = items[0]["x"].shape[0]
         if any(it["x"].shape[0] != k for it in items):
-            raise ValueError("token shards mix different numbers of codebooks")
+            raise InputError("token shards mix different numbers of codebooks")
         target = (int(round(self.segment_duration * items[0]["frame_rate"])) if self.segment_duration is not None
                   else max(it["length"] for it in items))
         codes = torch.zeros(len(items), k, target, dtype=torch.long)
@@ -285,9 +285,9 @@ class TrainStream(IterableDataset):
     def __init__(self, urls: list[str], decoder, batch_size: int, epoch_batches: int, seed: int = 0,
                  shuffle_buffer: int = 256, rank: int = 0, world_size: int = 1):
         if not urls:
-            raise ValueError("train stream: empty shard list")
+            raise InputError("train stream: empty shard list")
         if batch_size < 1 or epoch_batches < 1:
-            raise ValueError(f"batch_size={batch_size}, epoch_steps={epoch_batches}: both must be >= 1")
+            raise ConfigError(f"batch_size={batch_size}, epoch_steps={epoch_batches}: both must be >= 1")
         self.urls, self.decoder, self.batch_size = list(urls), decoder, batch_size
         self.epoch_batches, self.seed, self.shuffle_buffer = epoch_batches, seed, shuffle_buffer
         self.rank, self.world_size = rank, world_size
@@ -368,7 +368,7 @@ class ValidStream(IterableDataset):
 
     def __init__(self, urls: list[str], decoder, batch_size: int, rank: int = 0, world_size: int = 1):
         if not urls:
-            raise ValueError("validation stream: empty shard list")
+            raise InputError("validation stream: empty shard list")
         self.urls, self.decoder, self.batch_size = list(urls), decoder, batch_size
         self.rank, self.world_size = rank, world_size
 

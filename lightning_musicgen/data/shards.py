@@ -24,6 +24,8 @@ from typing import Any, Iterable, Iterator
 
 import braceexpand
 
+from lightning_musicgen.errors import InputError, MissingFileError
+
 INDEX_NAME = "index.json"
 REPORT_NAME = "report.tsv"
 SHARD_FORMAT = "lightning_musicgen.shards/1"
@@ -78,7 +80,7 @@ class AtomicShardWriter:
     def write(self, key: str, files: dict[str, bytes]) -> None:
         """Add one sample: `files` maps extensions (`flac`, `json`, `codes.npy`) to bytes."""
         if "." in key or "/" in key:
-            raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
+            raise InputError(f"sample key {key!r} must not contain '.' or '/'")
         now = time.time()
         for ext, data in files.items():
             info = tarfile.TarInfo(f"{key}.{ext}")
@@ -171,11 +173,11 @@ def read_index(path: str | os.PathLike) -> dict:
     try:
         index = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no shard index (run `prepare` to create it)") from None
+        raise MissingFileError(f"{path}: no shard index (run `prepare` to create it)") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid shard index ({exc})") from None
+        raise InputError(f"{path}: invalid shard index ({exc})") from None
     if index.get("format") != SHARD_FORMAT:
-        raise ValueError(f"{path}: not a shard index (format={index.get('format')!r})")
+        raise InputError(f"{path}: not a shard index (format={index.get('format')!r})")
     return index
 
 
@@ -199,7 +201,7 @@ def expand_shards(spec: str | os.PathLike | Iterable[str]) -> list[str]:
             return expand_shards(path / INDEX_NAME)
         found = sorted(str(p) for p in path.glob("*.tar"))
         if not found:
-            raise FileNotFoundError(f"{path}: no *.tar shards in this directory")
+            raise MissingFileError(f"{path}: no *.tar shards in this directory")
         return found
     if path.name == INDEX_NAME or (path.suffix == ".json" and path.exists()):
         index = read_index(path)
@@ -209,10 +211,10 @@ def expand_shards(spec: str | os.PathLike | Iterable[str]) -> list[str]:
         if glob.has_magic(pattern):
             matches = sorted(glob.glob(pattern))
             if not matches:
-                raise FileNotFoundError(f"{pattern}: no shard matches this pattern")
+                raise MissingFileError(f"{pattern}: no shard matches this pattern")
             urls += matches
         elif not os.path.exists(pattern):
-            raise FileNotFoundError(f"{pattern}: shard not found")
+            raise MissingFileError(f"{pattern}: shard not found")
         else:
             urls.append(pattern)
     return urls

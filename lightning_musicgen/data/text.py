@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lightning_musicgen.errors import ConfigError
+
 MERGE_FIELDS = ("key", "bpm", "genre", "moods", "instrument", "keywords")
 
 
@@ -69,7 +71,7 @@ class TextAugment:
         for name in ("merge_text_p", "drop_desc_p", "drop_other_p", "word_dropout"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name}={value}: must be a probability in [0, 1]")
+                raise ConfigError(f"{name}={value}: must be a probability in [0, 1]")
 
     def sample(self, meta: dict, rng: np.random.Generator) -> str:
         """A training caption. Always consumes the same number of draws for a given `meta` shape, so a

@@ -53,7 +53,7 @@ def shard_filename(url: str) -> str:
     words = url[5:].split() if url.startswith("pipe:") else [url]
     name = next((Path(w).name for w in reversed(words) if w.endswith(".tar")), None)
     if name is None:
-        raise ValueError(f"{url}: cannot tell the shard's file name (no word ending in .tar)")
+        raise InputError(f"{url}: cannot tell the shard's file name (no word ending in .tar)")
     return name
 
 
@@ -68,7 +68,7 @@ def tokenize_shards(model, source, output, chunk_seconds: float = 30.0, context_
     from tqdm import tqdm
     urls = expand_shards(source)
     if not urls:
-        raise ValueError(f"{source}: no shards")
+        raise InputError(f"{source}: no shards")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     dtype = np.int16 if model.card <= np.iinfo(np.int16).max else np.int32

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lightning_musicgen.errors import InputError
+
 
 @dataclass(frozen=True)
 class Window:
@@ -28,11 +30,11 @@ def plan_windows(total_frames: int, window_frames: int, stride_frames: int, prom
     """Split a generation of `total_frames` (including a prompt of `prompt_frames`) into windows
     of at most `window_frames`, each starting `stride_frames` after the previous one."""
     if total_frames <= 0:
-        raise ValueError(f"nothing to generate: {total_frames} frames")
+        raise InputError(f"nothing to generate: {total_frames} frames")
     if not 0 < stride_frames <= window_frames:
-        raise ValueError(f"stride ({stride_frames} frames) must be in (0, window = {window_frames} frames]")
+        raise InputError(f"stride ({stride_frames} frames) must be in (0, window = {window_frames} frames]")
     if prompt_frames >= min(window_frames, total_frames):
-        raise ValueError(f"the prompt ({prompt_frames} frames) must be shorter than the window ({window_frames}) "
+        raise InputError(f"the prompt ({prompt_frames} frames) must be shorter than the window ({window_frames}) "
                          f"and than the requested length ({total_frames})")
     windows = [Window(0, min(window_frames, total_frames), prompt_frames)]
     while windows[-1].offset + windows[-1].num_frames < total_frames:

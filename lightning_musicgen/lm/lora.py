@@ -32,7 +32,8 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
-from lightning_musicgen.errors import InputError, inputs_checked_by_library
+from lightning_musicgen.errors import (CheckpointError, CheckpointNotFoundError, ConfigError, InputError,
+                                       inputs_checked_by_library)
 from lightning_musicgen.config_dict import dataclass_from_dict
 
 ADAPTERS_FORMAT = "lightning_musicgen.lora"
@@ -57,12 +58,12 @@ class LoRASettings:
 
     def __post_init__(self):
         if int(self.r) < 1:
-            raise ValueError(f"lora.r={self.r}: must be >= 1")
+            raise ConfigError(f"lora.r={self.r}: must be >= 1")
         if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"lora.dropout={self.dropout}: must be in [0, 1)")
+            raise ConfigError(f"lora.dropout={self.dropout}: must be in [0, 1)")
         unknown = [t for t in self.targets if t not in TARGET_GROUPS]
         if unknown or not self.targets:
-            raise ValueError(f"lora.targets={list(self.targets)}: choose among {sorted(TARGET_GROUPS)}")
+            raise ConfigError(f"lora.targets={list(self.targets)}: choose among {sorted(TARGET_GROUPS)}")
         self.r, self.alpha, self.dropout, self.targets = int(self.r), float(self.alpha), float(self.dropout), list(self.targets)
 
     @classmethod
@@ -94,8 +95,8 @@ def add_lora(lm: nn.Module, settings: LoRASettings) -> nn.Module:
     from peft import LoraConfig, inject_adapter_in_model
     names = target_module_names(lm, settings.targets)
     if not names:
-        raise ValueError(f"lora.targets={settings.targets}: no such layers in this LM "
-                         "(cross_attn needs a text-conditioned model with cross-attention)")
+        raise ConfigError(f"lora.targets={settings.targets}: no such layers in this LM "
+                          "(cross_attn needs a text-conditioned model with cross-attention)")
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=names, bias="none")
     inject_adapter_in_model(config, lm)
@@ -155,7 +156,7 @@ def save_adapters(path: str | os.PathLike, lm: nn.Module, conditioner: nn.Module
     from safetensors.torch import save_file
     state = {k: v.detach().to("cpu").contiguous() for k, v in adapter_state_dict(lm, conditioner, settings).items()}
     if not any(k.startswith("lm.") for k in state):
-        raise ValueError("save_adapters: the LM has no LoRA layers")
+        raise InputError("save_adapters: the LM has no LoRA layers")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -170,15 +171,15 @@ def read_adapters(path: str | os.PathLike) -> tuple[LoRASettings, dict[str, torc
     from safetensors import safe_open
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such adapters file")
+        raise CheckpointNotFoundError(f"{path}: no such adapters file")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:
-        raise ValueError(f"{path}: not a safetensors file ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{path}: not a safetensors file ({type(exc).__name__}: {exc})") from exc
     if metadata.get("format") != ADAPTERS_FORMAT:
-        raise ValueError(f"{path}: not a lightning_musicgen adapters file (format {metadata.get('format')!r})")
+        raise CheckpointError(f"{path}: not a lightning_musicgen adapters file (format {metadata.get('format')!r})")
     return LoRASettings.from_any(json.loads(metadata["lora"])), tensors, json.loads(metadata.get("meta", "{}"))
 
 
@@ -192,15 +193,15 @@ def load_adapters(path: str | os.PathLike, lm: nn.Module, conditioner: nn.Module
     expected = {k for k in lm.state_dict() if "lora_" in k}
     if set(lm_state) != expected:
         missing, extra = sorted(expected - set(lm_state)), sorted(set(lm_state) - expected)
-        raise ValueError(f"{path}: adapters do not fit this LM (missing {missing[:3]}, unexpected {extra[:3]})")
+        raise CheckpointError(f"{path}: adapters do not fit this LM (missing {missing[:3]}, unexpected {extra[:3]})")
     lm.load_state_dict(lm_state, strict=False)
     cond_state = {k[len("conditioner."):]: v for k, v in tensors.items() if k.startswith("conditioner.")}
     if cond_state:
         if conditioner is None:
-            raise ValueError(f"{path}: carries condition projections; pass the conditioner")
+            raise CheckpointError(f"{path}: carries condition projections; pass the conditioner")
         result = conditioner.load_state_dict(cond_state, strict=False)
         if result.unexpected_keys:
-            raise ValueError(f"{path}: projections do not fit this conditioner ({result.unexpected_keys[:3]})")
+            raise CheckpointError(f"{path}: projections do not fit this conditioner ({result.unexpected_keys[:3]})")
     return settings
 
 

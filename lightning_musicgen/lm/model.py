@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_musicgen.config_dict import dataclass_from_dict
+from lightning_musicgen.errors import ConfigError
 from lightning_musicgen.lm.conditioners import LMConditions
 from lightning_musicgen.lm.patterns import PATTERNS, Pattern, get_pattern
 from lightning_musicgen.lm.transformer import KVCache, Transformer
@@ -62,15 +63,15 @@ class LMConfig:
         for name in ("n_q", "card", "dim", "num_heads", "num_layers", "ffn_dim"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise ValueError(f"lm config: {name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"lm config: {name} must be a positive integer, got {value!r}")
         if self.dim % self.num_heads:
-            raise ValueError(f"lm config: dim {self.dim} is not a multiple of num_heads {self.num_heads}")
+            raise ConfigError(f"lm config: dim {self.dim} is not a multiple of num_heads {self.num_heads}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lm config: dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"lm config: dropout must be in [0, 1), got {self.dropout}")
         for name, allowed in (("activation", ACTIVATIONS), ("positional", POSITIONALS),
                               ("pattern", PATTERNS), ("attention_backend", ATTENTION_BACKENDS)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"lm config: {name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+                raise ConfigError(f"lm config: {name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
         self.pattern_kwargs = dict(self.pattern_kwargs or {})
 
     @classmethod
@@ -92,8 +93,8 @@ class MusicGenLM(nn.Module):
             config = LMConfig.from_dict(config)
         config = LMConfig.from_dict({**(config or LMConfig()).to_dict(), **overrides})
         if config.n_q is None or config.card is None:
-            raise ValueError("lm config: n_q and card must be set to build the LM (None is only for training "
-                             "configs that read them from the codec)")
+            raise ConfigError("lm config: n_q and card must be set to build the LM (None is only for training "
+                              "configs that read them from the codec)")
         self.config = config
         c = config
         self.n_q, self.card, self.dim = c.n_q, c.card, c.dim

@@ -28,7 +28,7 @@ from lightning.pytorch import LightningModule
 
 from lightning_musicgen.compat import attached_trainer
 from lightning_musicgen.ema import EMA
-from lightning_musicgen.errors import ConfigError
+from lightning_musicgen.errors import CheckpointError, ConfigError, InputError
 from lightning_musicgen.flops import lm_train_flops
 from lightning_musicgen.lm.conditioners import ConditionerConfig, ConditionProvider, build_condition_provider
 from lightning_musicgen.lm.model import LMConfig, MusicGenLM
@@ -75,7 +75,7 @@ class MusicGenModule(LightningModule):
                  memory_budget_gb: float | None = None):
         super().__init__()
         if weight_decay_on not in WEIGHT_DECAY_ON:
-            raise ValueError(f"model.init_args.weight_decay_on: one of {WEIGHT_DECAY_ON}, got {weight_decay_on!r}")
+            raise ConfigError(f"model.init_args.weight_decay_on: one of {WEIGHT_DECAY_ON}, got {weight_decay_on!r}")
         self.codec_checkpoint = codec_checkpoint
         self._codec = None  # not a submodule: frozen, never saved, never trained
         self._codec_reference = None
@@ -141,7 +141,7 @@ class MusicGenModule(LightningModule):
         `lm.lora.load_adapters` puts onto the base model."""
         from lightning_musicgen.lm.lora import save_adapters
         if self.lora is None:
-            raise ValueError("save_adapters: this module trains no LoRA adapters (model.init_args.lora is null)")
+            raise InputError("save_adapters: this module trains no LoRA adapters (model.init_args.lora is null)")
         save_adapters(path, self.lm, self.conditioner, self.lora, meta={"init_from": self.init_from})
 
     def setup(self, stage: str) -> None:
@@ -155,14 +155,14 @@ class MusicGenModule(LightningModule):
         from lightning_musicgen.lm.finetune import accumulation, micro_batch_for_budget
         dm, world = trainer.datamodule, trainer.world_size
         if dm is None or not hasattr(dm, "batch_size"):
-            raise ValueError("global_batch_size / memory_budget_gb: need a datamodule with a batch_size")
+            raise ConfigError("global_batch_size / memory_budget_gb: need a datamodule with a batch_size")
         micro = int(dm.batch_size)
         if self.memory_budget_gb:
             from lightning_musicgen.data import TokenDataModule
             from lightning_musicgen.memory import estimate_for_module
             seconds = getattr(dm, "segment_duration", None)
             if not seconds:
-                raise ValueError("memory_budget_gb: the datamodule needs a segment_duration (crop length)")
+                raise ConfigError("memory_budget_gb: the datamodule needs a segment_duration (crop length)")
             precision = str(trainer.precision)
             micro = micro_batch_for_budget(
                 lambda b: estimate_for_module(self, b, float(seconds), precision,
@@ -188,13 +188,13 @@ class MusicGenModule(LightningModule):
     def codec(self):
         """The frozen CompressionModel (loaded on first use, moved to this module's device)."""
         if not self.codec_checkpoint:
-            raise ValueError("model.init_args.codec_checkpoint: needed to encode audio batches (or use token shards)")
+            raise ConfigError("model.init_args.codec_checkpoint: needed to encode audio batches (or use token shards)")
         codec = self._load_codec()
         if codec.n_q != self.lm.n_q and codec.max_n_q >= self.lm.n_q:
             codec.n_q = self.lm.n_q
         if (codec.n_q, codec.card) != (self.lm.n_q, self.lm.card):
-            raise ValueError(f"codec {self.codec_checkpoint}: {codec.n_q} x {codec.card} codes "
-                             f"!= LM n_q={self.lm.n_q} x card={self.lm.card}")
+            raise ConfigError(f"codec {self.codec_checkpoint}: {codec.n_q} x {codec.card} codes "
+                              f"!= LM n_q={self.lm.n_q} x card={self.lm.card}")
         if next(codec.parameters()).device != self.device:
             codec.to(self.device)
         return codec
@@ -285,7 +285,7 @@ class MusicGenModule(LightningModule):
     def configure_optimizers(self):
         total = self.total_steps or (self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else None)
         if not total:
-            raise ValueError("model.init_args.total_steps: set it (or trainer.max_steps) for the cosine schedule")
+            raise ConfigError("model.init_args.total_steps: set it (or trainer.max_steps) for the cosine schedule")
         warmup = min(self.warmup_steps, total)
         return adamw_warmup_cosine(self, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay,
                                    warmup_steps=warmup, total_steps=total, min_lr_ratio=self.min_lr_ratio,
@@ -325,6 +325,6 @@ class MusicGenModule(LightningModule):
             return
         own = text.encoder.state_dict()
         if tensors_hash(own) != ref["sha256"]:
-            raise ValueError(f"checkpoint: text encoder {text.name!r} hashes differently from the one it was "
-                             f"trained with (expected sha256 {ref['sha256']})")
+            raise CheckpointError(f"checkpoint: text encoder {text.name!r} hashes differently from the one it was "
+                                  f"trained with (expected sha256 {ref['sha256']})")
         state.update({TEXT_ENCODER_PREFIX + k: v for k, v in own.items()})

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 
 import torch
 
+from lightning_musicgen.errors import ConfigError
+
 
 class Pattern:
     """Base class: subclasses define `step_of(T) -> LongTensor[K, T]` and `num_steps(T)`."""
@@ -31,7 +33,7 @@ class Pattern:
 
     def __init__(self, n_q: int):
         if n_q < 1:
-            raise ValueError(f"{self.name} pattern: n_q must be >= 1, got {n_q}")
+            raise ConfigError(f"{self.name} pattern: n_q must be >= 1, got {n_q}")
         self.n_q = n_q
 
     def num_steps(self, num_frames: int) -> int:
@@ -105,10 +107,10 @@ class DelayPattern(Pattern):
         super().__init__(n_q)
         self.delays = list(range(n_q)) if delays is None else [int(d) for d in delays]
         if len(self.delays) != n_q or min(self.delays) < 0:
-            raise ValueError(f"{self.name} pattern: need {n_q} non-negative delays, got {self.delays}")
+            raise ConfigError(f"{self.name} pattern: need {n_q} non-negative delays, got {self.delays}")
         if flatten_first < 0 or empty_initial < 0:
-            raise ValueError(f"{self.name} pattern: flatten_first ({flatten_first}) and empty_initial "
-                             f"({empty_initial}) must be >= 0")
+            raise ConfigError(f"{self.name} pattern: flatten_first ({flatten_first}) and empty_initial "
+                              f"({empty_initial}) must be >= 0")
         self.flatten_first, self.empty_initial = int(flatten_first), int(empty_initial)
 
     def num_steps(self, num_frames: int) -> int:
@@ -149,19 +151,19 @@ class UnrolledPattern(Pattern):
         super().__init__(n_q)
         self.groups = list(range(n_q)) if groups is None else [int(g) for g in groups]
         if len(self.groups) != n_q or min(self.groups) < 0:
-            raise ValueError(f"{self.name} pattern: need {n_q} non-negative groups, got {self.groups}")
+            raise ConfigError(f"{self.name} pattern: need {n_q} non-negative groups, got {self.groups}")
         if sorted(set(self.groups)) != list(range(max(self.groups) + 1)):
-            raise ValueError(f"{self.name} pattern: groups must use every sub-step 0..G-1, got {self.groups}")
+            raise ConfigError(f"{self.name} pattern: groups must use every sub-step 0..G-1, got {self.groups}")
         self.steps_per_frame = max(self.groups) + 1
         self.delays = [0] * n_q if delays is None else [int(d) for d in delays]
         if len(self.delays) != n_q or min(self.delays) < 0:
-            raise ValueError(f"{self.name} pattern: need {n_q} non-negative delays, got {self.delays}")
+            raise ConfigError(f"{self.name} pattern: need {n_q} non-negative delays, got {self.delays}")
         self.group_delay = [0] * self.steps_per_frame
         for g, d in zip(self.groups, self.delays):
             self.group_delay[g] = d
         if any(self.group_delay[g] != d for g, d in zip(self.groups, self.delays)):
-            raise ValueError(f"{self.name} pattern: codebooks of one group need one delay, got groups "
-                             f"{self.groups} and delays {self.delays}")
+            raise ConfigError(f"{self.name} pattern: codebooks of one group need one delay, got groups "
+                              f"{self.groups} and delays {self.delays}")
 
     def num_steps(self, num_frames: int) -> int:
         if num_frames <= 0:
@@ -203,7 +205,7 @@ class CoarseFirstPattern(Pattern):
         super().__init__(n_q)
         self.delays = list(range(n_q - 1)) if delays is None else [int(d) for d in delays]
         if len(self.delays) != n_q - 1 or (self.delays and min(self.delays) < 0):
-            raise ValueError(f"{self.name} pattern: need {n_q - 1} non-negative delays, got {self.delays}")
+            raise ConfigError(f"{self.name} pattern: need {n_q - 1} non-negative delays, got {self.delays}")
 
     def num_steps(self, num_frames: int) -> int:
         if num_frames == 0:
@@ -232,7 +234,7 @@ class MusicLMPattern(Pattern):
         super().__init__(n_q)
         group_by = (2 if n_q % 2 == 0 else 1) if group_by is None else group_by
         if group_by < 1 or n_q % group_by:
-            raise ValueError(f"{self.name} pattern: group_by={group_by} must divide n_q={n_q}")
+            raise ConfigError(f"{self.name} pattern: group_by={group_by} must divide n_q={n_q}")
         self.group_by = group_by
 
     def num_steps(self, num_frames: int) -> int:
@@ -279,4 +281,4 @@ def get_pattern(name: str, n_q: int, **kw) -> Pattern:
         return CoarseFirstPattern(n_q, **kw)
     if name == "musiclm":
         return MusicLMPattern(n_q, **kw)
-    raise ValueError(f"unknown pattern {name!r}; choose one of {', '.join(PATTERNS)}")
+    raise ConfigError(f"unknown pattern {name!r}; choose one of {', '.join(PATTERNS)}")

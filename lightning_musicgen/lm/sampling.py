@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lightning_musicgen.errors import ConfigError
+
 
 def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, cfg_coef: float) -> torch.Tensor:
     """Classifier-free guidance on logits: uncond + (cond - uncond) * cfg_coef."""
@@ -29,7 +31,7 @@ def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, cfg_coef: float) -> to
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0 for sampling, got {temperature} (use greedy for 0)")
+        raise ConfigError(f"temperature must be > 0 for sampling, got {temperature} (use greedy for 0)")
     return logits if temperature == 1.0 else logits / temperature
 
 
@@ -63,11 +65,11 @@ class SamplingParams:
 
     def __post_init__(self):
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+            raise ConfigError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
         if not 0.0 <= self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in [0, 1] (0 disables it), got {self.top_p}")
+            raise ConfigError(f"top_p must be in [0, 1] (0 disables it), got {self.top_p}")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+            raise ConfigError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
 
     @property
     def greedy(self) -> bool:

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from lightning_musicgen.errors import ConfigError
+
 
 def sinusoidal_embedding(positions: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """positions [...] -> [..., dim] as [cos(p * f_i), sin(p * f_i)], f_i = max_period**(-i/(dim/2-1))."""
@@ -84,7 +86,7 @@ class SelfAttention(nn.Module):
                  rope: RotaryEmbedding | None = None, backend: str = "sdpa"):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            raise ConfigError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads, self.head_dim, self.dropout, self.backend = num_heads, dim // num_heads, dropout, backend
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.out = nn.Linear(dim, dim, bias=bias)
@@ -163,7 +165,7 @@ class DecoderLayer(nn.Module):
         self.norm_ffn = nn.LayerNorm(dim, eps=norm_eps)
         acts = {"gelu": nn.GELU(), "relu": nn.ReLU(), "gelu_tanh": nn.GELU(approximate="tanh")}
         if activation not in acts:
-            raise ValueError(f"activation {activation!r} is not one of {sorted(acts)}")
+            raise ConfigError(f"activation {activation!r} is not one of {sorted(acts)}")
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim, bias=bias), acts[activation],
                                  nn.Linear(ffn_dim, dim, bias=bias))
         self.dropout = nn.Dropout(dropout)
@@ -188,9 +190,9 @@ class Transformer(nn.Module):
                  attention_backend: str = "sdpa", gradient_checkpointing: bool = False, norm_eps: float = 1e-5):
         super().__init__()
         if positional not in ("sin", "rope", "sin_rope"):
-            raise ValueError(f"positional {positional!r} is not one of sin, rope, sin_rope")
+            raise ConfigError(f"positional {positional!r} is not one of sin, rope, sin_rope")
         if attention_backend not in ("sdpa", "xformers"):
-            raise ValueError(f"attention_backend {attention_backend!r} is not one of sdpa, xformers")
+            raise ConfigError(f"attention_backend {attention_backend!r} is not one of sdpa, xformers")
         self.dim, self.num_heads, self.positional, self.max_period = dim, num_heads, positional, max_period
         self.gradient_checkpointing = gradient_checkpointing
         rope = RotaryEmbedding(dim // num_heads, max_period) if "rope" in positional else None

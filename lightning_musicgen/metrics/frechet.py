@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lightning_musicgen.errors import ConfigError, InputError, MissingFileError
+
 
 def _sqrt_psd(matrix: Tensor) -> Tensor:
     """Symmetric square root of a (numerically) positive semi-definite matrix."""
@@ -44,7 +46,7 @@ def load_reference_stats(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
     """Read reference statistics (mu [D], sigma [D, D]) from a .npz/.npy-dict or torch file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: reference statistics file not found")
+        raise MissingFileError(f"{path}: reference statistics file not found")
     try:
         if path.endswith((".npz", ".npy")):
             data = np.load(path, allow_pickle=False)
@@ -53,11 +55,11 @@ def load_reference_stats(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
             data = torch.load(path, map_location="cpu", weights_only=True)
         mu, sigma = (torch.as_tensor(np.asarray(data[k])).double() for k in ("mu", "sigma"))
     except KeyError as exc:
-        raise ValueError(f"{path}: reference statistics need keys 'mu' and 'sigma' (missing {exc})") from None
+        raise InputError(f"{path}: reference statistics need keys 'mu' and 'sigma' (missing {exc})") from None
     except Exception as exc:
-        raise ValueError(f"{path}: cannot read reference statistics ({exc})") from None
+        raise InputError(f"{path}: cannot read reference statistics ({exc})") from None
     if sigma.shape != (mu.numel(), mu.numel()):
-        raise ValueError(f"{path}: sigma has shape {tuple(sigma.shape)}, expected {(mu.numel(),) * 2}")
+        raise InputError(f"{path}: sigma has shape {tuple(sigma.shape)}, expected {(mu.numel(),) * 2}")
     return mu.flatten(), sigma
 
 
@@ -94,14 +96,14 @@ class FrechetAudioDistance(Metric):
             embedder.eval().requires_grad_(False)
             num_features = embedder.embedding_dim
         if num_features is None:
-            raise ValueError("FrechetAudioDistance needs an embedder or num_features")
+            raise ConfigError("FrechetAudioDistance needs an embedder or num_features")
         self.num_features = num_features
         self.reference_mu = self.reference_sigma = None
         if reference_stats is not None:
             self.reference_mu, self.reference_sigma = load_reference_stats(reference_stats)
             if self.reference_mu.numel() != num_features:
-                raise ValueError(f"{reference_stats}: statistics have {self.reference_mu.numel()} features, "
-                                 f"the embedder gives {num_features}")
+                raise ConfigError(f"{reference_stats}: statistics have {self.reference_mu.numel()} features, "
+                                  f"the embedder gives {num_features}")
         for which in ("fake", "real"):
             self.add_state(f"{which}_n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
             self.add_state(f"{which}_sum", torch.zeros(num_features, dtype=torch.float64), dist_reduce_fx="sum")

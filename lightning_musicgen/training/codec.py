@@ -12,6 +12,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torchmetrics import MeanMetric
 
 from lightning_musicgen.codec.losses import MelDistance, si_snr
+from lightning_musicgen.errors import InputError
 from lightning_musicgen.training.media import log_media, log_scalars, mel_image
 from lightning_musicgen.training.periodic import PeriodicEvaluation, validation_batches
 
@@ -50,7 +51,7 @@ class CodecReconstruction(PeriodicEvaluation):
                 if len(clips) >= self.num_clips:
                     return clips
         if not clips:
-            raise ValueError("CodecReconstruction: the validation data gave no audio")
+            raise InputError("CodecReconstruction: the validation data gave no audio")
         return clips
 
     @torch.no_grad()

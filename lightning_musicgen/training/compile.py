@@ -6,6 +6,7 @@ from typing import Any, Optional
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_musicgen.errors import ConfigError
 from lightning_musicgen.training.fsdp import DEFAULT_LAYERS, import_class
 
 
@@ -29,8 +30,8 @@ class CompileLayers(Callback):
         targets = [m for m in pl_module.modules() if isinstance(m, self.layer_classes)] if self.layer_classes \
             else [pl_module]
         if not targets:
-            raise ValueError(f"CompileLayers: no module of {[c.__name__ for c in self.layer_classes]} "
-                             f"in {type(pl_module).__name__}")
+            raise ConfigError(f"CompileLayers: no module of {[c.__name__ for c in self.layer_classes]} "
+                              f"in {type(pl_module).__name__}")
         for module in targets:
             module.compile(**self.compile_kwargs)
         self.compiled = len(targets)

@@ -21,6 +21,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_musicgen.audio import convert_channels, resample
+from lightning_musicgen.errors import ConfigError, InputError
 from lightning_musicgen.metrics import CLAPScore, ChromaCosine, FrechetAudioDistance, KLDivergence
 from lightning_musicgen.training.media import chroma_image, log_media, log_scalars, mel_image
 from lightning_musicgen.training.periodic import PeriodicEvaluation, validation_batches
@@ -79,9 +80,9 @@ class EvaluateGeneration(PeriodicEvaluation):
         super().__init__(every_n_steps, every_n_epochs)
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:
-            raise ValueError(f"EvaluateGeneration.metrics: unknown {unknown}; choose from {sorted(METRICS)}")
+            raise ConfigError(f"EvaluateGeneration.metrics: unknown {unknown}; choose from {sorted(METRICS)}")
         if num_prompts < 1 or batch_size < 1:
-            raise ValueError(f"EvaluateGeneration: num_prompts={num_prompts}, batch_size={batch_size} must be >= 1")
+            raise ConfigError(f"EvaluateGeneration: num_prompts={num_prompts}, batch_size={batch_size} must be >= 1")
         self.metric_names = list(dict.fromkeys(metrics))
         self.num_prompts, self.batch_size, self.duration = num_prompts, batch_size, duration
         self.weights = {"vggish": vggish_checkpoint, "panns": panns_checkpoint, "clap": clap_path,
@@ -166,7 +167,7 @@ class EvaluateGeneration(PeriodicEvaluation):
             elif "codes" in batch:
                 wavs = generator.decode(batch["codes"]).float()
             else:
-                raise ValueError("EvaluateGeneration: validation batches need 'wav' or 'codes' and 'text'")
+                raise InputError("EvaluateGeneration: validation batches need 'wav' or 'codes' and 'text'")
             mask = batch.get("mask") if "wav" in batch else None
             for i, text in enumerate(batch["text"]):
                 wav = wavs[i]
@@ -181,7 +182,7 @@ class EvaluateGeneration(PeriodicEvaluation):
             if len(prompts) >= self.num_prompts:
                 break
         if not prompts:
-            raise ValueError("EvaluateGeneration: the validation data gave no prompts")
+            raise InputError("EvaluateGeneration: the validation data gave no prompts")
         return prompts
 
     # ---- evaluation -----------------------------------------------------------------------------

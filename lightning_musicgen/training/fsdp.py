@@ -8,6 +8,8 @@ from typing import Any, Literal
 from torch import nn
 from lightning.pytorch.strategies import FSDPStrategy
 
+from lightning_musicgen.errors import ConfigError
+
 DEFAULT_LAYERS = ("lightning_musicgen.lm.transformer.DecoderLayer",)
 
 
@@ -17,9 +19,9 @@ def import_class(path: str) -> type[nn.Module]:
     try:
         cls = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise ValueError(f"FSDP layer class {path!r} cannot be imported: {exc}") from None
+        raise ConfigError(f"FSDP layer class {path!r} cannot be imported: {exc}") from None
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(f"FSDP layer class {path!r} is not an nn.Module subclass")
+        raise ConfigError(f"FSDP layer class {path!r} is not an nn.Module subclass")
     return cls
 
 
@@ -41,7 +43,7 @@ class TransformerFSDPStrategy(FSDPStrategy):
                  sharding_strategy: Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD"] = "FULL_SHARD",
                  state_dict_type: Literal["full", "sharded"] = "full", **kwargs: Any):
         if not layer_classes:
-            raise ValueError("TransformerFSDPStrategy needs at least one entry in layer_classes")
+            raise ConfigError("TransformerFSDPStrategy needs at least one entry in layer_classes")
         self.layer_classes = {import_class(p) for p in layer_classes}
         super().__init__(
             auto_wrap_policy=set(self.layer_classes),
@@ -52,8 +54,8 @@ class TransformerFSDPStrategy(FSDPStrategy):
         # Lightning refuses FSDPStrategy itself on CPU; a subclass passes its check but then fails
         # deep inside torch, so say it here
         if self.root_device.type != "cuda":
-            raise ValueError(f"TransformerFSDPStrategy needs CUDA GPUs (got {self.root_device.type}); "
-                             "on CPU use configs/trainer/ddp.yaml")
+            raise ConfigError(f"TransformerFSDPStrategy needs CUDA GPUs (got {self.root_device.type}); "
+                              "on CPU use configs/trainer/ddp.yaml")
         super().setup_environment()
 
     @property

@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lightning_musicgen.errors import ConfigError
 from lightning_musicgen.reliability import RunAborted
 
 
@@ -39,7 +40,7 @@ class NonFiniteGuard(Callback):
 
     def __init__(self, max_consecutive: int = 20):
         if max_consecutive < 0:
-            raise ValueError(f"NonFiniteGuard: max_consecutive must be >= 0, got {max_consecutive}")
+            raise ConfigError(f"NonFiniteGuard: max_consecutive must be >= 0, got {max_consecutive}")
         self.max_consecutive = max_consecutive
         self.skipped_steps = 0          # all skipped optimizer steps of the run (checkpointed)
         self.consecutive = 0            # batches in a row with a skipped step

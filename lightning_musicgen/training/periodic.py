@@ -6,6 +6,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lightning_musicgen import compat
 
+from lightning_musicgen.errors import ConfigError
+
 
 def validation_batches(trainer: Trainer):
     """Iterate the validation data of a fit: the datamodule's val_dataloader() or the trainer's loaders."""
@@ -29,7 +31,7 @@ class PeriodicEvaluation(Callback):
     def __init__(self, every_n_steps: int | None = None, every_n_epochs: int | None = None):
         super().__init__()
         if not every_n_steps and not every_n_epochs:
-            raise ValueError(f"{type(self).__name__}: set every_n_steps or every_n_epochs")
+            raise ConfigError(f"{type(self).__name__}: set every_n_steps or every_n_epochs")
         self.every_n_steps, self.every_n_epochs = every_n_steps, every_n_epochs
         self._last_step = -1
 

@@ -26,6 +26,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_musicgen.compat import forward_signal_to_launched_processes, is_accumulating
 from lightning_musicgen.distributed import is_distributed, slurm_job_id
+from lightning_musicgen.errors import ConfigError
 from lightning_musicgen.reliability import SignalExit
 
 log = logging.getLogger("lightning.pytorch.callbacks.preemption")  # shown by Lightning's INFO handler
@@ -118,9 +119,9 @@ class PreemptionCheckpoint(Callback):
         try:
             signums = [signal.Signals[name] for name in names]
         except KeyError as exc:
-            raise ValueError(f"PreemptionCheckpoint: unknown signal {exc.args[0]!r}") from None
+            raise ConfigError(f"PreemptionCheckpoint: unknown signal {exc.args[0]!r}") from None
         if check_every_n_steps < 1:
-            raise ValueError(f"PreemptionCheckpoint: check_every_n_steps must be >= 1, got {check_every_n_steps}")
+            raise ConfigError(f"PreemptionCheckpoint: check_every_n_steps must be >= 1, got {check_every_n_steps}")
         self.signum, self.signums = signums[0], list(dict.fromkeys(signums))
         self.requeue, self.check_every_n_steps, self.stall_timeout = requeue, check_every_n_steps, stall_timeout
         self._received: signal.Signals | None = None

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import FSDPStrategy
 
 from lightning_musicgen.distributed import is_distributed
+from lightning_musicgen.errors import InputError
 
 
 def find_batch_tensor(batch: Any) -> Optional[torch.Tensor]:
@@ -96,7 +97,7 @@ class AudioThroughputMonitor(Callback):
         else:
             frame_rate = batch_frame_rate(batch) or self.frame_rate
             if frame_rate is None:
-                raise ValueError("AudioThroughputMonitor: a code batch without meta['frame_rate']; "
+                raise InputError("AudioThroughputMonitor: a code batch without meta['frame_rate']; "
                                  "set frame_rate to the codec's frame rate")
             seconds = samples * t.shape[-1] / frame_rate
             tokens = samples * (t.shape[1] if t.dim() == 3 else 1) * t.shape[-1]

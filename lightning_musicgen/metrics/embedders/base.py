@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_musicgen.audio import resample
+from lightning_musicgen.errors import CheckpointError, ConfigError, MissingFileError
 
 
 class AudioEmbedder(nn.Module):
@@ -44,10 +45,10 @@ class AudioEmbedder(nn.Module):
 def check_weights_path(path, what: str) -> str:
     """One-line error naming the missing file instead of a deep torch.load traceback."""
     if path is None:
-        raise ValueError(f"{what}: no weights path configured")
+        raise ConfigError(f"{what}: no weights path configured")
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: {what} weights not found")
+        raise MissingFileError(f"{path}: {what} weights not found")
     return path
 
 
@@ -56,7 +57,7 @@ def load_torch_file(path, what: str) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path}: cannot load {what} weights ({exc})") from None
+        raise CheckpointError(f"{path}: cannot load {what} weights ({exc})") from None
 
 
 def load_strict(module: nn.Module, state_dict: dict, path, what: str) -> None:
@@ -68,6 +69,6 @@ def load_strict(module: nn.Module, state_dict: dict, path, what: str) -> None:
     wrong = [f"{k} {tuple(state_dict[k].shape)}!={tuple(v.shape)}" for k, v in own.items()
              if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
     if missing or unexpected or wrong:
-        raise ValueError(f"{path}: not a {what} checkpoint (missing {missing[:3]}, unexpected {unexpected[:3]}, "
-                         f"shape mismatch {wrong[:3]})")
+        raise CheckpointError(f"{path}: not a {what} checkpoint (missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                              f"shape mismatch {wrong[:3]})")
     module.load_state_dict(state_dict, strict=True)

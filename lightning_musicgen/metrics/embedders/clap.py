@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_musicgen.errors import CheckpointError
 from lightning_musicgen.metrics.embedders.base import AudioEmbedder, check_weights_path
 
 
@@ -31,14 +32,14 @@ class ClapEmbedder(AudioEmbedder):
         from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
         path = check_weights_path(path, "CLAP")
         if not os.path.isdir(path):
-            raise ValueError(f"{path}: CLAP weights must be a save_pretrained folder")
+            raise CheckpointError(f"{path}: CLAP weights must be a save_pretrained folder")
         try:
             self.model = ClapModel.from_pretrained(path, local_files_only=True).eval()
             self.feature_extractor = ClapFeatureExtractor.from_pretrained(path, local_files_only=True)
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(f"{path}: cannot load CLAP model ({first})") from None
+            raise CheckpointError(f"{path}: cannot load CLAP model ({first})") from None
         self.sample_rate = self.feature_extractor.sampling_rate
         self.embedding_dim = self.model.config.projection_dim
         self.seed = seed

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_musicgen.audio.dsp import slaney_mel_filterbank
+from lightning_musicgen.errors import CheckpointError
 from lightning_musicgen.metrics.embedders.base import AudioEmbedder
 from lightning_musicgen.metrics.embedders.tf_checkpoint import read_tf_checkpoint
 
@@ -62,7 +63,7 @@ class MusicnnVGGNetwork(nn.Module):
         """Copy `tf.compat.v1.layers` variables (1CNN..5CNN, batch_normalization[_1..5], dense)."""
         def get(name):
             if name not in tensors:
-                raise ValueError(f"{where}: not a musicnn VGG checkpoint (missing variable {name})")
+                raise CheckpointError(f"{where}: not a musicnn VGG checkpoint (missing variable {name})")
             return torch.from_numpy(tensors[name]).float()
 
         def load_bn(bn: nn.BatchNorm2d, scope: str):
@@ -70,7 +71,7 @@ class MusicnnVGGNetwork(nn.Module):
                               ("running_var", "moving_variance")):
                 value = get(f"{scope}/{var}")
                 if value.shape != getattr(bn, attr).shape:
-                    raise ValueError(f"{where}: {scope}/{var} has shape {tuple(value.shape)}")
+                    raise CheckpointError(f"{where}: {scope}/{var} has shape {tuple(value.shape)}")
                 getattr(bn, attr).data.copy_(value)
 
         with torch.no_grad():
@@ -78,13 +79,13 @@ class MusicnnVGGNetwork(nn.Module):
             for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
                 kernel = get(f"{i + 1}CNN/kernel").permute(3, 2, 0, 1)  # [kh, kw, in, out] -> [out, in, kh, kw]
                 if kernel.shape != conv.weight.shape:
-                    raise ValueError(f"{where}: {i + 1}CNN/kernel has shape {tuple(kernel.shape)}")
+                    raise CheckpointError(f"{where}: {i + 1}CNN/kernel has shape {tuple(kernel.shape)}")
                 conv.weight.copy_(kernel)
                 conv.bias.copy_(get(f"{i + 1}CNN/bias"))
                 load_bn(bn, f"batch_normalization_{i + 1}")
             kernel = get("dense/kernel")
             if kernel.shape != (self.dense.in_features, self.dense.out_features):
-                raise ValueError(f"{where}: dense/kernel has shape {tuple(kernel.shape)}")
+                raise CheckpointError(f"{where}: dense/kernel has shape {tuple(kernel.shape)}")
             self.dense.weight.copy_(kernel.T)
             self.dense.bias.copy_(get("dense/bias"))
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_musicgen.audio.dsp import slaney_mel_filterbank
+from lightning_musicgen.errors import CheckpointError
 from lightning_musicgen.metrics.embedders.base import AudioEmbedder, load_strict, load_torch_file
 
 SAMPLE_RATE, N_FFT, HOP, N_MELS, NUM_CLASSES = 32000, 1024, 320, 64, 527
@@ -75,7 +76,8 @@ class Cnn14(AudioEmbedder):
         if mel is None:
             mel = torch.from_numpy(slaney_mel_filterbank(N_FFT // 2 + 1, N_MELS, 50.0, 14000.0, SAMPLE_RATE)).float()
         if tuple(mel.shape) != (N_FFT // 2 + 1, N_MELS):
-            raise ValueError(f"{checkpoint}: logmel_extractor.melW has shape {tuple(mel.shape)}, expected (513, 64)")
+            raise CheckpointError(f"{checkpoint}: logmel_extractor.melW has shape {tuple(mel.shape)}, "
+                                  "expected (513, 64)")
         self.register_buffer("mel", mel.float(), persistent=False)
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
         self.network = Cnn14Network()

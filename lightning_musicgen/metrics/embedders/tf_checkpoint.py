@@ -12,6 +12,8 @@ import struct
 
 import numpy as np
 
+from lightning_musicgen.errors import CheckpointError, MissingFileError
+
 TABLE_MAGIC = 0xDB4775248B80FB57
 # TensorFlow DataType enum -> numpy dtype (little-endian)
 DTYPES = {1: "<f4", 2: "<f8", 3: "<i4", 4: "u1", 5: "<i2", 6: "i1", 9: "<i8", 10: "?", 14: "<u2", 19: "<f2"}
@@ -95,9 +97,9 @@ def read_tf_checkpoint(prefix: str | os.PathLike) -> dict[str, np.ndarray]:
         with open(index_path, "rb") as f:
             index = f.read()
     except OSError as exc:
-        raise FileNotFoundError(f"{index_path}: cannot read TensorFlow checkpoint index ({exc.strerror})") from None
+        raise MissingFileError(f"{index_path}: cannot read TensorFlow checkpoint index ({exc.strerror})") from None
     if len(index) < 48 or struct.unpack_from("<Q", index, len(index) - 8)[0] != TABLE_MAGIC:
-        raise ValueError(f"{index_path}: not a TensorFlow checkpoint index")
+        raise CheckpointError(f"{index_path}: not a TensorFlow checkpoint index")
     footer = index[-48:]
     _, pos = _varint(footer, 0)  # metaindex handle (unused)
     _, pos = _varint(footer, pos)
@@ -124,7 +126,7 @@ def read_tf_checkpoint(prefix: str | os.PathLike) -> dict[str, np.ndarray]:
                 folder, base = os.path.split(prefix)
                 match = [n for n in os.listdir(folder or ".") if n.startswith(f"{base}.data-{shard:05d}-of-")]
                 if not match:
-                    raise FileNotFoundError(f"{prefix}.data-{shard:05d}-of-*: TensorFlow checkpoint shard missing")
+                    raise MissingFileError(f"{prefix}.data-{shard:05d}-of-*: TensorFlow checkpoint shard missing")
                 path = os.path.join(folder, match[0])
             with open(path, "rb") as f:
                 shards[shard] = f.read()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lightning_musicgen.errors import CheckpointError
 from lightning_musicgen.metrics.embedders.base import AudioEmbedder, load_strict, load_torch_file
 
 SAMPLE_RATE = 16000
@@ -85,10 +86,10 @@ class VGGish(AudioEmbedder):
                 matrix = torch.as_tensor(params["pca_eigen_vectors"]).float()
                 means = torch.as_tensor(params["pca_means"]).float().reshape(-1)
             except KeyError as exc:
-                raise ValueError(f"{pca_params}: VGGish PCA file lacks {exc}") from None
+                raise CheckpointError(f"{pca_params}: VGGish PCA file lacks {exc}") from None
             if matrix.shape != (128, 128) or means.numel() != 128:
-                raise ValueError(f"{pca_params}: PCA shapes {tuple(matrix.shape)}, {tuple(means.shape)}; "
-                                 "expected (128, 128), (128,)")
+                raise CheckpointError(f"{pca_params}: PCA shapes {tuple(matrix.shape)}, {tuple(means.shape)}; "
+                                      "expected (128, 128), (128,)")
             self.register_buffer("pca_matrix", matrix)
             self.register_buffer("pca_means", means)
         self.register_buffer("mel", vggish_mel_matrix(), persistent=False)
