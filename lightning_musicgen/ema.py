@@ -10,8 +10,9 @@ themselves running averages) are copied. The average lives in the owner's state 
 `<attribute>.module.*`, with the last averaged step in `<attribute>.step`.
 
 Used by MusicGenModule (the LM) and CodecModule (the generator). Lightning's `WeightAveraging`
-callback (Lightning >= 2.6, while this package supports >= 2.4) averages the whole
-LightningModule, which would copy the frozen text encoder and the discriminators too.
+callback (in every Lightning this package supports) is not used: it averages the whole
+LightningModule, so it would copy the frozen text encoder and the discriminators too, and its
+checkpoints hold the module twice (the average, and the live weights as `current_model_state`).
 """
 from __future__ import annotations
 

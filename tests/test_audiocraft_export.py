@@ -100,3 +100,40 @@ def test_audiocraft_refuses_melody_models(tmp_path, tokenizer_files):
     lm, cond, _, _ = tiny_musicgen(tokenizer_files, melody=True)
     with pytest.raises(NotExpressible, match="text-to-music"):
         lm_package(lm, cond)
+
+
+def test_audiocraft_lm_solver_checkpoint_and_official_repo_layout(tmp_path, tokenizer_files):
+    """An LM solver's checkpoint.th (with --codec), and an official repo folder whose
+    compression_state_dict.bin only names a pretrained codec: refused in one line without --codec,
+    converted bit for bit with it."""
+    from omegaconf import OmegaConf
+    from conftest import run_cli
+    from lightning_musicgen.convert.audiocraft import lm_package
+    lm, cond, cond_cfg, codec = tiny_musicgen(tokenizer_files, t5_dim=512, name="t5-small", seed=2)
+    pkg = lm_package(lm, cond, 8.0, codec.sample_rate, codec.channels)
+    solver = {"best_state": {"model": pkg["best_state"]}, "xp.cfg": OmegaConf.create(pkg["xp.cfg"]),
+              "fsdp_best_state": None, "epoch": 7}
+    torch.save(solver, tmp_path / "checkpoint.th")
+    repo = tmp_path / "repo"  # the official layout: the LM, and a codec by name only
+    repo.mkdir()
+    torch.save(pkg, repo / "state_dict.bin")
+    torch.save({"pretrained": "facebook/encodec_32khz", "exported": True, "version": "1.3.0"},
+               repo / "compression_state_dict.bin")
+    codec.save(tmp_path / "codec")
+    text_dir = tmp_path / "t5"
+    cond.text.encoder.save_pretrained(text_dir)
+    cond.text.tokenizer.save_pretrained(text_dir)
+
+    res = run_cli("convert", "--from-audiocraft", repo, "--out", tmp_path / "refused", "--text-encoder", text_dir)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert res.stderr.strip().count("\n") == 0 and "facebook/encodec_32khz" in res.stderr and "--codec" in res.stderr
+
+    for source, out in ((tmp_path / "checkpoint.th", tmp_path / "from_solver"), (repo, tmp_path / "from_repo")):
+        res = run_cli("convert", "--from-audiocraft", source, "--out", out, "--codec", tmp_path / "codec",
+                      "--text-encoder", text_dir)
+        assert res.returncode == 0, res.stderr[-2000:]
+        lm2, cond2, codec2, info = load_musicgen(out, text_encoder=str(text_dir))
+        for a, b in ((lm, lm2), (cond, cond2), (codec, codec2)):
+            sa, sb = a.state_dict(), b.state_dict()
+            assert sorted(sa) == sorted(sb) and all(torch.equal(sa[k], sb[k]) for k in sa), source
+        assert info["max_duration"] == 8.0 and info["conditioner"].text.name == "t5-small"

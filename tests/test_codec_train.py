@@ -106,6 +106,11 @@ def test_short_fit_lowers_mel_distance_and_checkpoint_loads(tmp_path):
 
     # the Lightning checkpoint loads as a CompressionModel: EMA weights by default, raw on request
     ckpt = tmp_path / "ckpt" / "last.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)  # the config once, the EMA once
+    assert saved["hyper_parameters"]["codec"] == module.codec_config.to_dict() and "codec_config" not in saved
+    gen_keys = set(module.generator.state_dict())
+    assert {k[len("generator_ema.module."):] for k in saved["state_dict"] if k.startswith("generator_ema.module.")} \
+        == gen_keys and sum("ema" in k for k in saved["state_dict"]) == len(gen_keys) + 1  # + generator_ema.step
     raw = CompressionModel.from_checkpoint(ckpt, use_ema=False).eval()
     ema = CompressionModel.from_checkpoint(ckpt).eval()
     with torch.no_grad():

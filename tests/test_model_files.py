@@ -2,6 +2,7 @@
 run from anywhere, training checkpoints that reference (not embed) frozen parts, and one EMA."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,10 +11,11 @@ import torch
 
 from conftest import run_cli, run_cli_batch
 from lightning_musicgen.codec.model import CodecConfig, CompressionModel
+from lightning_musicgen.errors import CheckpointError, UserError
 from lightning_musicgen.lm.conditioners import (ConditionerConfig, MelodyConfig, TextConfig,
                                                 build_condition_provider, packaged_minilm_path)
 from lightning_musicgen.lm.model import LMConfig, MusicGenLM
-from lightning_musicgen.model_files import load_musicgen, save_musicgen
+from lightning_musicgen.model_files import export_model_folder, load_musicgen, save_musicgen
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TEXTS = ["80s pop track with bassy drums and synth", "a calm piano"]
@@ -155,7 +157,7 @@ def test_transformers_refuses_what_it_cannot_express(tmp_path, tokenizer_files):
     flat = MusicGenLM(LMConfig.from_dict({**lm.config.to_dict(), "pattern": "flatten"}))
     with pytest.raises(NotExpressible, match="delay pattern") as err:
         musicgen_to_transformers(flat, cond, codec)
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and isinstance(err.value, UserError)  # the CLI prints one line, exit 2
     biased = MusicGenLM(LMConfig.from_dict({**lm.config.to_dict(), "bias": True}))
     with pytest.raises(NotExpressible, match="biases"):
         musicgen_to_transformers(biased, cond, codec)
@@ -203,6 +205,26 @@ def test_training_checkpoint_references_frozen_parts(tmp_path):
     assert codec is not None and info["weights"] == "ema"
     _assert_same_state(lm.state_dict(), module.ema.module.state_dict())
 
+    # export: EMA weights by default, the trained ones on request; config.json says which
+    raw = export_model_folder(moved / "checkpoints" / "last.ckpt", tmp_path / "raw", use_ema=False,
+                              copy_text_encoder=True)
+    assert json.loads((raw / "config.json").read_text())["weights"] == "trained"
+    assert json.loads((raw / "config.json").read_text())["text_encoder"]["copied"] is True
+    assert (raw / "text_encoder" / "model.safetensors").is_file()
+    lm_raw, cond_raw, _, _ = load_musicgen(raw)
+    _assert_same_state(lm_raw.state_dict(), module.lm.state_dict())
+    assert not torch.equal(module.lm.heads[0].weight, module.ema.module.heads[0].weight)  # the two differ
+    _assert_same_state(cond_raw.text.encoder.state_dict(), module.conditioner.text.encoder.state_dict())
+
+    other = tmp_path / "other-minilm"  # another encoder under the recorded name: one line, expected hash
+    cond_raw.text.encoder.embeddings.word_embeddings.weight.data.add_(1e-3)
+    cond_raw.text.encoder.save_pretrained(other)
+    cond_raw.text.tokenizer.save_pretrained(other)
+    with pytest.raises(CheckpointError) as err:
+        load_musicgen(moved / "checkpoints" / "last.ckpt", text_encoder=str(other))
+    message = str(err.value)
+    assert "\n" not in message and "text encoder" in message and frozen["text_encoder"]["sha256"] in message
+
     cfg = json.loads((moved / "codec" / "config.json").read_text())  # the codec changes under the checkpoint
     cfg["n_q"] = 3
     (moved / "codec" / "config.json").write_text(json.dumps(cfg))
@@ -210,6 +232,13 @@ def test_training_checkpoint_references_frozen_parts(tmp_path):
         load_musicgen(moved / "checkpoints" / "last.ckpt")
     message = str(err.value)
     assert "\n" not in message and "codec" in message and frozen["codec"]["sha256"] in message
+    assert "changed" in message
+
+    shutil.rmtree(moved / "codec")  # ... or is gone
+    with pytest.raises(FileNotFoundError) as err:
+        load_musicgen(moved / "checkpoints" / "last.ckpt")
+    message = str(err.value)
+    assert "\n" not in message and "missing" in message and frozen["codec"]["sha256"] in message
 
 
 def test_resume_restores_the_unsaved_text_encoder(tmp_path):
@@ -282,11 +311,15 @@ def test_demo_checkpoint_holds_trainable_state_and_the_folder_holds_the_lm_once(
     from lightning_musicgen.lm.module import MusicGenModule
     from lightning_musicgen.model_files import export_model_folder
     init = yaml.safe_load((ROOT / "configs/demo/musicgen.yaml").read_text())["model"]["init_args"]
-    tiny_codec(card=CARD).save(tmp_path / "codec-model")
+    codec_cfg = yaml.safe_load((ROOT / "configs/demo/codec.yaml").read_text())["model"]["init_args"]["codec"]
+    codec = CompressionModel(CodecConfig.from_dict(codec_cfg))  # the demo codec's shape: n_q and card of the LM
+    codec.save(tmp_path / "codec-model")
     init["codec_checkpoint"] = str(tmp_path / "codec-model")
     module = MusicGenModule(**init)
+    assert (module.lm.n_q, module.lm.card) == (codec_cfg["n_q"], codec_cfg["card"])
     g = torch.Generator().manual_seed(0)
-    batches = [{"codes": torch.randint(0, CARD, (2, K, 16), generator=g), "mask": torch.ones(2, 16, dtype=torch.bool),
+    codes = torch.randint(0, codec_cfg["card"], (2, codec_cfg["n_q"], 16), generator=g)
+    batches = [{"codes": codes, "mask": torch.ones(2, 16, dtype=torch.bool),
                 "text": ["a choir", "an organ"]} for _ in range(2)]
     trainer = Trainer(default_root_dir=tmp_path, accelerator="cpu", max_steps=2, logger=False,
                       enable_progress_bar=False, enable_model_summary=False,

@@ -15,12 +15,15 @@ from pathlib import Path
 
 import torch
 
+from lightning_musicgen.errors import UserError
+
 DECODER = "decoder.model.decoder."
 ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "gelu_tanh": "gelu_pytorch_tanh"}
 
 
-class NotExpressible(ValueError):
-    """transformers has no configuration for this model (the message says why, in one line)."""
+class NotExpressible(UserError):
+    """The target format (transformers, audiocraft) has no configuration for this model (the message
+    says why, in one line). A UserError, hence also a ValueError."""
 
 
 # ---- EnCodec ----------------------------------------------------------------------------------

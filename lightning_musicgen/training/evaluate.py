@@ -7,8 +7,8 @@ What the LightningModule must offer (one of):
   `sample_rate`, `has_melody` and (for token-only validation data) `decode(codes) -> wav`, and
   that leaves the training modules' modes and weights as they were; `lightning_musicgen.MusicGen`
   is such an object;
-- or MusicGenModule's attributes `lm`, `conditioner`, `codec` (and `ema`, an AveragedModel of
-  `lm`, when EMA is on), from which a `MusicGen` is built around the live weights: it generates
+- or MusicGenModule's attributes `lm`, `conditioner`, `codec` (and `ema`, a `lightning_musicgen.ema.EMA`
+  of `lm`, when EMA is on), from which a `MusicGen` is built around the live weights: it generates
   with dropout off and leaves every module's device, dtype, weights and training flags as they were.
 """
 from __future__ import annotations
