@@ -30,14 +30,18 @@ PATTERNS = {"delay": ("DelayedPatternProvider", {"delays": [0, 1, 2, 3]}),
             "partial_delay": ("DelayedPatternProvider", {"delays": [0, 1, 1, 1]})}
 
 
-@pytest.fixture(scope="module")
-def ac():
+def load_audiocraft() -> types.SimpleNamespace:
     names = {"lm": "audiocraft.models.lm", "patterns": "audiocraft.modules.codebooks_patterns",
              "conditioners": "audiocraft.modules.conditioners", "builders": "audiocraft.solvers.builders",
              "musicgen": "audiocraft.solvers.musicgen"}
     # xformers is CUDA-only: its `ops.unbind` (audiocraft's custom attention) is torch.unbind
     mods = import_audiocraft(*names.values(), substitutes={"xformers.ops.unbind": torch.unbind})
     return types.SimpleNamespace(**dict(zip(names, mods)))
+
+
+@pytest.fixture(scope="module")
+def ac():
+    return load_audiocraft()
 
 
 class PrecomputedConditions(MusicGenModule):
@@ -101,21 +105,27 @@ def _audiocraft_solver(ac, model):
     return solver
 
 
-@pytest.mark.parametrize("pattern", list(PATTERNS))
-def test_twenty_lm_training_steps_equal_audiocrafts(ac, pattern, own_tmp):
+def train_both(ac, pattern: str, tmp, **module_overrides) -> dict:
+    """STEPS steps of audiocraft's solver and of our module (its recipe options, or
+    `module_overrides`) from the same weights and batches. Returns the largest per-tensor relative
+    difference of the final weights ("max_rel_diff": value, tensor shape), how far training moved
+    the weights ("rel_moved": norm of the change over the norm of the initial weights, all tensors
+    together), audiocraft's gradient norms and our module's step count."""
     import lightning as L
 
     torch.manual_seed(0)
     _, kw = PATTERNS[pattern]
+    options = dict(lr=LR, betas=(0.9, 0.95), weight_decay=0.1, weight_decay_on="all", keep_only_valid_steps=True,
+                   warmup_steps=WARMUP, total_steps=STEPS, min_lr_ratio=0.0)
     module = PrecomputedConditions(
         lm={"n_q": K, "card": CARD, "dim": DIM, "num_heads": HEADS, "num_layers": LAYERS,
             "pattern": "delay" if kw else "parallel", "pattern_kwargs": kw},
-        conditioner={"text": {"name": "minilm"}, "cfg_dropout": 0.0}, lr=LR, betas=(0.9, 0.95), weight_decay=0.1,
-        weight_decay_on="all", keep_only_valid_steps=True, warmup_steps=WARMUP, total_steps=STEPS, min_lr_ratio=0.0)
+        conditioner={"text": {"name": "minilm"}, "cfg_dropout": 0.0}, **{**options, **module_overrides})
     model = _their_lm(ac, pattern)
     with torch.no_grad():
         for ours, theirs in _pairs(module.lm, model):
             theirs.copy_(ours)
+    initial = [ours.detach().clone() for ours, _ in _pairs(module.lm, model)]
 
     g = torch.Generator().manual_seed(1)
     batches = [{"codes": torch.randint(0, CARD, (B, K, T), generator=g), "mask": torch.ones(B, T, dtype=torch.bool),
@@ -131,17 +141,28 @@ def test_twenty_lm_training_steps_equal_audiocrafts(ac, pattern, own_tmp):
         solver._prepare_tokens_and_attributes = lambda batch, check=False, prepared=prepared: prepared
         metrics = ac.musicgen.MusicGenSolver.run_step(solver, i, batch, {})
         grad_norms.append(float(metrics["grad_norm"]))
-    assert max(grad_norms) > CLIP  # the clipping acted
 
     trainer = L.Trainer(max_steps=STEPS, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, gradient_clip_val=CLIP, default_root_dir=own_tmp)
+                        num_sanity_val_steps=0, gradient_clip_val=CLIP, default_root_dir=tmp)
     trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=None))
-    assert module.global_step == STEPS
 
-    for ours, theirs in _pairs(module.lm, model):
-        err = float((ours.detach() - theirs.detach()).norm() / theirs.detach().norm())
-        assert err <= 1e-5, f"{pattern}: relative difference {err:.2e} on a tensor of shape {tuple(ours.shape)}"
+    errors, moved, size = [], 0.0, 0.0
+    for (ours, theirs), start in zip(_pairs(module.lm, model), initial):
+        ours, theirs = ours.detach(), theirs.detach()
+        errors.append((float((ours - theirs).norm() / theirs.norm()), tuple(ours.shape)))
+        moved, size = moved + float((theirs - start).norm() ** 2), size + float(start.norm() ** 2)
+    return {"max_rel_diff": max(errors), "rel_moved": (moved / size) ** 0.5, "grad_norms": grad_norms,
+            "global_step": module.global_step}
+
+
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+def test_twenty_lm_training_steps_equal_audiocrafts(ac, pattern, own_tmp):
+    result = train_both(ac, pattern, own_tmp)
+    assert max(result["grad_norms"]) > CLIP  # the clipping acted
+    assert result["global_step"] == STEPS
+    err, shape = result["max_rel_diff"]
+    assert err <= 1e-5, f"{pattern}: relative difference {err:.2e} on a tensor of shape {shape}"
 
 
 def test_paper_lm_configs_select_audiocrafts_recipe(root):
