@@ -31,13 +31,14 @@ Checks (random weights, MusicGen sizes):
 Measurements: LM training tokens/s (a token is one code: batch x frames x codebooks), MFU and
 peak memory at small and medium size (eager, and small compiled); the same training step through
 transformers' `MusicgenForCausalLM` (same width, heads, layers, batch, bf16 autocast, fused AdamW)
-for a side-by-side ratio; codec training step time; generation ms/step.
+for a side-by-side ratio; codec training step time and MFU; generation ms/step.
 
 MFU = model FLOPs per step / step time / peak FLOP/s. Model FLOPs are counted from the LM config by
 `lightning_musicgen.flops.lm_train_flops` (the count `train/mfu` uses in training; its docstring states the
 convention: 2 FLOPs per multiply-add, causal attention counted in full, backward = 2x forward). The peak is the GPU's
-dense bf16 tensor-core FLOP/s from a small table of datasheet values (`PEAK_BF16_TFLOPS`), or
-`--peak-tflops`; the report names which.
+dense bf16 tensor-core FLOP/s from the datasheet table `lightning_musicgen.flops.PEAK_BF16_TFLOPS` (the one
+`train/mfu` uses), or `--peak-tflops`; the report names which. The codec step's MFU counts the generator's
+FLOPs from its config (`lightning_musicgen.flops.codec_train_flops`; not the discriminator's).
 
 Sizes scale with the GPU's memory (batch, then frames, then layers; an out-of-memory step halves
 the batch and retries). Without a GPU the same code runs on CPU at tiny sizes and the report says
@@ -47,6 +48,7 @@ so (the test suite runs it that way: tests/test_gpu_check.py); there torch.compi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import json
@@ -62,6 +64,7 @@ import traceback
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -70,30 +73,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a clone
     sys.path.insert(0, str(ROOT))
 
-from lightning_musicgen.flops import lm_train_flops  # noqa: E402  (after the path set-up)
-
-# Dense (no sparsity) bf16 tensor-core peak TFLOP/s from the vendors' datasheets, matched against
-# torch.cuda.get_device_name() in this order (the first match wins).
-PEAK_BF16_TFLOPS: list[tuple[str, str, float]] = [
-    (r"GH200", "GH200", 989.4),
-    (r"H200 NVL", "H200 NVL", 835.5),
-    (r"H200", "H200 SXM", 989.4),
-    (r"H100 NVL", "H100 NVL", 835.5),
-    (r"H[18]00.*PCIe", "H100 PCIe", 756.5),
-    (r"H100|H800", "H100 SXM", 989.4),
-    (r"B200", "B200", 2250.0),
-    (r"A100|A800", "A100", 312.0),
-    (r"L40S", "L40S", 362.05),
-    (r"L40\b", "L40", 181.05),
-    (r"\bL4\b", "L4", 121.0),
-    (r"\bA10\b", "A10", 125.0),
-    (r"\bA40\b", "A40", 149.7),
-    (r"RTX 6000 Ada", "RTX 6000 Ada", 364.2),
-    (r"RTX A6000", "RTX A6000", 154.8),
-    (r"RTX 4090", "GeForce RTX 4090", 165.2),
-    (r"RTX 3090", "GeForce RTX 3090", 71.0),
-    (r"MI300X", "Instinct MI300X", 1307.4),
-]
+from lightning_musicgen.flops import (codec_train_flops, lm_train_flops,  # noqa: E402  (after the path set-up)
+                                      peak_bf16_tflops)
 
 # Issue targets for the day this runs on a GPU (reported, never asserted).
 TARGET_MFU_SMALL = 0.50
@@ -110,14 +91,6 @@ SDPA_OPS = {  # aten op the profiler sees -> backend
 TEXTS = ["lofi hip hop with piano and soft drums", "an upbeat 80s synth pop track with bassy drums",
          "a calm solo cello", "orchestral film score with brass", "jazz trio, brushed drums, walking bass",
          "ambient pads and field recordings", "fast techno with a rolling bassline", "acoustic folk guitar"]
-
-
-def peak_bf16_tflops(device_name: str) -> tuple[str, float] | None:
-    """GPU name -> (table label, dense bf16 TFLOP/s), or None for a GPU not in the table."""
-    for pattern, label, tflops in PEAK_BF16_TFLOPS:
-        if re.search(pattern, device_name):
-            return label, tflops
-    return None
 
 
 # ---- sizes -------------------------------------------------------------------------------------
@@ -673,8 +646,7 @@ def check_xformers(ctx: Context) -> list[Check]:
     device, size = ctx.device, ctx.plan.sizes["small"]
     reason = None
     try:
-        import xformers  # noqa: F401
-        import xformers.ops  # noqa: F401
+        import xformers.ops
     except ImportError as exc:
         reason = f"xformers is not installed ({exc.msg}; pip install xformers)"
     if reason is None and device.type != "cuda":
@@ -686,13 +658,18 @@ def check_xformers(ctx: Context) -> list[Check]:
     xf.load_state_dict(sdpa.state_dict())
     codes, cond = lm_batch(size, device, ctx.plan.compare_batch, ctx.plan.compare_frames)
     values = {}
-    for name, lm in (("sdpa", sdpa), ("xformers", xf)):
-        lm.zero_grad(set_to_none=True)
-        with autocast(device, ctx.bf16):
-            logits = lm(lm.shift_right(lm.pattern.build(codes, lm.special_token)), cond)
-            loss = lm.loss(codes, cond)[0]
-        loss.backward()
-        values[name] = (logits.float().detach(), float(loss.detach()), grads_of(lm))
+    # count the xformers kernel calls: the LM falls back to SDPA silently (no GPU, masked attention)
+    counted = contextlib.nullcontext(None) if reason is not None else \
+        mock.patch.object(xformers.ops, "memory_efficient_attention", wraps=xformers.ops.memory_efficient_attention)
+    with counted as xformers_calls:
+        for name, lm in (("sdpa", sdpa), ("xformers", xf)):
+            lm.zero_grad(set_to_none=True)
+            with autocast(device, ctx.bf16):
+                logits = lm(lm.shift_right(lm.pattern.build(codes, lm.special_token)), cond)
+                loss = lm.loss(codes, cond)[0]
+            loss.backward()
+            values[name] = (logits.float().detach(), float(loss.detach()), grads_of(lm))
+        calls = None if xformers_calls is None else xformers_calls.call_count
     (l_s, loss_s, g_s), (l_x, loss_x, g_x) = values["sdpa"], values["xformers"]
     logit_rel = float((l_x - l_s).norm() / l_s.norm().clamp(min=1e-12))
     cos = grad_cosine(g_s, g_x)
@@ -711,7 +688,10 @@ def check_xformers(ctx: Context) -> list[Check]:
     figure = (f"logits relative difference {logit_rel:.1e}, cached decoding {decode_rel:.1e} (tolerance {tol:g}); "
               f"loss {loss_s:.5f} vs {loss_x:.5f}; gradient cosine {cos:.5f}")
     vals = dict(logit_relative_difference=logit_rel, decode_relative_difference=decode_rel, loss_sdpa=loss_s,
-                loss_xformers=loss_x, grad_cosine=cos, comparison_ok=ok)
+                loss_xformers=loss_x, grad_cosine=cos, comparison_ok=ok, xformers_calls=calls)
+    if calls is not None:
+        figure += f"; xformers kernel calls in the training forwards: {calls} (self-attention; masked cross-attention uses SDPA)"
+        ok = ok and calls > 0
     del sdpa, xf
     free_memory(device)
     if reason is not None:
@@ -823,13 +803,18 @@ def check_codec(ctx: Context) -> list[Check]:
             values["first_step_relative_difference_vs_fp32"] = rel
             ok = ok and rel <= 0.1
             figure += f"; first-step l1/msspec vs fp32: relative difference {rel:.1e} (<= 0.1)"
+        flops = codec_train_flops(module.codec_config, plan.codec_batch, n)
+        mfu = flops / step_s / ctx.peak_flops if ctx.peak_flops else None
+        values.update(codec_config=module.codec_config.to_dict(), samples=n, flops_per_step=flops, mfu=mfu)
         checks.append(Check(f"codec_gan_step/{tag}", "PASS" if ok else "FAIL", figure, values))
         ctx.report.measure(f"codec_train_step/{tag}", step_s, "s",
                            f"batch {plan.codec_batch} x {plan.codec_seconds:g} s, median of {len(rec.times) - 1}"
                            + ("" if peak is None else f", peak memory {peak:.2f} GiB"))
+        ctx.report.measure(f"codec_train_step/{tag}/mfu", None if mfu is None else 100 * mfu, "%",
+                           f"generator FLOPs {flops / step_s / 1e12:.3g} TFLOP/s over {ctx.peak_label}")
         del module, trainer
     if len(precisions) == 1:
-        checks.append(Check("codec_gan_step/bf16", "SKIP", f"bf16 is not supported on {ctx.peak_label}"))
+        checks.append(Check("codec_gan_step/bf16", "SKIP", f"{ctx.precision_line}: no bf16 on this GPU"))
     free_memory(device)
     return checks
 
@@ -886,10 +871,10 @@ def trained_with_torch_fsdp(ctx: Context, module, batches: list[dict]) -> tuple[
     import socket
 
     import torch.distributed as dist
-    from lightning.fabric.strategies.fsdp import _setup_activation_checkpointing
     from torch.distributed.fsdp import FullStateDictConfig, StateDictType
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
+    from lightning_musicgen.compat import setup_activation_checkpointing
     from lightning_musicgen.training import TransformerFSDPStrategy
     strategy = TransformerFSDPStrategy(**fsdp_strategy_args())
 
@@ -910,7 +895,7 @@ def trained_with_torch_fsdp(ctx: Context, module, batches: list[dict]) -> tuple[
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # FSDP's notes about frozen parameters in one flat parameter
             wrapped = FSDP(Step(module), device_id=torch.device("cpu"), **strategy.fsdp_kwargs)
-        _setup_activation_checkpointing(wrapped, strategy.activation_checkpointing_kwargs)
+        setup_activation_checkpointing(wrapped, strategy.activation_checkpointing_kwargs)
         config = module.configure_optimizers()
         opt, sched = config["optimizer"], config["lr_scheduler"]["scheduler"]
         losses = []

@@ -7,8 +7,9 @@ declares (torch >=2.11,<2.15, lightning >=2.6,<2.7), checked by tests/test_compa
 torch: CPU feature probes and oneDNN's packed linear kernels (generation), `foreach_lerp_` (EMA).
 Lightning: `is_accumulating` (fit loop internals), `forward_signal_to_launched_processes` (the private
 launcher classes' `kill`), `launched_by_spawn`, `ddp_kwargs` (a DDPStrategy's DistributedDataParallel
-arguments), `attached_trainer` (a LightningModule's trainer or None) and `batches_processed_in_epoch`
-(the training epoch loop's progress counter).
+arguments), `attached_trainer` (a LightningModule's trainer or None), `batches_processed_in_epoch`
+(the training epoch loop's progress counter) and `setup_activation_checkpointing` (Fabric's FSDP helper,
+for an FSDP module wrapped by hand: benchmarks/gpu_check.py on CPU).
 """
 from __future__ import annotations
 
@@ -99,3 +100,10 @@ def batches_processed_in_epoch(trainer) -> int:
     """Training batches fully processed (training_step and backward done) in the current epoch
     (`fit_loop.epoch_loop.batch_progress.current.processed`)."""
     return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
+
+def setup_activation_checkpointing(module: torch.nn.Module, activation_checkpointing_kwargs: dict) -> None:
+    """Apply an FSDP strategy's activation checkpointing (its `activation_checkpointing_kwargs`) to a module
+    wrapped in FSDP outside Lightning, as the strategy does (`lightning.fabric.strategies.fsdp`, private)."""
+    from lightning.fabric.strategies.fsdp import _setup_activation_checkpointing
+    _setup_activation_checkpointing(module, activation_checkpointing_kwargs)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from lightning_musicgen.flops import lm_forward_flops, lm_train_flops
+from lightning_musicgen.flops import codec_train_flops, lm_forward_flops, lm_train_flops
 
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 EXPECTED_CHECKS = {"sdpa_training", "sdpa_decoding", "lm_bf16_vs_fp32/small", "lm_bf16_vs_fp32/medium",
@@ -25,6 +25,7 @@ EXPECTED_MEASUREMENTS = {"lm_train/small/tokens_per_s", "lm_train/small/mfu", "l
                          "lm_train/medium/mfu", "lm_train/small/transformers_tokens_per_s",
                          "lm_train/small/ours_vs_transformers", "lm_train/small_compiled/tokens_per_s",
                          "lm_train/small_compiled/mfu", "codec_train_step/fp32", "codec_train_step/bf16",
+                         "codec_train_step/fp32/mfu", "codec_train_step/bf16/mfu",
                          "generation/batch1/ms_per_step", "generation/batch8/ms_per_step"}
 
 
@@ -112,6 +113,7 @@ def test_cpu_mode_outcomes(run):
         import xformers  # noqa: F401
     except ImportError:
         assert xf["status"] == "SKIP" and "not installed" in xf["figure"]
+    assert xf["values"]["xformers_calls"] is None  # counted only where the xformers kernel can run (CUDA)
     assert xf["values"]["comparison_ok"] and xf["values"]["logit_relative_difference"] == 0.0  # SDPA fallback on CPU
     speed = checks["generation_speed"]["values"]
     assert set(speed) == {"1", "8"} and all(v["valid_codes"] and v["steps"] > 1 for v in speed.values())
@@ -128,6 +130,13 @@ def test_mfu_is_config_flops_over_the_named_peak(run):
         step_s = size["batch"] * size["frames"] * size["n_q"] / values[f"lm_train/{key}/tokens_per_s"]
         expected = 100 * flops / step_s / report["peak"]["flops"]
         assert values[f"lm_train/{key}/mfu"] == pytest.approx(expected, rel=1e-9)
+    checks = by_name(report)
+    for tag in ("fp32", "bf16"):  # the codec step: its generator's FLOPs from the codec config
+        v = checks[f"codec_gan_step/{tag}"]["values"]
+        flops = codec_train_flops(v["codec_config"], 2, v["samples"])  # tiny plan: batch 2
+        assert v["flops_per_step"] == flops and v["samples"] == 3200  # batch 2 x 0.1 s at 32 kHz
+        expected = 100 * flops / v["step_s"] / report["peak"]["flops"]
+        assert values[f"codec_train_step/{tag}/mfu"] == pytest.approx(expected, rel=1e-9)
 
 
 def test_flops_from_the_config_equal_torch_flop_counter():

@@ -26,6 +26,7 @@ from lightning_musicgen.codec.model import CodecConfig, CompressionModel
 from lightning_musicgen.compat import attached_trainer, ddp_kwargs
 from lightning_musicgen.ema import EMA
 from lightning_musicgen.errors import ConfigError
+from lightning_musicgen.flops import codec_train_flops
 from lightning_musicgen.optim import WarmupCosineLR
 
 DEFAULT_WEIGHTS = {"adv": 4.0, "feat": 4.0, "l1": 0.1, "msspec": 2.0}
@@ -123,6 +124,13 @@ class CodecModule(LightningModule):
         if wav.dim() != 3 or wav.shape[1] != self.codec_config.channels:
             raise ValueError(f"batch wav: expected [B, {self.codec_config.channels}, T], got {list(wav.shape)}")
         return wav
+
+    def flops_per_batch(self, batch) -> int:
+        """Model FLOPs of the generator's training step on `batch` (`lightning_musicgen.flops.codec_train_flops`:
+        encoder and decoder forward + backward, the quantizer's distances; not the discriminator).
+        AudioThroughputMonitor turns it into `train/mfu`."""
+        wav = self._wav(batch)
+        return codec_train_flops(self.codec_config, wav.shape[0], wav.shape[-1])
 
     def adversarial_active(self) -> bool:
         return self.weights.get("adv", 0) > 0 or self.weights.get("feat", 0) > 0

@@ -71,6 +71,8 @@ def _attention(q, k, v, mask, causal: bool, dropout: float, backend: str) -> tor
     """q [B,H,Lq,D], k/v [B,H,Lk,D]; mask bool (True = attend) broadcastable to [B,H,Lq,Lk]."""
     if backend == "xformers" and mask is None and q.is_cuda:
         from xformers import ops as xops
+        # xformers does not follow autocast: a KV cache kept in fp32 under bf16 autocast meets bf16 queries
+        k, v = k.to(q.dtype), v.to(q.dtype)
         bias = xops.LowerTriangularMask() if causal else None
         out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                               attn_bias=bias, p=dropout)

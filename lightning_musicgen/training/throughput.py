@@ -9,12 +9,13 @@ from typing import Any, Optional
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.fabric.utilities.throughput import Throughput, get_available_flops
+from lightning.fabric.utilities.throughput import Throughput
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import FSDPStrategy
 
 from lightning_musicgen.distributed import is_distributed
 from lightning_musicgen.errors import InputError
+from lightning_musicgen.flops import peak_flops
 
 
 def find_batch_tensor(batch: Any) -> Optional[torch.Tensor]:
@@ -53,8 +54,9 @@ class AudioThroughputMonitor(Callback):
       module that defines `tokens_per_batch(batch)` (MusicGenModule: the codes it encoded),
     - `train/mfu` (model FLOPs per second over the device's peak, per rank) when the module defines
       `flops_per_batch(batch)` (FLOPs of the training step just run on `batch`, this rank; MusicGenModule
-      does) and the peak is known: `available_flops` if given, else Lightning's `get_available_flops`
-      (its table of GPUs; None on CPU, and then no `train/mfu`),
+      and CodecModule do, counted by `lightning_musicgen.flops`) and the peak is known: `available_flops`
+      if given, else `lightning_musicgen.flops.peak_flops` (dense bf16/fp16 datasheet figures of the GPUs
+      it names, else Lightning's `get_available_flops`; None on CPU, and then no `train/mfu`),
     - `train/grad_norm` (L2 over all parameters, before clipping; all shards under FSDP),
     - `train/memory_gb`: peak CUDA memory allocated since the last log (max RSS on CPU).
 
@@ -76,7 +78,7 @@ class AudioThroughputMonitor(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         dtype = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed": torch.float16,
                  "16-true": torch.float16}.get(str(trainer.precision), torch.float32)
-        available = self.available_flops or get_available_flops(trainer.strategy.root_device, dtype)
+        available = self.available_flops or peak_flops(trainer.strategy.root_device, dtype)
         self._meter = Throughput(available_flops=available, world_size=trainer.world_size,
                                  window_size=self.window_size)
 
