@@ -27,6 +27,9 @@ checkpoint also has `hyper_parameters["init_from"]` (its frozen text encoder is 
 the recorded name alone does not resolve it) and `hyper_parameters["lora"]` (the LM's state then
 holds base weights + adapters; it loads, and exports, with the adapters merged).
 
+LoRA adapters file (`lora extract`, `MusicGenModule.save_adapters`): one safetensors file of adapter tensors
+("lm.*", "conditioner.*"), metadata {"format": "lightning_musicgen.lora", "lora": settings, "meta"}.
+
 Also read: the single-file torch format of earlier versions ({"format": "lightning_musicgen.codec"
 | "lightning_musicgen.musicgen", ...}) and CodecModule / MusicGenModule checkpoints.
 """
@@ -48,6 +51,7 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 LEGACY_CODEC = "lightning_musicgen.codec"
 LEGACY_MUSICGEN = "lightning_musicgen.musicgen"
+ADAPTERS_FORMAT = "lightning_musicgen.lora"
 TEXT_ENCODER_PREFIX = "conditioner.text.encoder."
 
 
@@ -127,7 +131,7 @@ def _read_config(folder: Path) -> dict:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from exc
     if cfg.get("format") != FORMAT:
         raise CheckpointError(f"{cfg_path}: format {cfg.get('format')!r} is not {FORMAT!r} (a transformers or "
-                         "audiocraft folder? use `convert --from-hf` / `--from-audiocraft`)")
+                              "audiocraft folder? use `convert --from-hf` / `--from-audiocraft`)")
     if int(cfg.get("version", 0)) > VERSION:
         raise CheckpointError(f"{cfg_path}: version {cfg.get('version')} is newer than this package reads ({VERSION})")
     return cfg
@@ -141,8 +145,8 @@ def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def _torch_load(path: Path) -> Any:
-    """Our own training checkpoints (Lightning pickles plain containers)."""
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """One of our own training checkpoints or single-file models (Lightning pickles plain containers)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
@@ -158,6 +162,49 @@ def folder_kind(path: str | os.PathLike) -> str | None:
         except json.JSONDecodeError:
             return None
     return None
+
+
+# ---- LoRA adapters files ------------------------------------------------------------------------
+def save_adapters_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], settings: dict,
+                       meta: dict | None = None) -> Path:
+    """One safetensors file of adapter tensors; its metadata holds {"format": ADAPTERS_FORMAT, "lora":
+    settings, "meta": meta} (JSON strings). Written to a temporary file beside `path`, then renamed."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(_plain(tensors), str(tmp), metadata={"format": ADAPTERS_FORMAT, "lora": json.dumps(settings),
+                                                   "meta": json.dumps(meta or {})})
+    os.replace(tmp, path)
+    return path
+
+
+def read_adapters_file(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """An adapters file -> (settings dict, tensors, meta); one line naming the file when it is not one."""
+    from safetensors import safe_open
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"{path}: no such adapters file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a safetensors file ({type(exc).__name__}: {exc})") from exc
+    if metadata.get("format") != ADAPTERS_FORMAT:
+        raise CheckpointError(f"{path}: not a lightning_musicgen adapters file (format {metadata.get('format')!r})")
+    return json.loads(metadata["lora"]), tensors, json.loads(metadata.get("meta", "{}"))
+
+
+def text_encoder_copied(path: str | os.PathLike) -> bool:
+    """Whether a model (folder, checkpoint or single file) carries its text encoder's weights: a model
+    folder says so in its config; a fine-tuning checkpoint asks its init_from; older single files embed it."""
+    path = Path(path)
+    if path.is_dir():
+        return bool((_read_config(path).get("text_encoder") or {}).get("copied"))
+    ckpt = read_checkpoint(path)
+    init_from = (ckpt.get("hyper_parameters") or {}).get("init_from") if isinstance(ckpt, dict) else None
+    return text_encoder_copied(init_from) if init_from and Path(init_from).exists() else "format" in ckpt
 
 
 # ---- codec ------------------------------------------------------------------------------------
@@ -216,7 +263,7 @@ def load_codec(path: str | os.PathLike, use_ema: bool = True):
         return codec_from_state(cfg["codec"], _load_weights(path), _n_q(cfg), str(path))
     if not path.is_file():
         raise CheckpointNotFoundError(f"{path}: codec checkpoint not found")
-    ckpt = _torch_load(path)
+    ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a codec checkpoint")
     if ckpt.get("format") == LEGACY_CODEC:
@@ -413,7 +460,7 @@ def load_musicgen(path: str | os.PathLike, device: str | torch.device = "cpu", l
     elif not path.is_file():
         raise CheckpointNotFoundError(f"{path}: no such model folder or checkpoint")
     else:
-        ckpt = _torch_load(path)
+        ckpt = read_checkpoint(path)
         if isinstance(ckpt, dict) and ckpt.get("format") == LEGACY_MUSICGEN:
             lm, conditioner, codec, info = _load_legacy_musicgen(path, ckpt, load_codec_model)
         elif isinstance(ckpt, dict) and "lm" in (ckpt.get("hyper_parameters") or {}) and "state_dict" in ckpt:
@@ -448,7 +495,7 @@ def model_kind(path: str | os.PathLike) -> str:
         raise CheckpointError(f"{path}: not a model folder ({CONFIG} with kind musicgen or codec missing)")
     if not path.is_file():
         raise CheckpointNotFoundError(f"{path}: no such file or folder")
-    ckpt = _torch_load(path)
+    ckpt = read_checkpoint(path)
     if isinstance(ckpt, dict):
         hp = ckpt.get("hyper_parameters") or {}
         if ckpt.get("format") == LEGACY_MUSICGEN or "lm" in hp:
@@ -466,7 +513,7 @@ def export_model_folder(path: str | os.PathLike, out: str | os.PathLike, use_ema
     if model_kind(path) == "codec":
         weights = "trained"
         if path.is_file():
-            ckpt = _torch_load(path)
+            ckpt = read_checkpoint(path)
             if "state_dict" in ckpt and "format" not in ckpt:
                 weights = codec_module_state(ckpt, use_ema)[2]
         return save_codec(load_codec(path, use_ema=use_ema), out, weights)

@@ -11,8 +11,8 @@ become `<name>.base_layer.weight`, `<name>.lora_A.default.weight`, `<name>.lora_
 
 Adapters file (`save_adapters`): one safetensors file holding only the adapter tensors (keys
 "lm.<...>.lora_A.default.weight", ...) plus, when the condition projection was trained, its
-weights ("conditioner.<...>"); its metadata carries {"format": ADAPTERS_FORMAT, "lora": LoRASettings
-as JSON}. `load_adapters` puts them onto a base LM (and conditioner) built from the same model.
+weights ("conditioner.<...>"); `model_files` reads and writes the file. `load_adapters` puts them onto
+a base LM (and conditioner) built from the same model.
 `merge_lora` folds the adapters into the base weights and removes the peft layers, giving back
 a plain `MusicGenLM` whose state dict has the original keys.
 
@@ -23,7 +23,6 @@ and `export` read.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,11 +31,11 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
-from lightning_musicgen.errors import (CheckpointError, CheckpointNotFoundError, ConfigError, InputError,
-                                       inputs_checked_by_library)
 from lightning_musicgen.config_dict import dataclass_from_dict
+from lightning_musicgen.errors import CheckpointError, ConfigError, InputError, inputs_checked_by_library
+from lightning_musicgen.model_files import (load_musicgen, read_adapters_file, read_checkpoint, save_adapters_file,
+                                            save_musicgen, text_encoder_copied)
 
-ADAPTERS_FORMAT = "lightning_musicgen.lora"
 TARGET_GROUPS = {
     "self_attn": ("self_attn.qkv", "self_attn.out"),
     "cross_attn": ("cross_attn.q", "cross_attn.kv", "cross_attn.out"),
@@ -153,34 +152,16 @@ def adapter_state_dict(lm: nn.Module, conditioner: nn.Module | None = None,
 def save_adapters(path: str | os.PathLike, lm: nn.Module, conditioner: nn.Module | None,
                   settings: LoRASettings, meta: dict | None = None) -> Path:
     """Write the adapters (and trained projections) alone as one safetensors file."""
-    from safetensors.torch import save_file
-    state = {k: v.detach().to("cpu").contiguous() for k, v in adapter_state_dict(lm, conditioner, settings).items()}
+    state = adapter_state_dict(lm, conditioner, settings)
     if not any(k.startswith("lm.") for k in state):
         raise InputError("save_adapters: the LM has no LoRA layers")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"format": ADAPTERS_FORMAT, "lora": json.dumps(settings.to_dict()),
-                                         "meta": json.dumps(meta or {})})
-    os.replace(tmp, path)
-    return path
+    return save_adapters_file(path, state, settings.to_dict(), meta)
 
 
 def read_adapters(path: str | os.PathLike) -> tuple[LoRASettings, dict[str, torch.Tensor], dict]:
     """An adapters file -> (settings, tensors, meta)."""
-    from safetensors import safe_open
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointNotFoundError(f"{path}: no such adapters file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a safetensors file ({type(exc).__name__}: {exc})") from exc
-    if metadata.get("format") != ADAPTERS_FORMAT:
-        raise CheckpointError(f"{path}: not a lightning_musicgen adapters file (format {metadata.get('format')!r})")
-    return LoRASettings.from_any(json.loads(metadata["lora"])), tensors, json.loads(metadata.get("meta", "{}"))
+    settings, tensors, meta = read_adapters_file(path)
+    return LoRASettings.from_any(settings), tensors, meta
 
 
 def load_adapters(path: str | os.PathLike, lm: nn.Module, conditioner: nn.Module | None = None) -> LoRASettings:
@@ -209,13 +190,9 @@ def load_adapters(path: str | os.PathLike, lm: nn.Module, conditioner: nn.Module
 
 def extract(ckpt_path: str | Path, out: str | Path) -> Path:
     """The adapters (and trained projections) of a LoRA MusicGenModule checkpoint -> safetensors."""
-    import json
-
-    from safetensors.torch import save_file
-
     if not Path(ckpt_path).is_file():
         raise InputError(f"{ckpt_path}: not a LoRA fine-tuning checkpoint (not a file)")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(ckpt_path)
     info = (ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
     if not info.get("lora"):
         raise InputError(f"{ckpt_path}: not a LoRA fine-tuning checkpoint (no lora in its hyper_parameters)")
@@ -224,21 +201,14 @@ def extract(ckpt_path: str | Path, out: str | Path) -> Path:
     tensors = {k: v for k, v in state.items() if k.startswith("lm.") and "lora_" in k}
     if settings.train_condition_projection:
         tensors |= {k: v for k, v in state.items() if k.startswith(("conditioner.text.proj.", "conditioner.melody.proj."))}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"format": ADAPTERS_FORMAT, "lora": json.dumps(settings.to_dict()),
-                        "meta": json.dumps({"checkpoint": str(ckpt_path), "init_from": info.get("init_from"),
-                                            "global_step": ckpt.get("global_step")})})
-    tmp.replace(out)
-    return out
+    return save_adapters_file(out, tensors, settings.to_dict(), {"checkpoint": str(ckpt_path),
+                                                                  "init_from": info.get("init_from"),
+                                                                  "global_step": ckpt.get("global_step")})
 
 
 def merge(out: str | Path, ckpt: str | Path | None = None, base: str | Path | None = None,
           adapters: str | Path | None = None) -> Path:
     """Fold LoRA adapters into the base weights and write a model folder."""
-    from lightning_musicgen.model_files import load_musicgen, save_musicgen
     if ckpt is not None:
         lm, conditioner, codec, cfg = load_musicgen(ckpt, use_ema=False)  # LoRA checkpoints load merged
         source = {"merged_from": str(ckpt)}
@@ -252,22 +222,8 @@ def merge(out: str | Path, ckpt: str | Path | None = None, base: str | Path | No
     meta = dict(cfg.get("meta") or {}) | source
     return save_musicgen(out, lm.float(), conditioner, cfg["conditioner"], codec, meta=meta,
                          max_duration=cfg.get("max_duration", 30.0),
-                         copy_text_encoder=_text_encoder_copied(ckpt if ckpt is not None else base))
+                         copy_text_encoder=text_encoder_copied(ckpt if ckpt is not None else base))
 
-
-def _text_encoder_copied(path: str | Path) -> bool:
-    """Whether the base model carries its text encoder's weights (then the merged folder does too):
-    a model folder says so in its config; a checkpoint asks its init_from; older files embed it."""
-    import json
-
-    from lightning_musicgen.model_files import CONFIG
-    path = Path(path)
-    if path.is_dir():
-        info = json.loads((path / CONFIG).read_text()).get("text_encoder") or {}
-        return bool(info.get("copied"))
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    init_from = (ckpt.get("hyper_parameters") or {}).get("init_from") if isinstance(ckpt, dict) else None
-    return _text_encoder_copied(init_from) if init_from and Path(init_from).exists() else "format" in ckpt
 
 def lora_command(action: Literal["extract", "merge"], /, *, out: str, ckpt: Optional[str] = None,
                  base: Optional[str] = None, adapters: Optional[str] = None) -> None:
