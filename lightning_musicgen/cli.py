@@ -26,6 +26,9 @@ EXPECTED_WARNINGS = (
 )
 
 
+RENAMED_OPTIONS = {"bins": "card"}  # config keys of earlier versions -> their names now
+
+
 def silence_expected_warnings() -> None:
     for message in EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
@@ -98,6 +101,8 @@ def _nested_error(lines: list[str]) -> tuple[str, str | None, str] | None:
     if unknown:
         chain.append(unknown.group(1))
         reason = f"unknown option (not a field of {owner})" if owner else "unknown option"
+        if unknown.group(1) in RENAMED_OPTIONS:
+            reason += f"; it is now called {RENAMED_OPTIONS[unknown.group(1)]}"
     typed = re.match(r"Expected a <class '([^']+)'>\. Got value: (.*)", reason)
     if typed:
         value, reason = typed.group(2), f"expected {typed.group(1)}"
