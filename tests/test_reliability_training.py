@@ -1,5 +1,6 @@
-"""Reliability of training runs (issue cases 1, 4, 5), through the real CLI in subprocesses on tiny data:
-long captions are truncated (fit, validation, generate), non-finite steps are skipped and stop the run,
+"""Reliability of training runs (issue cases 1, 3, 4, 5), through the real CLI in subprocesses on tiny data:
+long captions are truncated (fit, validation, generate), every trainer config writes checkpoints atomically,
+non-finite steps are skipped and stop the run,
 signals checkpoint and exit non-zero, a SIGKILLed demo LM resumes to the weights of an uninterrupted run.
 
 `lm_fit` runs configs/trainer/default.yaml + configs/demo/musicgen.yaml + a small override (tiny LM on
@@ -17,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from lightning.pytorch import Callback
 
-from conftest import ROOT
+from conftest import ROOT, run_cli_batch
 
 TRAIN_DEFAULT = ROOT / "configs/trainer/default.yaml"
 DEMO_LM = ROOT / "configs/demo/musicgen.yaml"
@@ -150,6 +152,23 @@ def test_text_conditioner_truncates_to_the_encoder_limit():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert fresh([exactly])[1].sum() == 512
+
+
+# ---------------------------------------------------------------------------------------------
+# case 3: every trainer config, as composed in the docs, writes checkpoints through AtomicCheckpointIO
+TRAINER_CONFIGS = sorted(p.name for p in (ROOT / "configs/trainer").glob("*.yaml"))
+CHAINS = [["default.yaml", name] for name in TRAINER_CONFIGS] + [["ddp.yaml"], ["fsdp.yaml"]]  # `submit` examples
+
+
+def test_every_trainer_config_writes_checkpoints_atomically():
+    """A config that sets `trainer.plugins` replaces default.yaml's list: each must keep AtomicCheckpointIO."""
+    assert {"default.yaml", "ddp.yaml", "fsdp.yaml"} <= set(TRAINER_CONFIGS)
+    argvs = [["fit", "--print_config", *[a for name in chain for a in ("--config", f"configs/trainer/{name}")],
+              "--config", "configs/demo/musicgen.yaml"] for chain in CHAINS]
+    for chain, res in zip(CHAINS, run_cli_batch(argvs)):
+        assert res.returncode == 0, (chain, res.stderr[-2000:])
+        plugins = yaml.safe_load(res.stdout)["trainer"]["plugins"] or []
+        assert [p["class_path"] for p in plugins] == ["lightning_musicgen.training.AtomicCheckpointIO"], (chain, plugins)
 
 
 # ---------------------------------------------------------------------------------------------
