@@ -217,6 +217,44 @@ def test_a_real_learning_rate_explosion_never_reaches_a_checkpoint(own_tmp):
         assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point()), path
 
 
+def test_a_nonfinite_gradient_under_a_finite_loss_is_skipped_before_clipping(tmp_path):
+    """The gradient path alone: a backward hook turns the gradients of steps 2 and 3 into NaN while the
+    loss stays finite; gradient clipping (as in default.yaml) must not hide them."""
+    import lightning as L
+
+    from lightning_musicgen.training import NonFiniteGuard
+    from test_resume import ToyData, ToyRegression
+
+    class PoisonGrads(Callback):
+        def __init__(self):
+            self.weights, self.losses_finite = {}, []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.weights[trainer.global_step] = pl_module.net[0].weight.detach().clone()
+            bad = trainer.global_step in (2, 3)
+            for p in pl_module.parameters():
+                for handle in getattr(p, "_test_hooks", []):
+                    handle.remove()
+                p._test_hooks = [p.register_hook(lambda g: g * float("nan"))] if bad else []
+
+        def on_before_backward(self, trainer, pl_module, loss):
+            self.losses_finite.append(bool(torch.isfinite(loss)))
+
+    torch.manual_seed(0)
+    guard, poison = NonFiniteGuard(max_consecutive=3), PoisonGrads()
+    trainer = L.Trainer(accelerator="cpu", max_steps=6, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, gradient_clip_val=1.0,
+                        default_root_dir=tmp_path, callbacks=[guard, poison])
+    module = ToyRegression(total_steps=6, lr=0.05)
+    module.net[2].p = 0.0  # no dropout: the only change of a step is the optimizer's
+    trainer.fit(module, datamodule=ToyData())
+    assert all(poison.losses_finite) and guard.skipped_steps == 2 and guard.consecutive == 0
+    w = poison.weights
+    assert not torch.equal(w[1], w[2]) and not torch.equal(w[4], w[5])   # finite steps train
+    assert torch.equal(w[2], w[3]) and torch.equal(w[3], w[4])           # skipped steps change nothing
+    assert torch.isfinite(module.net[0].weight).all()
+
+
 class PoisonLoss(Callback):
     """Imported by the subprocess through the config: from optimizer step `from_step` on, the LM's loss
     is multiplied by NaN (a real non-finite loss flowing through backward)."""
