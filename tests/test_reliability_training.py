@@ -1,5 +1,6 @@
-"""Reliability of training runs (issue cases 1, 4, 5), through the real CLI in subprocesses on tiny data:
-long captions are truncated (fit, validation, generate), non-finite steps are skipped and stop the run,
+"""Reliability of training runs (issue cases 1, 3, 4, 5), through the real CLI in subprocesses on tiny data:
+long captions are truncated (fit, validation, generate), every trainer config writes checkpoints atomically,
+non-finite steps are skipped and stop the run,
 signals checkpoint and exit non-zero, a SIGKILLed demo LM resumes to the weights of an uninterrupted run.
 
 `lm_fit` runs configs/trainer/default.yaml + configs/demo/musicgen.yaml + a small override (tiny LM on
@@ -17,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from lightning.pytorch import Callback
 
-from conftest import ROOT
+from conftest import ROOT, run_cli_batch
 
 TRAIN_DEFAULT = ROOT / "configs/trainer/default.yaml"
 DEMO_LM = ROOT / "configs/demo/musicgen.yaml"
@@ -153,6 +155,23 @@ def test_text_conditioner_truncates_to_the_encoder_limit():
 
 
 # ---------------------------------------------------------------------------------------------
+# case 3: every trainer config, as composed in the docs, writes checkpoints through AtomicCheckpointIO
+TRAINER_CONFIGS = sorted(p.name for p in (ROOT / "configs/trainer").glob("*.yaml"))
+CHAINS = [["default.yaml", name] for name in TRAINER_CONFIGS] + [["ddp.yaml"], ["fsdp.yaml"]]  # `submit` examples
+
+
+def test_every_trainer_config_writes_checkpoints_atomically():
+    """A config that sets `trainer.plugins` replaces default.yaml's list: each must keep AtomicCheckpointIO."""
+    assert {"default.yaml", "ddp.yaml", "fsdp.yaml"} <= set(TRAINER_CONFIGS)
+    argvs = [["fit", "--print_config", *[a for name in chain for a in ("--config", f"configs/trainer/{name}")],
+              "--config", "configs/demo/musicgen.yaml"] for chain in CHAINS]
+    for chain, res in zip(CHAINS, run_cli_batch(argvs)):
+        assert res.returncode == 0, (chain, res.stderr[-2000:])
+        plugins = yaml.safe_load(res.stdout)["trainer"]["plugins"] or []
+        assert [p["class_path"] for p in plugins] == ["lightning_musicgen.training.AtomicCheckpointIO"], (chain, plugins)
+
+
+# ---------------------------------------------------------------------------------------------
 # case 4: non-finite loss or gradients
 def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(own_tmp):
     write_tokens(own_tmp / "train")
@@ -196,6 +215,44 @@ def test_a_real_learning_rate_explosion_never_reaches_a_checkpoint(own_tmp):
     for path in (own_tmp / "ckpt").glob("*.ckpt"):
         sd = torch.load(path, weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point()), path
+
+
+def test_a_nonfinite_gradient_under_a_finite_loss_is_skipped_before_clipping(tmp_path):
+    """The gradient path alone: a backward hook turns the gradients of steps 2 and 3 into NaN while the
+    loss stays finite; gradient clipping (as in default.yaml) must not hide them."""
+    import lightning as L
+
+    from lightning_musicgen.training import NonFiniteGuard
+    from test_resume import ToyData, ToyRegression
+
+    class PoisonGrads(Callback):
+        def __init__(self):
+            self.weights, self.losses_finite = {}, []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.weights[trainer.global_step] = pl_module.net[0].weight.detach().clone()
+            bad = trainer.global_step in (2, 3)
+            for p in pl_module.parameters():
+                for handle in getattr(p, "_test_hooks", []):
+                    handle.remove()
+                p._test_hooks = [p.register_hook(lambda g: g * float("nan"))] if bad else []
+
+        def on_before_backward(self, trainer, pl_module, loss):
+            self.losses_finite.append(bool(torch.isfinite(loss)))
+
+    torch.manual_seed(0)
+    guard, poison = NonFiniteGuard(max_consecutive=3), PoisonGrads()
+    trainer = L.Trainer(accelerator="cpu", max_steps=6, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, gradient_clip_val=1.0,
+                        default_root_dir=tmp_path, callbacks=[guard, poison])
+    module = ToyRegression(total_steps=6, lr=0.05)
+    module.net[2].p = 0.0  # no dropout: the only change of a step is the optimizer's
+    trainer.fit(module, datamodule=ToyData())
+    assert all(poison.losses_finite) and guard.skipped_steps == 2 and guard.consecutive == 0
+    w = poison.weights
+    assert not torch.equal(w[1], w[2]) and not torch.equal(w[4], w[5])   # finite steps train
+    assert torch.equal(w[2], w[3]) and torch.equal(w[3], w[4])           # skipped steps change nothing
+    assert torch.isfinite(module.net[0].weight).all()
 
 
 class PoisonLoss(Callback):
