@@ -26,9 +26,6 @@ EXPECTED_WARNINGS = (
 )
 
 
-RENAMED_OPTIONS = {"bins": "card"}  # config keys of earlier versions -> their names now
-
-
 def silence_expected_warnings() -> None:
     for message in EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
@@ -73,6 +70,7 @@ class MusicGenCLI(LightningCLI):
 
 # ---- one-line errors of the training verbs --------------------------------------------------------
 
+RENAMED_OPTIONS = {"bins": "card"}  # config keys of earlier versions -> their names now
 BOILERPLATE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
                "- Expected a <class 'NoneType'>", "- Problem with given class_path", "Parser key")
 

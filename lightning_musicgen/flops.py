@@ -136,9 +136,8 @@ def codec_flops_parts(config: Any, batch: int, samples: int) -> dict[str, int]:
     """Forward FLOPs of a codec over `batch` waveforms of `samples` samples: {"encoder", "decoder",
     "quantizer"} (the quantizer's nearest-code distances for all `n_q` codebooks)."""
     c = _as_dict(config)
-    card = c["card"]
     encoder, decoder, frames = _seanet_flops(c, samples)
-    quantizer = c["n_q"] * 2 * c["dimension"] * card * frames
+    quantizer = c["n_q"] * 2 * c["dimension"] * c["card"] * frames
     return {"encoder": batch * encoder, "decoder": batch * decoder, "quantizer": batch * quantizer}
 
 

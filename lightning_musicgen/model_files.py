@@ -168,14 +168,13 @@ def folder_kind(path: str | os.PathLike) -> str | None:
 def save_adapters_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], settings: dict,
                        meta: dict | None = None) -> Path:
     """One safetensors file of adapter tensors; its metadata holds {"format": ADAPTERS_FORMAT, "lora":
-    settings, "meta": meta} (JSON strings). Written to a temporary file beside `path`, then renamed."""
-    from safetensors.torch import save_file
+    settings, "meta": meta} (JSON strings). Written atomically (`data.shards.atomic_write_bytes`)."""
+    from safetensors.torch import save
+    from lightning_musicgen.data.shards import atomic_write_bytes
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(_plain(tensors), str(tmp), metadata={"format": ADAPTERS_FORMAT, "lora": json.dumps(settings),
-                                                   "meta": json.dumps(meta or {})})
-    os.replace(tmp, path)
+    atomic_write_bytes(path, save(_plain(tensors), metadata={"format": ADAPTERS_FORMAT, "lora": json.dumps(settings),
+                                                             "meta": json.dumps(meta or {})}))
     return path
 
 
@@ -236,6 +235,15 @@ def codec_from_state(config: dict, state: dict, n_q: int | None = None, source: 
     return model
 
 
+def codec_from_legacy(d: dict, source: str = "checkpoint"):
+    """The single-file codec format of earlier versions ({"format": LEGACY_CODEC, "config", "n_q", "state_dict"},
+    also `CompressionModel.to_checkpoint_dict`) -> CompressionModel."""
+    if not isinstance(d, dict) or d.get("format") != LEGACY_CODEC:
+        found = d.get("format") if isinstance(d, dict) else type(d).__name__
+        raise CheckpointError(f"{source}: not a {LEGACY_CODEC} checkpoint (format={found!r})")
+    return codec_from_state(d["config"], d["state_dict"], _n_q(d), source)
+
+
 def codec_module_state(ckpt: dict, use_ema: bool = True) -> tuple[dict, dict, str]:
     """A CodecModule checkpoint -> (codec config dict, generator state, "ema" | "trained")."""
     state = ckpt["state_dict"]
@@ -267,14 +275,13 @@ def load_codec(path: str | os.PathLike, use_ema: bool = True):
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a codec checkpoint")
     if ckpt.get("format") == LEGACY_CODEC:
-        return codec_from_state(ckpt["config"], ckpt["state_dict"], _n_q(ckpt), str(path))
+        return codec_from_legacy(ckpt, str(path))
     if "state_dict" in ckpt and ("codec" in (ckpt.get("hyper_parameters") or {}) or "codec_config" in ckpt):
         config, state, _ = codec_module_state(ckpt, use_ema)
         return codec_from_state(config, state, None, str(path))
     if ckpt.get("format") == LEGACY_MUSICGEN and isinstance(ckpt.get("codec"), dict) \
             and ckpt["codec"].get("format") == LEGACY_CODEC:
-        c = ckpt["codec"]
-        return codec_from_state(c["config"], c["state_dict"], _n_q(c), str(path))
+        return codec_from_legacy(ckpt["codec"], str(path))
     raise CheckpointError(f"{path}: neither a codec model folder, a CodecModule checkpoint nor a converted codec file")
 
 

@@ -25,10 +25,8 @@ from torch.nn.utils import parametrize
 from lightning_musicgen.codec.quantization import QuantizedResult, ResidualVectorQuantizer
 from lightning_musicgen.config_dict import dataclass_from_dict
 from lightning_musicgen.codec.seanet import SEANetDecoder, SEANetEncoder
-from lightning_musicgen.errors import CheckpointError, CheckpointNotFoundError, ConfigError
+from lightning_musicgen.errors import ConfigError
 
-CHECKPOINT_FORMAT = "lightning_musicgen.codec"
-CHECKPOINT_VERSION = 1
 
 
 @dataclass
@@ -228,18 +226,15 @@ class CompressionModel(nn.Module):
     # -- checkpoints -----------------------------------------------------------------------------
     def to_checkpoint_dict(self) -> dict[str, Any]:
         """The converted/exported checkpoint format (a plain dict of tensors and builtins)."""
-        return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": self.config.to_dict(),
+        from lightning_musicgen.model_files import LEGACY_CODEC
+        return {"format": LEGACY_CODEC, "version": 1, "config": self.config.to_dict(),
                 "n_q": self.n_q,
                 "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
 
     @classmethod
     def from_checkpoint_dict(cls, d: dict[str, Any], source: str = "checkpoint") -> "CompressionModel":
-        if d.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{source}: not a {CHECKPOINT_FORMAT} checkpoint (format={d.get('format')!r})")
-        model = cls(CodecConfig.from_dict(d["config"]))
-        model.load_state_dict(d["state_dict"])
-        model.n_q = d.get("n_q", d.get("num_codebooks", model.max_n_q))
-        return model
+        from lightning_musicgen.model_files import codec_from_legacy
+        return codec_from_legacy(d, source)
 
     def save(self, path: str | Path) -> Path:
         """Write a codec model folder at `path` (config.json + model.safetensors; see model_files)."""
