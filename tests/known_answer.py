@@ -180,3 +180,45 @@ def student_config(spec: TeacherSpec, train: Path, valid: Path, run: Path, steps
                                "num_workers": 0, "epoch_steps": steps, "merge_text_p": 0.0,
                                "drop_desc_p": 0.0, "drop_other_p": 0.0, "word_dropout": 0.0}},
     }
+
+
+@dataclass
+class Outcome:
+    truth: Entropies       # the teacher's, on held-out draws
+    untrained: Entropies   # a fresh student of the same architecture
+    student: Entropies     # after `fit`
+    fit_seconds: float
+    stderr: str
+
+
+def run(spec: TeacherSpec, workdir: Path, frames: int, train: int, held_out: int, steps: int, batch_size: int,
+        lr: float) -> Outcome:
+    """Teacher shards -> `python -m lightning_musicgen fit` (a subprocess) -> the student's NLLs on held-out draws."""
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from lightning_musicgen.lm.module import MusicGenModule
+    from lightning_musicgen.model_files import load_musicgen
+    workdir = Path(workdir)
+    teacher = make_teacher(spec)
+    write_shards(workdir / "train", *sample(teacher, train, frames, seed=spec.seed + 1), spec.card)
+    write_shards(workdir / "valid", *sample(teacher, 64, frames, seed=spec.seed + 2), spec.card)
+    held = sample(teacher, held_out, frames, seed=spec.seed + 3)
+    truth = teacher_entropies(teacher, *held)
+    torch.manual_seed(spec.seed + 4)
+    fresh = MusicGenModule(lm=spec.lm(), conditioner={**CONDITIONER, "cfg_dropout": 0.3}).eval()
+    untrained = student_nlls(fresh.lm, fresh.conditioner, *held)
+    config = workdir / "student.yaml"
+    config.write_text(yaml.safe_dump(student_config(spec, workdir / "train", workdir / "valid", workdir / "run",
+                                                    steps, frames, batch_size, lr)))
+    start = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "lightning_musicgen", "fit", "--config", str(config)],
+                         capture_output=True, text=True, timeout=3600)
+    seconds = time.perf_counter() - start
+    if res.returncode != 0:
+        raise RuntimeError(f"fit failed ({res.returncode}): {res.stderr[-3000:]}")
+    lm, conditioner, _, _ = load_musicgen(workdir / "run" / "last.ckpt", load_codec_model=False)
+    return Outcome(truth, untrained, student_nlls(lm, conditioner, *held), seconds, res.stderr)
