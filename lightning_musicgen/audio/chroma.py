@@ -6,7 +6,8 @@ normalisation per frame and, optionally, an argmax one-hot bottleneck.
 
 Options for analysis (the key estimator uses them): `tuning` = the reference pitch's offset from A440 in
 fractions of a chroma bin (librosa's convention), or "estimate" for each waveform's own tuning from its
-spectral peaks (`estimate_tuning`); `log_compression` = gamma: chroma of log(1 + gamma * power) instead of
+spectral peaks (`estimate_tuning`); `log_compression` = gamma: chroma of log(1 + gamma * power / max power)
+(the max over the waveform's whole spectrogram, so the result does not depend on its level) instead of
 the power, so that loud partials do not drown the others.
 """
 from __future__ import annotations
@@ -107,7 +108,8 @@ class ChromaExtractor(nn.Module):
         power = spec.abs().pow(2)  # [B, F, frames]
         filters = self.filters_for(power).to(wav.device)
         if self.log_compression is not None:
-            power = torch.log1p(self.log_compression * power)
+            peak = power.amax(dim=(1, 2), keepdim=True).clamp_min(1e-20)
+            power = torch.log1p(self.log_compression * power / peak)
         chroma = torch.einsum("bcf,bft->btc", filters, power)
         chroma = nn.functional.normalize(chroma, p=float("inf"), dim=-1, eps=1e-6)
         if self.argmax:

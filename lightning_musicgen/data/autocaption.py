@@ -10,10 +10,13 @@
   prior around 120 BPM (one octave). Beat periods are found up to a factor of two (it may report the
   eighth-note or half-note pulse of the notated beat).
 - Key (`KeyEstimator`): the time-averaged chroma of the package's `ChromaExtractor` (without its argmax
-  bottleneck; bin 0 = C) correlated (Pearson) with the 24 rotations of the Temperley (Kostka-Payne corpus,
-  default) or Krumhansl-Kessler major/minor key profiles, each first spread over the pitch classes of a
-  note's harmonics 2..7 (amplitude 0.6**(h-1)) as an audio chroma sees them; the best rotation is the key,
-  its correlation the confidence.
+  bottleneck; bin 0 = C), tuned to the file's own reference pitch (estimated from its spectral peaks, so
+  music a fraction of a semitone off A440 is read in the right key) and log-compressed (log(1 + 100 *
+  power / max power), so loud partials do not drown the others), correlated (Pearson) with the 24
+  rotations of the Temperley (Kostka-Payne corpus, default) or Krumhansl-Kessler major/minor key profiles,
+  each first spread over the pitch classes of a note's harmonics 2..7 (amplitude 0.6**(h-1)) as an audio
+  chroma sees them; the best rotation is the key, its correlation the confidence. Measured on rendered
+  pieces in known keys (`data.cadences`) and on the demo corpus: benchmarks/RESULTS.md.
 
 `AutoCaptioner.analyze(list of mono 16 kHz waveforms [T])` -> one dict per file:
 `{"tags": {tag: probability} (top 10), "bpm": float, "bpm_confidence": float, "key": "D minor",
@@ -43,6 +46,7 @@ from lightning_musicgen.audio.dsp import slaney_mel_filterbank
 from lightning_musicgen.errors import AudioReadError, ConfigError
 
 SAMPLE_RATE = 16000  # the tagger's rate; tempo and key run on the same mono waveform
+LOG_COMPRESSION = 100.0  # key chroma of log(1 + gamma * power / max power)
 PITCH_NAMES = ("C", "C sharp", "D", "E flat", "E", "F", "F sharp", "G", "A flat", "A", "B flat", "B")
 MINOR_NAMES = ("C", "C sharp", "D", "E flat", "E", "F", "F sharp", "G", "G sharp", "A", "B flat", "B")
 # Key profiles (weights of the 12 pitch classes from the tonic upwards).
@@ -96,12 +100,14 @@ def harmonic_profile(profile: np.ndarray, decay: float) -> np.ndarray:
 class KeyEstimator:
     """mono [T] at `sample_rate` -> (key name, correlation with its profile)."""
 
-    def __init__(self, sample_rate: int = SAMPLE_RATE, profiles: str = "temperley", harmonic_decay: float = 0.6):
+    def __init__(self, sample_rate: int = SAMPLE_RATE, profiles: str = "temperley", harmonic_decay: float = 0.6,
+                 tuning: float | str = "estimate", log_compression: float | None = LOG_COMPRESSION):
         if profiles not in KEY_PROFILES:
             raise ConfigError(f"key profiles {profiles!r}: not one of {sorted(KEY_PROFILES)}")
         # ~0.5 s windows: enough frequency resolution to separate semitones down to ~C2
         n_fft = 1 << int(round(math.log2(sample_rate / 2)))
-        self.extractor = ChromaExtractor(sample_rate, 12, n_fft=n_fft, hop_length=n_fft // 4, argmax=False)
+        self.extractor = ChromaExtractor(sample_rate, 12, n_fft=n_fft, hop_length=n_fft // 4, argmax=False,
+                                         tuning=tuning, log_compression=log_compression)
         major, minor = (harmonic_profile(np.asarray(p, dtype=np.float64), harmonic_decay)
                         for p in KEY_PROFILES[profiles])
         # templates[m * 12 + tonic] = the profile rotated so that index `tonic` holds its first weight
@@ -229,7 +235,7 @@ class AutoCaptioner:
         max_tags, tag_threshold: the sentence names up to `max_tags` tags with probability >= threshold.
     """
 
-    version = 1  # bump when the analysis changes: cached results of other versions are recomputed
+    version = 2  # bump when the analysis changes: cached results of other versions are recomputed
 
     def __init__(self, tagger_checkpoint: str | None = None, key_profiles: str = "temperley",
                  min_bpm: float = 40.0, max_bpm: float = 240.0, max_seconds: float = 180.0,

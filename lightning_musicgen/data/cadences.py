@@ -138,7 +138,7 @@ def key_piece_events(spec: dict) -> list[tuple]:
         # chord stands on its fifth
         root = bass_low + (pcs[inversion] - bass_low) % 12
         for i in range(hits):
-            up = 7 if (beats == 4 and i == 2 and inversion == 0 and not last) else 0
+            up = (pcs[2] - pcs[0]) % 12 if (beats == 4 and i == 2 and inversion == 0 and not last) else 0
             note(start + i * beat, length, bass_ch, root + up, 80 if i == 0 else 70)
         # melody: chord tones by small steps; the last bar holds the tonic
         if last:
