@@ -72,7 +72,7 @@ def test_key_of_cadences(key, progression):
 
 
 def test_key_of_rendered_pieces_in_all_24_keys():
-    """One rendered piece per key (cadences, bass on every beat, melody on chord tones, 8 ensembles; every
+    """One rendered piece per key (cadences, bass on every beat, melody on chord tones, 9 ensembles; every
     other piece detuned by 30-40 cents): the estimated key is the exact key for >= 90 % of them; the
     pieces are in tune with A440 for the A440 chroma, which fails on the detuned ones."""
     from lightning_musicgen.data import cadences

@@ -63,14 +63,14 @@ def chord_pitches(numeral: str, tonic: int, mode: str) -> tuple[list[int], int, 
 def plan_key_pieces(pieces_per_key: int = 1, seed: int = 0, seconds: float = 8.0,
                     tuning_cents: tuple[float, ...] = (0.0,)) -> list[dict]:
     """Specs of 24 * `pieces_per_key` pieces: each key (12 major, then 12 minor) `pieces_per_key` times,
-    the ensembles cycled over the pieces of a key (offset per key); tempo, metre, accompaniment, registers
+    the ensembles cycled over the pieces; tempo, metre, accompaniment, registers
     and the phrases drawn; the tuning (cents off A440) cycled over the pieces from `tuning_cents`."""
     rng = random.Random(seed)
     specs = []
     for k in range(24):
         tonic, mode = k % 12, ("major" if k < 12 else "minor")
         for j in range(pieces_per_key):
-            name, programs = ENSEMBLES[(k * 3 + j) % len(ENSEMBLES)]
+            name, programs = ENSEMBLES[(k * pieces_per_key + j) % len(ENSEMBLES)]
             specs.append({
                 "id": f"{'maj' if mode == 'major' else 'min'}{tonic:02d}_{j}",
                 "key": f"{(KEY_NAMES if mode == 'major' else MINOR_KEY_NAMES)[tonic]} {mode}",
