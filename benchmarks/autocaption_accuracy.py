@@ -9,8 +9,8 @@
    reuses them), analysed with `AutoCaptioner` (tags too, unless --no-tags); truth = the sidecar's key
    (the whole score's key, often modal or ambiguous) and bpm. Per collection and overall, and the cost.
 
-`--key-tuning 0 --key-log-compression none` measures the key estimator without tuning estimation and
-log compression (its earlier form).
+`--key-tuning 0 --key-log-compression none --key-bass-weight 0` measures the key estimator without tuning
+estimation, log compression and bass chroma (its earlier form).
 
     python benchmarks/autocaption_accuracy.py --known-keys 4 --pieces 60 --seed 2 --seconds 30 --out /tmp/autocaption_bench
 """
@@ -126,14 +126,17 @@ def main() -> None:
     p.add_argument("--key-profiles", default="temperley")
     p.add_argument("--key-tuning", default="estimate", help="'estimate' or a fixed tuning in semitones from A440")
     p.add_argument("--key-log-compression", default=str(ac.LOG_COMPRESSION), help="gamma, or 'none'")
+    p.add_argument("--key-bass-weight", type=float, default=1.0, help="weight of the bass chroma (0: none)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     tuning = args.key_tuning if args.key_tuning == "estimate" else float(args.key_tuning)
     gamma = None if args.key_log_compression.lower() == "none" else float(args.key_log_compression)
-    key = ac.KeyEstimator(profiles=args.key_profiles, tuning=tuning, log_compression=gamma)
+    key = ac.KeyEstimator(profiles=args.key_profiles, tuning=tuning, log_compression=gamma,
+                          bass_weight=args.key_bass_weight)
     tempo = ac.TempoEstimator()
-    print(f"key estimator: profiles {args.key_profiles}, tuning {tuning}, log compression {gamma}")
+    print(f"key estimator: profiles {args.key_profiles}, tuning {tuning}, log compression {gamma}, "
+          f"bass weight {args.key_bass_weight}")
     if args.known_keys > 0:
         known_keys(args, key, tempo)
     if args.pieces > 0:

@@ -8,7 +8,8 @@ Options for analysis (the key estimator uses them): `tuning` = the reference pit
 fractions of a chroma bin (librosa's convention), or "estimate" for each waveform's own tuning from its
 spectral peaks (`estimate_tuning`); `log_compression` = gamma: chroma of log(1 + gamma * power / max power)
 (the max over the waveform's whole spectrogram, so the result does not depend on its level) instead of
-the power, so that loud partials do not drown the others.
+the power, so that loud partials do not drown the others; `center_octave`, `octave_width` = the
+filters' Gaussian weighting over octaves (octave 5 is centred on A440; 3 and 1 make a bass chroma).
 """
 from __future__ import annotations
 
@@ -70,14 +71,16 @@ class ChromaExtractor(nn.Module):
 
     def __init__(self, sample_rate: int = 32000, n_chroma: int = 12, n_fft: int = 16384,
                  hop_length: int = 4096, argmax: bool = True, tuning: float | str = 0.0,
-                 log_compression: float | None = None):
+                 log_compression: float | None = None, center_octave: float = 5.0, octave_width: float = 2.0):
         super().__init__()
         if not (tuning == "estimate" or isinstance(tuning, (int, float))):
             raise ValueError(f"tuning {tuning!r}: a number of chroma bins or 'estimate'")
         self.sample_rate, self.n_chroma = sample_rate, n_chroma
         self.n_fft, self.hop_length, self.argmax = n_fft, hop_length, argmax
         self.tuning, self.log_compression = tuning, log_compression
-        filters = chroma_filter_bank(n_fft, n_chroma, sample_rate, tuning=0.0 if tuning == "estimate" else tuning)
+        self.octaves = (center_octave, octave_width)
+        filters = chroma_filter_bank(n_fft, n_chroma, sample_rate, *self.octaves,
+                                     tuning=0.0 if tuning == "estimate" else tuning)
         self.register_buffer("filters", torch.from_numpy(filters).float(), persistent=False)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
@@ -88,7 +91,7 @@ class ChromaExtractor(nn.Module):
         banks = []
         for p in power:
             bins = estimate_tuning(p, self.sample_rate, self.n_fft) * self.n_chroma / 12
-            bank = chroma_filter_bank(self.n_fft, self.n_chroma, self.sample_rate, tuning=bins)
+            bank = chroma_filter_bank(self.n_fft, self.n_chroma, self.sample_rate, *self.octaves, tuning=bins)
             banks.append(torch.from_numpy(bank).to(power))
         return torch.stack(banks)
 

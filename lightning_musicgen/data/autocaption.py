@@ -12,8 +12,9 @@
 - Key (`KeyEstimator`): the time-averaged chroma of the package's `ChromaExtractor` (without its argmax
   bottleneck; bin 0 = C), tuned to the file's own reference pitch (estimated from its spectral peaks, so
   music a fraction of a semitone off A440 is read in the right key) and log-compressed (log(1 + 100 *
-  power / max power), so loud partials do not drown the others), correlated (Pearson) with the 24
-  rotations of the Temperley (Kostka-Payne corpus, default) or Krumhansl-Kessler major/minor key profiles,
+  power / max power), so loud partials do not drown the others), plus (equal weight) the same chroma
+  of the bass register (octave weighting centred on A2 = 110 Hz, one octave wide: the bass line spells
+  out the tonal centre), correlated (Pearson) with the 24 rotations of the Temperley (Kostka-Payne corpus, default) or Krumhansl-Kessler major/minor key profiles,
   each first spread over the pitch classes of a note's harmonics 2..7 (amplitude 0.6**(h-1)) as an audio
   chroma sees them; the best rotation is the key, its correlation the confidence. Measured on rendered
   pieces in known keys (`data.cadences`) and on the demo corpus: benchmarks/RESULTS.md.
@@ -101,21 +102,30 @@ class KeyEstimator:
     """mono [T] at `sample_rate` -> (key name, correlation with its profile)."""
 
     def __init__(self, sample_rate: int = SAMPLE_RATE, profiles: str = "temperley", harmonic_decay: float = 0.6,
-                 tuning: float | str = "estimate", log_compression: float | None = LOG_COMPRESSION):
+                 tuning: float | str = "estimate", log_compression: float | None = LOG_COMPRESSION,
+                 bass_weight: float = 1.0):
         if profiles not in KEY_PROFILES:
             raise ConfigError(f"key profiles {profiles!r}: not one of {sorted(KEY_PROFILES)}")
         # ~0.5 s windows: enough frequency resolution to separate semitones down to ~C2
         n_fft = 1 << int(round(math.log2(sample_rate / 2)))
-        self.extractor = ChromaExtractor(sample_rate, 12, n_fft=n_fft, hop_length=n_fft // 4, argmax=False,
-                                         tuning=tuning, log_compression=log_compression)
+        common = dict(n_fft=n_fft, hop_length=n_fft // 4, argmax=False, tuning=tuning, log_compression=log_compression)
+        self.extractor = ChromaExtractor(sample_rate, 12, **common)
+        # the bass register (octave weights centred on A2 = 110 Hz) once more: the bass spells out the tonic
+        self.bass_extractor = ChromaExtractor(sample_rate, 12, center_octave=3.0, octave_width=1.0, **common)
+        self.bass_weight = bass_weight
         major, minor = (harmonic_profile(np.asarray(p, dtype=np.float64), harmonic_decay)
                         for p in KEY_PROFILES[profiles])
         # templates[m * 12 + tonic] = the profile rotated so that index `tonic` holds its first weight
         self.templates = np.stack([np.roll(p, t) for p in (major, minor) for t in range(12)])
 
     def chroma_profile(self, mono: Tensor) -> np.ndarray:
-        """The file's mean chroma [12] (each frame normalised to max 1 by the extractor)."""
-        return self.extractor(mono.reshape(1, -1).float())[0].mean(0).double().numpy()
+        """The file's mean chroma [12] (each frame normalised to max 1 by the extractor), plus
+        `bass_weight` times its mean bass chroma."""
+        wav = mono.reshape(1, -1).float()
+        profile = self.extractor(wav)[0].mean(0).double().numpy()
+        if self.bass_weight:
+            profile = profile + self.bass_weight * self.bass_extractor(wav)[0].mean(0).double().numpy()
+        return profile
 
     def scores(self, profile: np.ndarray) -> np.ndarray:
         """Pearson correlation of `profile` [12] with the 24 key templates (12 major, then 12 minor)."""
