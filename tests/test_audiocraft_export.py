@@ -38,7 +38,7 @@ def test_export_to_audiocraft_matches_and_round_trips(tmp_path, tokenizer_files,
     loaders, conditioners, ac_lm = audiocraft_loaders
     # a T5 of t5-small's width under t5-small's name: audiocraft sizes its projection by the name
     lm, cond, cond_cfg, codec = tiny_musicgen(tokenizer_files, t5_dim=512, name="t5-small")
-    ours_dir = save_musicgen(tmp_path / "ours", lm, cond, cond_cfg, codec, copy_text_encoder=True)
+    ours_dir = save_musicgen(tmp_path / "ours", lm, cond, cond_cfg, codec, text_encoder_weights="copy")
     from conftest import run_cli
     res = run_cli("export", "--ckpt", ours_dir, "--out", tmp_path / "ac", "--format", "audiocraft")
     assert res.returncode == 0, res.stderr[-2000:]
