@@ -193,8 +193,8 @@ class NonFiniteGuard(Callback):
         if stretch.exploded is not None:
             loss, average = stretch.exploded
             how = (f"the loss rose to {loss:.4g} at step {start} (over {self.loss_explosion:g}x its running average "
-                   f"{average:.4g}), then {stretch.skipped} of the {stretch.batches} steps {start}..{stretch.last} "
-                   "were non-finite and skipped")
+                   f"{average:.4g}), then was non-finite from step {stretch.first_skip}: {stretch.skipped} of the "
+                   f"{stretch.batches} steps {start}..{stretch.last} skipped")
         else:
             how = (f"{stretch.skipped} optimizer step(s) of the {stretch.batches} training steps "
                    f"{start}..{stretch.last} had a non-finite loss or gradient and were skipped")
