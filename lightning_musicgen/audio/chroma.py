@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightning_musicgen.errors import ConfigError
+
 
 def chroma_filter_bank(n_fft: int, n_chroma: int, sample_rate: int, center_octave: float = 5.0,
                        octave_width: float = 2.0, tuning: float = 0.0) -> np.ndarray:
@@ -74,7 +76,7 @@ class ChromaExtractor(nn.Module):
                  log_compression: float | None = None, center_octave: float = 5.0, octave_width: float = 2.0):
         super().__init__()
         if not (tuning == "estimate" or isinstance(tuning, (int, float))):
-            raise ValueError(f"tuning {tuning!r}: a number of chroma bins or 'estimate'")
+            raise ConfigError(f"chroma tuning {tuning!r}: a number of chroma bins or 'estimate'")
         self.sample_rate, self.n_chroma = sample_rate, n_chroma
         self.n_fft, self.hop_length, self.argmax = n_fft, hop_length, argmax
         self.tuning, self.log_compression = tuning, log_compression
