@@ -38,6 +38,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--weight_decay", type=float, default=0.0)
     args = p.parse_args()
     torch.set_num_threads(1)
     rows = []
@@ -45,7 +46,8 @@ def main() -> None:
         spec = ka.TeacherSpec(pattern, args.n_q, args.card, args.dim, args.heads, args.layers, args.sharpen,
                               args.caption_gain)
         with tempfile.TemporaryDirectory(prefix="known-answer-") as tmp:
-            out = ka.run(spec, Path(tmp), args.frames, args.train, args.held_out, args.steps, args.batch, args.lr)
+            out = ka.run(spec, Path(tmp), args.frames, args.train, args.held_out, args.steps, args.batch, args.lr,
+                         args.weight_decay)
         t, s, u = out.truth, out.student, out.untrained
         rows.append(f"| {pattern} | {math.log(args.card):.3f} | {t.cond:.4f} | {u.cond:.4f} | {s.cond:.4f} | "
                     f"{100 * (s.cond / t.cond - 1):+.2f} % | {t.uncond:.4f} | {s.uncond:.4f} | "

@@ -158,7 +158,7 @@ def student_nlls(lm, conditioner, codes: torch.Tensor, ids: torch.Tensor) -> Ent
 
 
 def student_config(spec: TeacherSpec, train: Path, valid: Path, run: Path, steps: int, frames: int,
-                   batch_size: int = 16, lr: float = 3e-3) -> dict:
+                   batch_size: int = 16, lr: float = 3e-3, weight_decay: float = 0.0) -> dict:
     """A `fit` config: the teacher's architecture, the demo recipe's optimizer and CFG dropout 0.3;
     captions exactly as written (no metadata merging, no word dropout: the teacher never saw any)."""
     return {
@@ -172,7 +172,7 @@ def student_config(spec: TeacherSpec, train: Path, valid: Path, run: Path, steps
                                                  "every_n_train_steps": steps}}]},
         "model": {"class_path": "lightning_musicgen.lm.MusicGenModule",
                   "init_args": {"lm": spec.lm(), "conditioner": {**CONDITIONER, "cfg_dropout": 0.3},
-                                "lr": lr, "betas": [0.9, 0.95], "weight_decay": 0.1,
+                                "lr": lr, "betas": [0.9, 0.95], "weight_decay": weight_decay,
                                 "warmup_steps": max(1, steps // 10), "min_lr_ratio": 0.05}},
         "data": {"class_path": "lightning_musicgen.data.TokenDataModule",
                  "init_args": {"train_shards": str(train), "val_shards": str(valid),
@@ -192,7 +192,7 @@ class Outcome:
 
 
 def run(spec: TeacherSpec, workdir: Path, frames: int, train: int, held_out: int, steps: int, batch_size: int,
-        lr: float) -> Outcome:
+        lr: float, weight_decay: float = 0.0) -> Outcome:
     """Teacher shards -> `python -m lightning_musicgen fit` (a subprocess) -> the student's NLLs on held-out draws."""
     import subprocess
     import sys
@@ -213,7 +213,7 @@ def run(spec: TeacherSpec, workdir: Path, frames: int, train: int, held_out: int
     untrained = student_nlls(fresh.lm, fresh.conditioner, *held)
     config = workdir / "student.yaml"
     config.write_text(yaml.safe_dump(student_config(spec, workdir / "train", workdir / "valid", workdir / "run",
-                                                    steps, frames, batch_size, lr)))
+                                                    steps, frames, batch_size, lr, weight_decay)))
     start = time.perf_counter()
     res = subprocess.run([sys.executable, "-m", "lightning_musicgen", "fit", "--config", str(config)],
                          capture_output=True, text=True, timeout=3600)

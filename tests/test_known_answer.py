@@ -20,13 +20,13 @@ STEPS, BATCH, LR = 400, 32, 1e-2
 
 @pytest.mark.parametrize("pattern", ["delay", "parallel"])
 def test_student_reaches_the_teachers_conditional_entropy(pattern, own_tmp):
-    spec = ka.TeacherSpec(pattern=pattern, sharpen=4.0, caption_gain=4.0)
+    spec = ka.TeacherSpec(pattern=pattern, sharpen=2.0, caption_gain=4.0)
     out = ka.run(spec, own_tmp, FRAMES, TRAIN, HELD_OUT, STEPS, BATCH, LR)
     truth, student = out.truth, out.student
     print(f"{pattern}: H(X|C) {truth.cond:.4f}, H(X) {truth.uncond:.4f}, untrained {out.untrained.cond:.4f}, "
           f"student {student.cond:.4f} / null {student.uncond:.4f} nats/token; caption information "
           f"{truth.gap_per_clip:.3f}, student gap {student.gap_per_clip:.3f} nats/clip")
-    assert truth.cond < 0.7 * math.log(spec.card)  # sharpened: far from uniform
+    assert truth.cond < 0.9 * math.log(spec.card)  # sharpened: structure to learn, not near uniform
     assert truth.gap_per_clip > 0.3  # the caption carries information (at most log 4 = 1.39 nats per clip)
     assert out.untrained.cond > 1.2 * truth.cond  # so only learning meets the 5 % below
     assert truth.cond <= student.cond * 1.01  # an NLL estimates the entropy from above (1 %: sampling noise)
