@@ -6,7 +6,7 @@ held-out teacher draws against the true entropies (nats per code; the caption in
     student conditional NLL vs H(X|C); student null-condition NLL vs H(X); gap vs I(X;C) = (H(X) - H(X|C)) K T
 
     python benchmarks/known_answer.py [--patterns delay parallel --n_q 3 --card 32 --dim 64 --frames 30
-                                       --train 4096 --steps 600 --batch 32 --lr 1e-2]
+                                       --train 4096 --steps 600 --batch 32 --lr 1e-2 --sharpen 2]
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--sharpen", type=float, default=4.0)
+    p.add_argument("--sharpen", type=float, default=2.0)
     p.add_argument("--caption_gain", type=float, default=4.0)
     p.add_argument("--frames", type=int, default=30)
     p.add_argument("--train", type=int, default=4096)

@@ -31,7 +31,7 @@ import torch
 import yaml
 
 
-def fit_config(pattern: str, args, run: Path) -> dict:
+def fit_config(pattern: str, args, run: Path, n_q: int, card: int) -> dict:
     half = args.steps // 2
     return {
         "seed_everything": 1234,
@@ -44,7 +44,7 @@ def fit_config(pattern: str, args, run: Path) -> dict:
                                                  "every_n_train_steps": half,
                                                  "filename": "step{step}", "auto_insert_metric_name": False}}]},
         "model": {"class_path": "lightning_musicgen.lm.MusicGenModule",
-                  "init_args": {"lm": {"n_q": None, "card": None, "dim": args.dim, "num_heads": args.heads,
+                  "init_args": {"lm": {"n_q": n_q, "card": card, "dim": args.dim, "num_heads": args.heads,
                                        "num_layers": args.layers, "pattern": pattern, "cross_attention": True,
                                        "positional": "sin", "activation": "gelu", "dropout": 0.0},
                                 "conditioner": {"fuse": "cross", "cfg_dropout": 0.1,
@@ -115,6 +115,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/pattern_ablation"))
     args = p.parse_args()
     codes, texts, frame_rate = read_tokens(args.valid)
+    card = int(json.loads((args.valid / "index.json").read_text())["card"])
     frames = int(round(args.crop * frame_rate))
     x, captions = windows(codes, texts, frames)
     seconds = len(x) * frames / frame_rate
@@ -126,7 +127,7 @@ def main() -> None:
         run = args.out / pattern
         run.mkdir(parents=True, exist_ok=True)
         config = run / "fit.yaml"
-        config.write_text(yaml.safe_dump(fit_config(pattern, args, run)))
+        config.write_text(yaml.safe_dump(fit_config(pattern, args, run, x.shape[1], card)))
         start = time.perf_counter()
         res = subprocess.run([sys.executable, "-m", "lightning_musicgen", "fit", "--config", str(config)],
                              capture_output=True, text=True)
@@ -146,8 +147,7 @@ def main() -> None:
     for pattern, half, full, per_code, took in sorted(rows, key=lambda r: r[2]):
         print(f"| {pattern} | {half:.1f} | {full:.1f} | " + " | ".join(f"{v:.3f}" for v in per_code)
               + f" | {took:.0f} |")
-    print(f"\nuniform: {k * math.log(int(json.loads((args.valid / 'index.json').read_text())['card'])) * frame_rate:.1f}"
-          " nats/s")
+    print(f"\nuniform: {k * math.log(card) * frame_rate:.1f} nats/s")
 
 
 if __name__ == "__main__":
