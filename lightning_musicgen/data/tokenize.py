@@ -61,6 +61,18 @@ def _audio_blob(sample: dict) -> bytes | None:
     return next((sample[e] for e in AUDIO_EXTS if e in sample), None)
 
 
+def token_sample(codes, meta: dict, codec_info: dict, seconds: float) -> dict[str, bytes]:
+    """The members of one token sample: `codes.npy` (codes [K, F] as int16, or int32 for a card above
+    int16) and `json` (`meta` plus `codec_info` - frame_rate, n_q, card, codec_sample_rate,
+    codec_channels -, `frames` and `duration` in seconds)."""
+    codes = np.asarray(codes)
+    dtype = np.int16 if int(codec_info["card"]) <= np.iinfo(np.int16).max else np.int32
+    buf = io.BytesIO()
+    np.save(buf, codes.astype(dtype), allow_pickle=False)
+    meta = {**meta, **codec_info, "frames": int(codes.shape[-1]), "duration": round(float(seconds), 6)}
+    return {"codes.npy": buf.getvalue(), "json": json.dumps(meta, ensure_ascii=False).encode()}
+
+
 def tokenize_shards(model, source, output, chunk_seconds: float = 30.0, context_seconds: float = 1.0,
                     progress: bool = True, codec_name: str | None = None) -> dict:
     """Encode every audio shard of `source` with `model` (a CompressionModel or anything with `encode`,
@@ -71,7 +83,6 @@ def tokenize_shards(model, source, output, chunk_seconds: float = 30.0, context_
         raise InputError(f"{source}: no shards")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    dtype = np.int16 if model.card <= np.iinfo(np.int16).max else np.int32
     codec_info = {"frame_rate": float(model.frame_rate), "n_q": int(model.n_q),
                   "card": int(model.card), "codec_sample_rate": int(model.sample_rate),
                   "codec_channels": int(model.channels)}
@@ -106,13 +117,9 @@ def tokenize_shards(model, source, output, chunk_seconds: float = 30.0, context_
                 wav = resample(convert_channels(wav, model.channels), sr, model.sample_rate)
                 codes = encode_long(model, wav, chunk_seconds, context_seconds)
                 seconds = wav.shape[-1] / model.sample_rate
-                buf = io.BytesIO()
-                np.save(buf, codes.numpy().astype(dtype), allow_pickle=False)
-                meta.update(codec_info, frames=int(codes.shape[-1]), duration=round(seconds, 6))
                 if codec_name:
                     meta["codec"] = codec_name
-                writer.write(sample["__key__"], {"codes.npy": buf.getvalue(),
-                                                 "json": json.dumps(meta, ensure_ascii=False).encode()})
+                writer.write(sample["__key__"], token_sample(codes, meta, codec_info, seconds))
                 samples += 1
                 duration += seconds
                 if MELODY_MEMBER in sample:  # reported, so a melody run is not silently trained without it
