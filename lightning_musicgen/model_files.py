@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from lightning_musicgen.config_dict import current_names
 from lightning_musicgen.errors import CheckpointError, CheckpointNotFoundError
 
 FORMAT = "lightning_musicgen"
@@ -221,12 +222,12 @@ def save_codec(codec, out: str | os.PathLike, weights: str = "trained") -> Path:
 
 def _n_q(d: dict) -> int | None:
     """The active codebook count a codec file records ("num_codebooks" in files older than the rename)."""
-    return d.get("n_q", d.get("num_codebooks"))
+    return current_names(d, "codec file").get("n_q")
 
 
 def codec_from_state(config: dict, state: dict, n_q: int | None = None, source: str = "checkpoint"):
     from lightning_musicgen.codec.model import CodecConfig, CompressionModel
-    model = CompressionModel(CodecConfig.from_dict(config))
+    model = CompressionModel(CodecConfig.from_dict(current_names(config, f"{source}: codec config")))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -107,18 +107,8 @@ def test_13_token_ids_above_the_lm_card_stop_in_one_line():
     batch = {"codes": torch.randint(0, 8, (2, 2, 5)), "meta": [{"card": 16}] * 2}
     with pytest.raises(ConfigError, match="codes of a 16-code codec, above lm.card=8; set lm.card to 16"):
         module.tokens(batch)
-    batch["meta"] = [{"cardinality": 16}] * 2  # token shards written before the n_q/card rename
-    with pytest.raises(ConfigError, match="set lm.card to 16"):
-        module.tokens(batch)
     batch["meta"] = [{"card": 8}] * 2
     assert module.tokens(batch)[0].shape == (2, 2, 5)
-
-
-def test_tokenize_takes_n_q_or_its_deprecated_name_not_both(tmp_path):
-    from lightning_musicgen.data.tokenize import tokenize_command
-    with pytest.raises(InputError, match="give n_q only"):
-        tokenize_command(codec=str(tmp_path / "c"), input=str(tmp_path), output=str(tmp_path / "o"), n_q=2,
-                         num_codebooks=2)
 
 
 @pytest.fixture(scope="module")

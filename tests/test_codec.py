@@ -394,21 +394,14 @@ def test_codec_module_rejects_bad_config():
         module.setup("fit")
 
 
-def test_audiocraft_names_are_deprecated_aliases_and_old_files_load(tmp_path):
-    """`num_codebooks`/`total_codebooks`/`cardinality` and the `bins` key still work (with a warning),
-    and files written under the old keys load with the same n_q and card."""
-    import pickle
-    with pytest.warns(DeprecationWarning, match="'bins' is deprecated"):
-        model = CompressionModel(sample_rate=8000, n_filters=4, ratios=(2, 2), dimension=8, n_q=3, bins=16,
-                                 lstm_layers=0)
-    assert (model.card, model.max_n_q, model.n_q) == (16, 3, 3)
-    with pytest.warns(DeprecationWarning, match="use n_q"):
-        model.num_codebooks = 2
-    assert model.n_q == 2
-    with pytest.warns(DeprecationWarning):
-        assert (model.num_codebooks, model.total_codebooks, model.cardinality) == (2, 3, 16)
-    with pytest.raises(ValueError, match="both card=16 and its old name bins=8"):
-        CodecConfig.from_dict({"card": 16, "bins": 8})
+def test_codec_files_written_before_the_rename_load_and_the_api_has_one_name(tmp_path):
+    """The loader reads the keys of earlier files (`num_codebooks`, config `bins`) as n_q and card; the API
+    itself takes and has only `card` / `n_q`."""
+    model = CompressionModel(sample_rate=8000, n_filters=4, ratios=(2, 2), dimension=8, n_q=3, card=16,
+                             lstm_layers=0)
+    model.n_q = 2
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['bins'\]"):
+        CompressionModel(sample_rate=8000, n_filters=4, ratios=(2, 2), dimension=8, bins=16)
 
     # a codec folder and a single-file checkpoint as written before the rename
     model.save(tmp_path / "folder")
@@ -426,7 +419,8 @@ def test_audiocraft_names_are_deprecated_aliases_and_old_files_load(tmp_path):
         assert (back.n_q, back.card) == (2, 16), path
         assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))
 
-    # a CodecConfig pickled (e.g. in a checkpoint's hyper-parameters) with the old field name
-    old_pickle = pickle.dumps(model.config).replace(b"card", b"bins")
-    config = pickle.loads(old_pickle)
-    assert config.card == 16 and "bins" not in config.__dict__
+    old = model.to_checkpoint_dict()
+    old["n_q"], old["num_codebooks"] = 3, 2  # both names, disagreeing: one line names them
+    torch.save(old, tmp_path / "both.pt")
+    with pytest.raises(ValueError, match="both n_q=3 and its old name num_codebooks=2"):
+        CompressionModel.from_checkpoint(tmp_path / "both.pt")

@@ -127,3 +127,22 @@ def test_tokenize_cli_with_a_real_compression_model(audio_shards, tmp_path):
     assert codes.shape == whole.shape and (codes == whole).mean() > 0.99
     bad = run_cli("tokenize", "--codec", tmp_path / "missing.pt", "--input", audio_shards, "--output", tmp_path / "x")
     assert bad.returncode == 2 and bad.stderr.strip() == f"error: {tmp_path / 'missing.pt'}: codec checkpoint not found"
+
+
+def test_token_shards_written_before_the_rename_read_with_the_current_names():
+    """A token sample's metadata with audiocraft's keys (`cardinality`, `num_codebooks`) reaches the batch as
+    `card` / `n_q`; disagreeing old and new keys make the sample unreadable (skipped), not a crash."""
+    from lightning_musicgen.data.pipeline import CodeCrops, CorruptSample
+    buf = io.BytesIO()
+    np.save(buf, np.arange(2 * 50, dtype=np.int16).reshape(2, 50))
+    crops = CodeCrops(segment_duration=None)
+    old = {"frame_rate": 50.0, "cardinality": 64, "num_codebooks": 2, "description": "old shard"}
+    sample = {"__key__": "a", "json": json.dumps(old).encode(), "codes.npy": buf.getvalue()}
+    item = crops.load(sample, crops.plan(sample, None))
+    assert (item["meta"]["card"], item["meta"]["n_q"]) == (64, 2)
+    assert "cardinality" not in item["meta"] and "num_codebooks" not in item["meta"]
+    assert item["x"].shape == (2, 50)
+    both = dict(old, card=32)
+    sample["json"] = json.dumps(both).encode()
+    with pytest.raises(CorruptSample, match="both card=32 and its old name cardinality=64"):
+        crops.load(sample, crops.plan(sample, None))

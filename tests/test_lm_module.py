@@ -15,7 +15,7 @@ from lightning.pytorch import Trainer
 
 from conftest import ROOT
 from lightning_musicgen.training.throughput import AudioThroughputMonitor
-from lightning_musicgen.lm.checkpoint import load_musicgen
+from lightning_musicgen.model_files import load_musicgen
 from lightning_musicgen.lm.module import MusicGenModule
 
 TINY_LM = {"n_q": 4, "card": 32, "dim": 32, "num_heads": 4, "num_layers": 2}

@@ -340,7 +340,6 @@ def test_demo_checkpoint_holds_trainable_state_and_the_folder_holds_the_lm_once(
 NESTED_OVERRIDES = [
     ("--model.init_args.lm.dim=48", None),
     ("--model.init_args.lm.dimm=48", ["model.init_args.lm.dimm='48'", "unknown option", "LMConfig"]),
-    ("--model.init_args.lm.bins=16", ["model.init_args.lm.bins='16'", "unknown option", "now called card"]),
     ("--model.init_args.conditioner.text.word_dropout=x",
      ["model.init_args.conditioner.text.word_dropout='x'", "expected float"]),
 ]

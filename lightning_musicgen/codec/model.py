@@ -6,14 +6,12 @@ Files: `save(dir)` writes a codec model folder and `from_checkpoint(path)` reads
 "config": CodecConfig.to_dict(), "n_q": K, "state_dict": ...}.
 
 Vocabulary (MusicGen's): `n_q` codebooks of `card` codes each. `config.n_q` is how many the model has
-(`max_n_q`); `n_q` is how many `encode` uses (settable, for variable bandwidth). audiocraft's names
-`num_codebooks`, `total_codebooks`, `cardinality` and a `bins` config key still work for one release
-with a `DeprecationWarning`; files written before the rename (key "num_codebooks", config "bins") load.
+(`max_n_q`); `n_q` is how many `encode` uses (settable, for variable bandwidth). Files written before
+the rename (keys "num_codebooks", "bins") are translated by the loader in `model_files`, not here.
 """
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -65,31 +63,14 @@ class CodecConfig:
         if not self.ratios or any(r <= 0 for r in self.ratios):
             raise ConfigError(f"codec config: ratios must be positive integers, got {list(self.ratios)}")
 
-    def __setstate__(self, state: dict[str, Any]) -> None:  # configs pickled in checkpoints before the rename
-        self.__dict__.update(renamed_keys(state))
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CodecConfig":
-        return dataclass_from_dict(cls, renamed_keys(d), "codec config")
+        return dataclass_from_dict(cls, d, "codec config")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["ratios"] = list(self.ratios)
         return d
-
-
-def renamed_keys(d: dict[str, Any]) -> dict[str, Any]:
-    """A codec config dict with audiocraft's `bins` read as `card` (configs and files older than the rename)."""
-    if "bins" not in d:
-        return d
-    if "card" in d:
-        raise ConfigError(f"codec config: both card={d['card']} and its old name bins={d['bins']} are set")
-    warnings.warn("codec config key 'bins' is deprecated: use 'card'", DeprecationWarning, stacklevel=3)
-    return {("card" if k == "bins" else k): v for k, v in d.items()}
-
-
-def _deprecated(old: str, new: str) -> None:
-    warnings.warn(f"CompressionModel.{old} is deprecated: use {new}", DeprecationWarning, stacklevel=3)
 
 
 class CompressionModel(nn.Module):
@@ -104,7 +85,7 @@ class CompressionModel(nn.Module):
         if config is None:
             config = CodecConfig.from_dict(overrides)
         elif overrides:
-            config = CodecConfig.from_dict({**config.to_dict(), **renamed_keys(overrides)})
+            config = CodecConfig.from_dict({**config.to_dict(), **overrides})
         self.config = config
         seanet = dict(channels=config.channels, dimension=config.dimension, n_filters=config.n_filters,
                       n_residual_layers=config.n_residual_layers, ratios=config.ratios,
@@ -157,27 +138,6 @@ class CompressionModel(nn.Module):
         if not 1 <= int(n) <= self.config.n_q:
             raise ConfigError(f"codec n_q must be in [1, {self.config.n_q}], got {n}")
         self._n_q = int(n)
-
-    # audiocraft's names, deprecated
-    @property
-    def cardinality(self) -> int:
-        _deprecated("cardinality", "card")
-        return self.card
-
-    @property
-    def total_codebooks(self) -> int:
-        _deprecated("total_codebooks", "max_n_q")
-        return self.max_n_q
-
-    @property
-    def num_codebooks(self) -> int:
-        _deprecated("num_codebooks", "n_q")
-        return self.n_q
-
-    @num_codebooks.setter
-    def num_codebooks(self, n: int) -> None:
-        _deprecated("num_codebooks", "n_q")
-        self.n_q = n
 
     @property
     def bitrate(self) -> float:

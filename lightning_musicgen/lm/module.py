@@ -206,7 +206,7 @@ class MusicGenModule(LightningModule):
             codes, mask = batch["codes"], batch.get("mask")
             if codes.shape[1] != self.lm.n_q:
                 raise ConfigError(f"token batch has {codes.shape[1]} codebooks, the LM models lm.n_q={self.lm.n_q}")
-            card = max((int(m.get("card", m.get("cardinality")) or 0) for m in batch.get("meta") or []), default=0)
+            card = max((int(m.get("card") or 0) for m in batch.get("meta") or []), default=0)
             if card > self.lm.card:  # token ids beyond the LM's embeddings: fail in one line, not in an index error
                 raise ConfigError(f"token shards hold codes of a {card}-code codec, above lm.card={self.lm.card}; "
                                   f"set lm.card to {card}")
