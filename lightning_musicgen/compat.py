@@ -8,8 +8,9 @@ torch: CPU feature probes and oneDNN's packed linear kernels (generation), `fore
 Lightning: `is_accumulating` (fit loop internals), `forward_signal_to_launched_processes` (the private
 launcher classes' `kill`), `launched_by_spawn`, `ddp_kwargs` (a DDPStrategy's DistributedDataParallel
 arguments), `attached_trainer` (a LightningModule's trainer or None), `batches_processed_in_epoch`
-(the training epoch loop's progress counter) and `setup_activation_checkpointing` (Fabric's FSDP helper,
-for an FSDP module wrapped by hand: benchmarks/gpu_check.py on CPU).
+(the training epoch loop's progress counter), `setup_activation_checkpointing` (Fabric's FSDP helper,
+for an FSDP module wrapped by hand: benchmarks/gpu_check.py on CPU) and `skip_checkpoint_saves_at_this_step`
+(ModelCheckpoint's record of the last saved step: NonFiniteGuard holds saves back while a run diverges).
 """
 from __future__ import annotations
 
@@ -107,3 +108,12 @@ def setup_activation_checkpointing(module: torch.nn.Module, activation_checkpoin
     wrapped in FSDP outside Lightning, as the strategy does (`lightning.fabric.strategies.fsdp`, private)."""
     from lightning.fabric.strategies.fsdp import _setup_activation_checkpointing
     _setup_activation_checkpointing(module, activation_checkpointing_kwargs)
+
+
+def skip_checkpoint_saves_at_this_step(trainer) -> None:
+    """Make every ModelCheckpoint of `trainer` treat the current global step as saved already, so that none
+    writes at it (batch end, epoch end, validation end, on exception) (`ModelCheckpoint._last_global_step_saved`)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            callback._last_global_step_saved = trainer.global_step

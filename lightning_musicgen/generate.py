@@ -68,14 +68,17 @@ def check_inputs(args) -> list[str]:
             raise InputError(f"{flag} {value}: no audio samples")
     for flag in ("cfg_coef", "top_p", "temperature", "max_duration", "extend_stride"):
         value = getattr(args, flag)
-        if not math.isfinite(value):
+        if value is not None and not math.isfinite(value):
             raise InputError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.top_k < 0 or not 0.0 <= args.top_p <= 1.0 or args.temperature < 0:
         raise InputError(f"bad sampling values: --top-k {args.top_k} (>= 0), --top-p {args.top_p} (in [0, 1]), "
                          f"--temperature {args.temperature} (>= 0)")
-    if not 0 < args.extend_stride < args.max_duration:
+    if args.max_duration is not None and args.max_duration <= 0:
+        raise InputError(f"--max-duration must be > 0, got {args.max_duration}")
+    if args.extend_stride is not None and args.max_duration is not None \
+            and not 0 < args.extend_stride < args.max_duration:
         raise InputError(f"--extend-stride {args.extend_stride} must be in (0, --max-duration {args.max_duration})")
     check_device(args.device)
     return texts
@@ -209,8 +212,8 @@ def run(args) -> dict:
         "duration": args.duration,
         "melody": args.melody, "prompt_audio": args.prompt_audio, "cfg_coef": args.cfg_coef,
         "top_k": args.top_k, "top_p": args.top_p, "temperature": args.temperature, "seed": seed,
-        "two_pass_cfg": args.two_pass_cfg, "batch_size": args.batch_size, "max_duration": args.max_duration,
-        "extend_stride": args.extend_stride, "dtype": str(model.dtype).replace("torch.", ""),
+        "two_pass_cfg": args.two_pass_cfg, "batch_size": args.batch_size, "max_duration": model.max_duration,
+        "extend_stride": model.extend_stride, "dtype": str(model.dtype).replace("torch.", ""),
         "device": str(model.device), "sample_rate": model.sample_rate, "channels": model.channels,
         "frame_rate": model.frame_rate, "files": files, "load_seconds": round(load_s, 3),
         "generate_seconds": round(time.perf_counter() - t1, 3),
@@ -224,7 +227,7 @@ def generate_command(*, model: Optional[str] = None, ckpt: Optional[str] = None,
                      prompt_audio: Optional[str] = None, duration: float = 10.0, out: str,
                      cfg_coef: float = 3.0, top_k: int = 250, top_p: float = 0.0, temperature: float = 1.0,
                      seed: Optional[int] = None, two_pass_cfg: bool = False, batch_size: int = 4,
-                     max_duration: float = 30.0, extend_stride: float = 18.0,
+                     max_duration: Optional[float] = None, extend_stride: Optional[float] = None,
                      dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto", device: str = "auto",
                      threads: Optional[int] = None, no_progress: bool = False) -> None:
     """Generate music from text descriptions to wav files.
@@ -249,8 +252,10 @@ def generate_command(*, model: Optional[str] = None, ckpt: Optional[str] = None,
         seed: random seed (batch i uses seed + i); default: random.
         two_pass_cfg: run the conditional and null passes separately instead of one doubled batch.
         batch_size: descriptions generated together.
-        max_duration: LM window in seconds; longer durations slide it.
-        extend_stride: seconds the window advances when extending (overlap = window - stride).
+        max_duration: LM window in seconds; longer durations slide it (default: the duration the model
+            was trained on, 30 s for the official models).
+        extend_stride: seconds the window advances when extending (overlap = window - stride; default:
+            60 % of the window).
         dtype: LM compute dtype (auto: bf16 where the CPU/GPU supports it, else float32).
         device: cpu, cuda, cuda:1, ... (auto: cuda if available).
         threads: CPU threads for torch (default: torch's choice).

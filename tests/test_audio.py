@@ -57,10 +57,30 @@ def test_chroma_finds_the_pitch_class():
     assert (chroma[0, 2:-2].argmax(-1) == 9).all()
 
 
-@pytest.mark.parametrize("n_fft,sr", [(16384, 32000), (4096, 44100), (2048, 22050)])
-def test_chroma_filter_bank_equals_transformers(n_fft, sr):
+@pytest.mark.parametrize("n_fft,sr,tuning", [(16384, 32000, 0.0), (4096, 44100, 0.0), (2048, 22050, 0.0),
+                                             (8192, 16000, 0.37), (8192, 16000, -0.45)])
+def test_chroma_filter_bank_equals_transformers(n_fft, sr, tuning):
     from transformers.audio_utils import chroma_filter_bank as reference
 
     from lightning_musicgen.audio.chroma import chroma_filter_bank
-    ref = reference(num_frequency_bins=n_fft, num_chroma=12, sampling_rate=sr, tuning=0.0)
-    np.testing.assert_array_equal(chroma_filter_bank(n_fft, 12, sr), ref)
+    ref = reference(num_frequency_bins=n_fft, num_chroma=12, sampling_rate=sr, tuning=tuning)
+    if tuning == 0.0:
+        np.testing.assert_array_equal(chroma_filter_bank(n_fft, 12, sr), ref)
+    np.testing.assert_allclose(chroma_filter_bank(n_fft, 12, sr, tuning=tuning), ref, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("cents", [-45.0, -20.0, 0.0, 31.0])
+def test_estimated_tuning_follows_a_detuned_chord(cents):
+    """Harmonic tones of a detuned C major chord (+ a low G): the estimate is the detuning within 3 cents,
+    and the chroma with the estimated tuning is the one built for the true tuning, C, E, G strongest."""
+    from lightning_musicgen.audio.chroma import estimate_tuning
+    sr, n_fft = 16000, 8192
+    t = torch.arange(sr * 3, dtype=torch.float64) / sr
+    wav = sum(torch.sin(2 * torch.pi * 440 * 2 ** ((m - 69 + cents / 100) / 12) * h * t) / h
+              for m in (43, 60, 64, 67) for h in range(1, 7)).float()[None]
+    power = torch.stft(wav[0], n_fft, n_fft // 4, window=torch.hann_window(n_fft), return_complex=True).abs() ** 2
+    assert abs(estimate_tuning(power, sr, n_fft) * 100 - cents) < 3.0
+    tuned = ChromaExtractor(sr, n_fft=n_fft, hop_length=n_fft // 4, argmax=False, tuning="estimate")(wav)[0].mean(0)
+    assert set(tuned.topk(3).indices.tolist()) == {0, 4, 7}
+    fixed = ChromaExtractor(sr, n_fft=n_fft, hop_length=n_fft // 4, argmax=False, tuning=cents / 100)(wav)[0].mean(0)
+    torch.testing.assert_close(tuned, fixed, atol=0.03, rtol=0)

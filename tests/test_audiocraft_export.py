@@ -7,7 +7,8 @@ import torch
 from audiocraft_ref import import_audiocraft
 from lightning_musicgen.codec.model import CompressionModel
 from lightning_musicgen.model_files import load_musicgen, save_musicgen
-from test_model_files import CARD, K, tiny_codec, tiny_musicgen, tokenizer_files  # noqa: F401 (fixture)
+from test_model_files import (CARD, K, OFFLINE, offline_logits, reference_logits, tiny_codec, tiny_musicgen,  # noqa: F401
+                              tokenizer_files)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,7 +39,7 @@ def test_export_to_audiocraft_matches_and_round_trips(tmp_path, tokenizer_files,
     loaders, conditioners, ac_lm = audiocraft_loaders
     # a T5 of t5-small's width under t5-small's name: audiocraft sizes its projection by the name
     lm, cond, cond_cfg, codec = tiny_musicgen(tokenizer_files, t5_dim=512, name="t5-small")
-    ours_dir = save_musicgen(tmp_path / "ours", lm, cond, cond_cfg, codec, copy_text_encoder=True)
+    ours_dir = save_musicgen(tmp_path / "ours", lm, cond, cond_cfg, codec, text_encoder_weights="copy")
     from conftest import run_cli
     res = run_cli("export", "--ckpt", ours_dir, "--out", tmp_path / "ac", "--format", "audiocraft")
     assert res.returncode == 0, res.stderr[-2000:]
@@ -137,3 +138,48 @@ def test_audiocraft_lm_solver_checkpoint_and_official_repo_layout(tmp_path, toke
             sa, sb = a.state_dict(), b.state_dict()
             assert sorted(sa) == sorted(sb) and all(torch.equal(sa[k], sb[k]) for k in sa), source
         assert info["max_duration"] == 8.0 and info["conditioner"].text.name == "t5-small"
+
+
+def test_converted_audiocraft_model_exports_to_a_folder_that_loads_offline_anywhere(tmp_path, own_tmp, tokenizer_files,
+                                                                                    caplog):
+    """audiocraft's files name their T5 ("t5-small") without holding it: convert reads it from --text-encoder and
+    copies it in, so convert -> export -> another folder (the rest deleted) loads with the hub offline and gives
+    the converted model's logits. Exported with --text-encoder-weights refer, the folder says in one line that it
+    needs 't5-small', and loads offline given a local copy (text_encoder=DIR), not without it."""
+    import shutil
+    from conftest import run_cli
+    from lightning_musicgen.convert.audiocraft import CODEC_FILE, LM_FILE, codec_package, lm_package
+    from lightning_musicgen.errors import UserError
+    from lightning_musicgen.generation import MusicGen
+    lm, cond, _, codec = tiny_musicgen(tokenizer_files, name="t5-small", seed=3)
+    repo, text_dir = tmp_path / "repo", tmp_path / "t5"
+    repo.mkdir()
+    torch.save(lm_package(lm, cond, 30.0, codec.sample_rate, codec.channels), repo / LM_FILE)
+    torch.save(codec_package(codec), repo / CODEC_FILE)
+    cond.text.encoder.save_pretrained(text_dir)
+    cond.text.tokenizer.save_pretrained(text_dir)
+    converted = tmp_path / "converted"
+    for args in (("convert", "--from-audiocraft", repo, "--out", converted, "--text-encoder", text_dir),
+                 ("export", "--ckpt", converted, "--out", tmp_path / "model"),
+                 ("export", "--ckpt", converted, "--out", tmp_path / "refer", "--text-encoder-weights", "refer")):
+        res = run_cli(*args, env=OFFLINE)
+        assert res.returncode == 0, res.stderr[-2000:]
+    notice = f"model folder {tmp_path / 'refer'} refers outside itself to: text encoder 't5-small' (hub name)"
+    assert res.stdout.strip().splitlines()[-1] == notice and "refers outside" not in res.stderr
+    ref = reference_logits(converted)
+    assert not (tmp_path / "refer" / "text_encoder" / "model.safetensors").exists()
+
+    elsewhere = own_tmp / "elsewhere"
+    for name in ("model", "refer"):
+        shutil.move(tmp_path / name, elsewhere / name)
+    shutil.rmtree(converted), shutil.rmtree(repo)
+    got, res = offline_logits(elsewhere / "model", own_tmp / "model.pt")
+    assert "refers outside itself" not in res.stderr
+    assert got.shape == (2, K, 12, CARD) and got.abs().max() > 0.1 and torch.equal(got, ref)
+    caplog.clear()  # this process is offline too (conftest): the named T5 loads from the local copy only
+    assert torch.equal(reference_logits(elsewhere / "refer", text_encoder=str(text_dir)), ref)
+    assert [r.getMessage() for r in caplog.records if "refers outside itself" in r.getMessage()] == [
+        f"model folder {elsewhere / 'refer'} refers outside itself to: text encoder 't5-small' (hub name)"]
+    with pytest.raises(UserError, match="t5-small") as err:
+        MusicGen.from_pretrained(elsewhere / "refer", device="cpu")
+    assert "\n" not in str(err.value) and str(elsewhere / "refer") in str(err.value)

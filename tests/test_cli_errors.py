@@ -6,6 +6,7 @@
 14 generate: `--cfg-coef nan`, `--device cuda` without a GPU: one line; a long request shows progress
    and an estimate of the time left
 """
+import importlib.util
 import io
 import re
 import signal
@@ -15,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_cli_batch
 from lightning_musicgen.errors import (AudioReadError, CheckpointError, CheckpointNotFoundError, ConfigError,
                                        InputError, UserError)
 
@@ -164,3 +165,114 @@ def test_14_generate_nan_cfg_and_missing_gpu_are_one_line_and_long_requests_show
     assert steps >= 1000 * 50  # the codec runs at 50 Hz; sliding windows add their overlaps
     assert re.fullmatch(rf"generate: \d+/{steps} steps \(\d+%\), [\d.]+ steps/s, elapsed \d+s, about \w+ left",
                         lines[-1]), lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer / LightningCLI misconfigurations: each either works (a flag that turns a feature off drops the
+# config's callbacks of that feature) or ends with one line naming the option, exit 2
+@pytest.fixture(scope="module")
+def trainer_config(tmp_path_factory):
+    """configs/trainer/default.yaml + configs/demo/musicgen.yaml (their callbacks: ModelCheckpoint,
+    LearningRateMonitor, RichProgressBar) around a tiny LM on synthetic token shards, a CSV logger."""
+    from test_reliability_training import CARD, DEMO_LM, TRAIN_DEFAULT, write_tokens
+    folder = tmp_path_factory.mktemp("trainer_cfg")
+    write_tokens(folder / "train")
+    tiny = folder / "tiny.yaml"
+    tiny.write_text(f"""
+trainer:
+  accelerator: cpu
+  precision: 32-true
+  max_steps: 2
+  limit_val_batches: 0
+  default_root_dir: {folder}
+  logger: {{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {{save_dir: {folder}}}}}
+model:
+  init_args:
+    lm: {{n_q: 4, card: {CARD}, dim: 32, num_heads: 2, num_layers: 1}}
+    codec_checkpoint: null
+data:
+  init_args: {{train_shards: {folder / 'train'}, val_shards: null, segment_duration: 0.4, batch_size: 2, num_workers: 0}}
+""")
+    return folder, ["fit", "--config", str(TRAIN_DEFAULT), "--config", str(DEMO_LM), "--config", str(tiny)]
+
+
+MISCONFIGURATIONS = [  # (extra arguments, the start of the one error line)
+    (["--trainer.precision=17"], "trainer.precision='17': expected one of auto, 64, 32, 16, "),
+    (["--trainer.accelerator=gpu"], "error: trainer.accelerator='gpu': no CUDA GPU is available on this machine"),
+    (["--trainer.accelerator=tpu"], "error: trainer (accelerator='tpu', strategy='auto'): Requirement 'torch_xla"),
+    (["--trainer.strategy=foo"], "error: trainer.strategy: You selected an invalid strategy name: `strategy='foo'`"),
+    (["--trainer.devices=0"], "error: trainer.devices: `Trainer(devices='0')` value is not a valid input"),
+    (["--trainer.max_steps=-5"], "error: trainer.max_steps: `max_steps` must be a non-negative integer or -1"),
+    (["--trainer.accumulate_grad_batches=0"], "error: trainer.accumulate_grad_batches=0: must be >= 1"),
+    (["--trainer.gradient_clip_algorithm=foo"], "error: trainer.gradient_clip_algorithm: `gradient_clip_algorithm` foo"),
+    (["--trainer.num_nodes=0"], "error: trainer.num_nodes: `num_nodes` must be a positive integer, but got 0"),
+    (["--trainer.limit_train_batches=-1"], "error: trainer.limit_train_batches: You have passed invalid value -1"),
+    (["--trainer.fast_dev_run=-1"], "error: trainer.fast_dev_run: fast_dev_run=-1 is not a valid configuration"),
+    (["--trainer.max_time=banana"], "error: trainer.max_time: `Timer(duration='banana')` is not a valid duration"),
+    (["--trainer.profiler=foo"], "error: trainer.profiler: When passing string value for the `profiler` parameter"),
+    (["--trainer.max_stepz=3"], "unrecognized arguments: --trainer.max_stepz=3"),
+    (["--seed_everything=abc"], "seed_everything='abc': invalid value"),
+    (["--config", "/nonexistent/x.yaml"], "error: --config /nonexistent/x.yaml: file not found"),
+    (["--model.class_path=lightning_musicgen.lm.Nope"],
+     "model='lightning_musicgen.lm.Nope': module 'lightning_musicgen.lm' has no attribute 'Nope'"),
+    (["--trainer.logger.class_path=lightning.pytorch.loggers.Nope"], "trainer.logger='lightning.pytorch.loggers.Nope'"),
+    (["--trainer.callbacks+=lightning.pytorch.callbacks.Nope"], "trainer.callbacks='lightning.pytorch.callbacks.Nope'"),
+    (["--ckpt_path=/nonexistent/last.ckpt"], "error: --ckpt_path /nonexistent/last.ckpt: checkpoint not found"),
+]
+DROPPED = [["--trainer.enable_progress_bar=false"], ["--trainer.enable_checkpointing=false"], ["--trainer.logger=false"]]
+
+
+@pytest.fixture(scope="module")
+def misconfigured_runs(trainer_config):
+    """Every case of MISCONFIGURATIONS and DROPPED (with fast_dev_run) in one process."""
+    folder, base = trainer_config
+    argvs = [base + extra for extra, _ in MISCONFIGURATIONS] + [base + extra + ["--trainer.fast_dev_run=1"]
+                                                               for extra in DROPPED]
+    results = run_cli_batch(argvs, cwd=folder)
+    return {tuple(argv[len(base):]): res for argv, res in zip(argvs, results)}
+
+
+@pytest.mark.parametrize("extra,expected", MISCONFIGURATIONS, ids=[" ".join(e) for e, _ in MISCONFIGURATIONS])
+def test_a_trainer_misconfiguration_is_one_line_naming_the_option(misconfigured_runs, extra, expected):
+    if "gpu" in expected and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    if "torch_xla" in expected and importlib.util.find_spec("torch_xla") is not None:
+        pytest.skip("torch_xla is installed")
+    res = misconfigured_runs[tuple(extra)]
+    assert res.returncode == 2, res.stderr[-3000:]
+    line = one_error_line(res.stderr)
+    assert line.startswith(expected) or (not expected.startswith("error:") and expected in line), line
+    assert res.stderr.rstrip().splitlines()[-1] == line
+
+
+def test_a_misconfiguration_lightning_finds_during_fit_is_one_line():
+    """Raised by a callback's hook once fit runs (no Trainer argument to check beforehand)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from lightning_musicgen.__main__ import error_line
+    try:
+        try:
+            raise MisconfigurationException("Cannot use `LearningRateMonitor` callback with `Trainer` that has no "
+                                            "logger.\nSecond line")
+        except MisconfigurationException as exc:
+            raise RuntimeError("wrapped") from exc
+    except RuntimeError as exc:
+        assert error_line(exc, ["fit"]) == ("trainer.logger: Cannot use `LearningRateMonitor` callback with "
+                                            "`Trainer` that has no logger.")
+        assert error_line(exc, ["generate"]) is None   # not a training verb: a bug, keeps its traceback
+
+
+@pytest.mark.parametrize("extra", DROPPED, ids=[" ".join(e) for e in DROPPED])
+def test_a_flag_that_turns_a_feature_off_drops_its_callbacks(misconfigured_runs, extra):
+    res = misconfigured_runs[tuple(extra + ["--trainer.fast_dev_run=1"])]
+    assert res.returncode == 0 and "Traceback" not in res.stderr and "error:" not in res.stderr, res.stderr[-3000:]
+
+
+def test_enable_progress_bar_false_with_a_rich_progress_bar_in_the_config_trains_without_it(trainer_config):
+    """The issue's case through a real process: no MisconfigurationException, one log line, no bar."""
+    folder, base = trainer_config
+    res = run_cli(*base, "--trainer.enable_progress_bar=false", "--trainer.max_steps=1", cwd=folder, timeout=600)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert res.stderr.count("trainer.enable_progress_bar=false: not using the RichProgressBar callback(s) of "
+                            "the config") == 1, res.stderr[-3000:]
+    assert "Epoch 0" not in res.stdout + res.stderr   # the rich bar would draw its "Epoch 0/..." line

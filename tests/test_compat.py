@@ -128,3 +128,19 @@ def test_setup_activation_checkpointing_wraps_the_policy_modules():
     x = torch.randn(3, 4, requires_grad=True)
     model(x).sum().backward()  # still trains through the checkpointed layers
     assert x.grad is not None and all(p.grad is not None for p in model.parameters())
+
+
+def test_skip_checkpoint_saves_at_this_step_holds_model_checkpoint_back(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class HoldStep2(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 2:
+                compat.skip_checkpoint_saves_at_this_step(trainer)
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1, save_last=True)
+    trainer = L.Trainer(default_root_dir=tmp_path, accelerator="cpu", max_steps=3, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[HoldStep2(), ckpt])
+    trainer.fit(BoringModel())
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["epoch=0-step=1.ckpt", "epoch=0-step=3.ckpt",
+                                                                "last.ckpt"]

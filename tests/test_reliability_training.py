@@ -174,6 +174,8 @@ def test_every_trainer_config_writes_checkpoints_atomically():
 # ---------------------------------------------------------------------------------------------
 # case 4: non-finite loss or gradients
 def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(own_tmp):
+    """Steps 4, 5, 6 are NaN (max_consecutive 3): no checkpoint is written from step 5 on, the step-4 ones
+    (written before its loss was seen) are set aside, last.ckpt links to the step-3 weights."""
     write_tokens(own_tmp / "train")
     guard = """    - class_path: lightning_musicgen.training.NonFiniteGuard
       init_args: {max_consecutive: 3}
@@ -184,19 +186,25 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(own_tmp):
     out = lm_fit(own_tmp, cfg)
     assert out.returncode == 1, out.stderr[-3000:]
     lines = error_lines(out.stderr)
-    assert len(lines) == 1 and "3 training steps in a row had a non-finite loss" in lines[0], out.stderr[-3000:]
-    assert "steps 5..7" in lines[0] and "stops at step 7" in lines[0]
-    # every checkpoint holds finite weights, and the skipped steps changed nothing
-    ckpts = {p.name: torch.load(p, weights_only=True) for p in (own_tmp / "ckpt").glob("*.ckpt")}
-    assert sorted(ckpts) == [f"epoch=0-step={i}.ckpt" for i in range(1, 7)] + ["last.ckpt"]  # none at the stop
+    assert len(lines) == 1 and out.stderr.rstrip().splitlines()[-1] == lines[0], out.stderr[-3000:]
+    folder = own_tmp / "ckpt"
+    assert lines[0] == (
+        "error: 3 training steps in a row had a non-finite loss or gradient (steps 4..6, optimizer steps skipped): "
+        "the run diverged from step 4: 3 optimizer step(s) of the 3 training steps 4..6 had a non-finite loss or "
+        f"gradient and were skipped; the last good weights are {folder / 'epoch=0-step=3.ckpt'} (step 3), which "
+        f"{folder / 'last.ckpt'} now link(s) to; 2 checkpoint(s) of this run from step 4 on renamed *.diverged in "
+        f"{folder} (epoch=0-step=4.ckpt.diverged, last.ckpt.diverged). Lower the learning rate or check the data, "
+        "then resume from it")
+    ckpts = {p.name: torch.load(p, weights_only=True) for p in folder.iterdir()}
+    assert sorted(ckpts) == [f"epoch=0-step={i}.ckpt" for i in range(1, 4)] + [
+        "epoch=0-step=4.ckpt.diverged", "last.ckpt", "last.ckpt.diverged"]   # none written during the streak
+    assert (folder / "last.ckpt").stat().st_ino == (folder / "epoch=0-step=3.ckpt").stat().st_ino
+    assert ckpts["last.ckpt"]["global_step"] == 3 and ckpts["last.ckpt.diverged"]["global_step"] == 4
     for name, ck in ckpts.items():
         assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point()), name
-    before, after = ckpts["epoch=0-step=4.ckpt"], ckpts["epoch=0-step=6.ckpt"]
-    assert not torch.equal(ckpts["epoch=0-step=3.ckpt"]["state_dict"]["lm.heads.0.weight"],
-                           before["state_dict"]["lm.heads.0.weight"])   # finite steps do train
-    for key, value in before["state_dict"].items():
-        assert torch.equal(value, after["state_dict"][key]), key      # skipped steps change nothing
-    assert after["callbacks"]["NonFiniteGuard"]["skipped_steps"] == 2
+    assert not torch.equal(ckpts["epoch=0-step=2.ckpt"]["state_dict"]["lm.heads.0.weight"],
+                           ckpts["epoch=0-step=3.ckpt"]["state_dict"]["lm.heads.0.weight"])   # finite steps train
+    assert ckpts["last.ckpt.diverged"]["callbacks"]["NonFiniteGuard"]["skipped_steps"] == 0
     import csv
     rows = list(csv.DictReader(open(own_tmp / "csv/version_0/metrics.csv")))
     logged = [float(r["train/nonfinite_steps"]) for r in rows if r.get("train/nonfinite_steps")]
@@ -215,6 +223,63 @@ def test_a_real_learning_rate_explosion_never_reaches_a_checkpoint(own_tmp):
     for path in (own_tmp / "ckpt").glob("*.ckpt"):
         sd = torch.load(path, weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point()), path
+
+
+def test_a_diverged_run_that_reaches_max_steps_fails_and_keeps_no_diverged_last_ckpt(own_tmp):
+    """lr 1000 without warmup, 20 steps, max_consecutive (20) never reached: the loss explodes at step 1
+    (finite, over 10x its running average), is non-finite from step 3 on; the run ends 1 with one line, and
+    every checkpoint written from weights of step >= 1 is renamed *.diverged: no last.ckpt remains."""
+    write_tokens(own_tmp / "train")
+    cfg = lm_override(own_tmp, steps=20, ckpt_every=1,
+                      logger=f"\n    class_path: lightning.pytorch.loggers.CSVLogger\n    init_args: {{save_dir: {own_tmp}, name: csv, version: 0}}")
+    out = lm_fit(own_tmp, cfg, "--model.init_args.lr=1000", "--model.init_args.warmup_steps=0",
+                 "--trainer.max_steps=20")
+    assert out.returncode == 1, out.stderr[-3000:]
+    last_line = out.stderr.rstrip().splitlines()[-1]
+    assert error_lines(out.stderr) == [last_line] and "Traceback" not in out.stderr, out.stderr[-3000:]
+    import csv
+    rows = [r for r in csv.DictReader(open(own_tmp / "csv/version_0/metrics.csv")) if r.get("train/loss")]
+    loss = {int(r["step"]): float(r["train/loss"]) for r in rows}
+    assert np.isfinite(loss[0]) and np.isfinite(loss[1]) and loss[1] > 10 * loss[0]   # what the rule detects
+    assert not np.isfinite(loss[19])
+    assert last_line.startswith("error: training ended (global step 20) while diverging: the run diverged from "
+                                f"step 1: the loss rose to {loss[1]:.4g} at step 1 (over 10x its running average "
+                                f"{loss[0]:.4g})"), last_line
+    assert f"no checkpoint holds weights from before step 1" in last_line
+    folder = own_tmp / "ckpt"
+    assert not list(folder.glob("*.ckpt"))           # neither last.ckpt nor any other from a diverged state
+    aside = sorted(p.name for p in folder.iterdir())
+    assert "last.ckpt.diverged" in aside and all(name.endswith(".ckpt.diverged") for name in aside)
+    steps = {name: torch.load(folder / name, weights_only=True)["global_step"] for name in aside}
+    assert min(steps.values()) >= 1 and max(steps.values()) <= 3, steps   # nothing written once steps were skipped
+
+
+def test_set_aside_diverged_renames_only_this_runs_diverged_checkpoints(tmp_path):
+    from lightning_musicgen.training.checkpoint_io import checkpoint_step, set_aside_diverged
+
+    def save(name, step, mtime=None):
+        torch.save({"global_step": step, "state_dict": {"w": torch.full((2,), float(step))}}, tmp_path / name)
+        if mtime is not None:
+            os.utime(tmp_path / name, (mtime, mtime))
+    old = time.time() - 3600
+    save("epoch=0-step=9.ckpt", 9, mtime=old)   # an earlier run's, although "diverged" by step: not touched
+    save("epoch=0-step=2.ckpt", 2)
+    save("epoch=0-step=4.ckpt", 4)
+    save("epoch=0-step=5.ckpt", 5)
+    save("last.ckpt", 5)
+    os.symlink("epoch=0-step=5.ckpt", tmp_path / "best.ckpt")
+    (tmp_path / "epoch=0-step=5.ckpt.diverged").write_text("an earlier run's: kept")
+    result = set_aside_diverged(tmp_path, first_bad_step=4, written_since=old + 60)
+    assert sorted(result.moved) == ["best.ckpt (a link)", "epoch=0-step=4.ckpt.diverged",
+                                    "epoch=0-step=5.ckpt.diverged-1", "last.ckpt.diverged"]
+    assert (tmp_path / "epoch=0-step=5.ckpt.diverged").read_text() == "an earlier run's: kept"
+    assert checkpoint_step(tmp_path / "epoch=0-step=9.ckpt") == 9
+    # the newest checkpoint from before step 4 is step 2; last.ckpt is a hard link to it
+    assert result.good == str(tmp_path / "epoch=0-step=2.ckpt") and result.good_step == 2
+    assert (tmp_path / "last.ckpt").stat().st_ino == (tmp_path / "epoch=0-step=2.ckpt").stat().st_ino
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["epoch=0-step=2.ckpt", "epoch=0-step=9.ckpt",
+                                                               "last.ckpt"]
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_a_nonfinite_gradient_under_a_finite_loss_is_skipped_before_clipping(tmp_path):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from lightning_musicgen.errors import InputError, inputs_checked_by_library
 
@@ -54,12 +54,14 @@ def model_type(folder: Path) -> str:
 
 def convert_command(*, from_hf: Optional[str] = None, from_audiocraft: Optional[str] = None, out: str,
                     tokenizer: Optional[str] = None, codec: Optional[str] = None,
-                    text_encoder: Optional[str] = None) -> None:
+                    text_encoder: Optional[str] = None,
+                    text_encoder_weights: Literal["auto", "copy", "refer"] = "auto") -> None:
     """Convert transformers or audiocraft weights into our model folder.
 
     Reads MusicGen / MusicGen-melody / EnCodec weights in transformers' or audiocraft's layout and
     writes a model folder that CompressionModel.from_checkpoint or MusicGen.from_pretrained loads.
-    Give exactly one of --from-hf and --from-audiocraft.
+    Give exactly one of --from-hf and --from-audiocraft. One line names what the folder refers to
+    outside itself (nothing is printed for a self-contained one).
 
     Args:
         from_hf: a transformers save_pretrained folder, or a hub name such as facebook/musicgen-small.
@@ -68,6 +70,9 @@ def convert_command(*, from_hf: Optional[str] = None, from_audiocraft: Optional[
         tokenizer: text tokenizer folder (default: the --from-hf folder).
         codec: --from-audiocraft: the codec (our model folder or checkpoint) when PATH has none.
         text_encoder: --from-audiocraft: local folder of the T5 model the LM names (default: its name).
+        text_encoder_weights: --from-audiocraft: auto/copy: copy that T5 into the folder (audiocraft's
+            files name it without holding it); refer: keep only its name (the folder then needs it
+            at load time). --from-hf copies the source's own text encoder.
     """
     if (from_hf is None) == (from_audiocraft is None):
         raise InputError("give one of --from-hf DIR_OR_NAME or --from-audiocraft PATH"
@@ -75,8 +80,10 @@ def convert_command(*, from_hf: Optional[str] = None, from_audiocraft: Optional[
     if from_audiocraft is not None:
         from lightning_musicgen.convert.audiocraft import convert_audiocraft
         with inputs_checked_by_library():
-            written = convert_audiocraft(from_audiocraft, out, codec=codec, text_encoder=text_encoder)
+            written = convert_audiocraft(from_audiocraft, out, codec=codec, text_encoder=text_encoder,
+                                         text_encoder_weights=text_encoder_weights)
         print(f"converted {from_audiocraft} (audiocraft) -> {written}")
+        print_outside_notice(written)
         return
     folder = resolve_folder(from_hf)
     kind = model_type(folder)
@@ -84,3 +91,12 @@ def convert_command(*, from_hf: Optional[str] = None, from_audiocraft: Optional[
     converter = getattr(importlib.import_module(module_name), func_name)
     written = converter(folder, Path(out), tokenizer=tokenizer)
     print(f"converted {kind} from {folder} -> {written or out}")
+    print_outside_notice(written or out)
+
+
+def print_outside_notice(folder) -> None:
+    """Print the one line naming what a model folder refers to outside itself (nothing when self-contained)."""
+    from lightning_musicgen.model_files import outside_notice
+    notice = outside_notice(folder)
+    if notice:
+        print(notice)

@@ -305,10 +305,12 @@ def _to_audiocraft(k: str) -> str:
 
 
 def convert_audiocraft(path: str | Path, out: str | Path, codec: str | None = None,
-                       text_encoder: str | None = None) -> Path:
+                       text_encoder: str | None = None, text_encoder_weights: str = "auto") -> Path:
     """`convert --from-audiocraft PATH --out OUT`: PATH is a folder with state_dict.bin and/or
     compression_state_dict.bin (an official model repo), one of those files, or a solver
-    checkpoint.th. Writes our model folder (MusicGen when there is an LM, else the codec)."""
+    checkpoint.th. Writes our model folder (MusicGen when there is an LM, else the codec).
+    audiocraft's files hold no T5 weights, only its name: the T5 is read from `text_encoder` (a local
+    folder) or by that name, and copied into the folder unless `text_encoder_weights="refer"`."""
     from lightning_musicgen.model_files import load_codec, save_codec, save_musicgen
     path = Path(path)
     if path.is_dir():
@@ -334,6 +336,7 @@ def convert_audiocraft(path: str | Path, out: str | Path, codec: str | None = No
         lm, conditioner, cond_cfg, max_duration = lm_from_audiocraft(cfg, state, str(lm_file), text_encoder)
         codec_model.n_q = lm.n_q if lm.n_q <= codec_model.max_n_q else codec_model.n_q
         return save_musicgen(out, lm, conditioner, cond_cfg, codec_model, max_duration=max_duration,
+                             text_encoder_weights=text_encoder_weights,
                              meta={"source": str(path), "format": "audiocraft"})
     cfg, state = read_package(codec_file)
     return save_codec(codec_from_audiocraft(cfg, state, str(codec_file)), out)

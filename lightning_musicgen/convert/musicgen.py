@@ -129,5 +129,5 @@ def convert_musicgen(folder: Path, out: Path, tokenizer: str | None = None) -> P
                 "audio_channels": getattr(dec, "audio_channels", 1),
                 "max_duration": 30.0}  # the official models are trained on 30 s crops
         # the text encoder's weights come from this folder, so the model folder carries them
-        return save_musicgen(out, lm, conditioner, conditioner_config, codec, copy_text_encoder=True,
+        return save_musicgen(out, lm, conditioner, conditioner_config, codec, text_encoder_carried=True,
                              max_duration=30.0, meta=meta)

@@ -10,10 +10,14 @@
   prior around 120 BPM (one octave). Beat periods are found up to a factor of two (it may report the
   eighth-note or half-note pulse of the notated beat).
 - Key (`KeyEstimator`): the time-averaged chroma of the package's `ChromaExtractor` (without its argmax
-  bottleneck; bin 0 = C) correlated (Pearson) with the 24 rotations of the Temperley (Kostka-Payne corpus,
-  default) or Krumhansl-Kessler major/minor key profiles, each first spread over the pitch classes of a
-  note's harmonics 2..7 (amplitude 0.6**(h-1)) as an audio chroma sees them; the best rotation is the key,
-  its correlation the confidence.
+  bottleneck; bin 0 = C), tuned to the file's own reference pitch (estimated from its spectral peaks, so
+  music a fraction of a semitone off A440 is read in the right key) and log-compressed (log(1 + 100 *
+  power / max power), so loud partials do not drown the others), plus (equal weight) the same chroma
+  of the bass register (octave weighting centred on A2 = 110 Hz, one octave wide: the bass line spells
+  out the tonal centre), correlated (Pearson) with the 24 rotations of the Temperley (Kostka-Payne corpus, default) or Krumhansl-Kessler major/minor key profiles,
+  each first spread over the pitch classes of a note's harmonics 2..7 (amplitude 0.6**(h-1)) as an audio
+  chroma sees them; the best rotation is the key, its correlation the confidence. Measured on rendered
+  pieces in known keys (`data.cadences`) and on the demo corpus: benchmarks/RESULTS.md.
 
 `AutoCaptioner.analyze(list of mono 16 kHz waveforms [T])` -> one dict per file:
 `{"tags": {tag: probability} (top 10), "bpm": float, "bpm_confidence": float, "key": "D minor",
@@ -43,6 +47,7 @@ from lightning_musicgen.audio.dsp import slaney_mel_filterbank
 from lightning_musicgen.errors import AudioReadError, ConfigError
 
 SAMPLE_RATE = 16000  # the tagger's rate; tempo and key run on the same mono waveform
+LOG_COMPRESSION = 100.0  # key chroma of log(1 + gamma * power / max power)
 PITCH_NAMES = ("C", "C sharp", "D", "E flat", "E", "F", "F sharp", "G", "A flat", "A", "B flat", "B")
 MINOR_NAMES = ("C", "C sharp", "D", "E flat", "E", "F", "F sharp", "G", "G sharp", "A", "B flat", "B")
 # Key profiles (weights of the 12 pitch classes from the tonic upwards).
@@ -96,20 +101,31 @@ def harmonic_profile(profile: np.ndarray, decay: float) -> np.ndarray:
 class KeyEstimator:
     """mono [T] at `sample_rate` -> (key name, correlation with its profile)."""
 
-    def __init__(self, sample_rate: int = SAMPLE_RATE, profiles: str = "temperley", harmonic_decay: float = 0.6):
+    def __init__(self, sample_rate: int = SAMPLE_RATE, profiles: str = "temperley", harmonic_decay: float = 0.6,
+                 tuning: float | str = "estimate", log_compression: float | None = LOG_COMPRESSION,
+                 bass_weight: float = 1.0):
         if profiles not in KEY_PROFILES:
             raise ConfigError(f"key profiles {profiles!r}: not one of {sorted(KEY_PROFILES)}")
         # ~0.5 s windows: enough frequency resolution to separate semitones down to ~C2
         n_fft = 1 << int(round(math.log2(sample_rate / 2)))
-        self.extractor = ChromaExtractor(sample_rate, 12, n_fft=n_fft, hop_length=n_fft // 4, argmax=False)
+        common = dict(n_fft=n_fft, hop_length=n_fft // 4, argmax=False, tuning=tuning, log_compression=log_compression)
+        self.extractor = ChromaExtractor(sample_rate, 12, **common)
+        # the bass register (octave weights centred on A2 = 110 Hz) once more: the bass spells out the tonic
+        self.bass_extractor = ChromaExtractor(sample_rate, 12, center_octave=3.0, octave_width=1.0, **common)
+        self.bass_weight = bass_weight
         major, minor = (harmonic_profile(np.asarray(p, dtype=np.float64), harmonic_decay)
                         for p in KEY_PROFILES[profiles])
         # templates[m * 12 + tonic] = the profile rotated so that index `tonic` holds its first weight
         self.templates = np.stack([np.roll(p, t) for p in (major, minor) for t in range(12)])
 
     def chroma_profile(self, mono: Tensor) -> np.ndarray:
-        """The file's mean chroma [12] (each frame normalised to max 1 by the extractor)."""
-        return self.extractor(mono.reshape(1, -1).float())[0].mean(0).double().numpy()
+        """The file's mean chroma [12] (each frame normalised to max 1 by the extractor), plus
+        `bass_weight` times its mean bass chroma."""
+        wav = mono.reshape(1, -1).float()
+        profile = self.extractor(wav)[0].mean(0).double().numpy()
+        if self.bass_weight:
+            profile = profile + self.bass_weight * self.bass_extractor(wav)[0].mean(0).double().numpy()
+        return profile
 
     def scores(self, profile: np.ndarray) -> np.ndarray:
         """Pearson correlation of `profile` [12] with the 24 key templates (12 major, then 12 minor)."""
@@ -229,7 +245,7 @@ class AutoCaptioner:
         max_tags, tag_threshold: the sentence names up to `max_tags` tags with probability >= threshold.
     """
 
-    version = 1  # bump when the analysis changes: cached results of other versions are recomputed
+    version = 2  # bump when the analysis changes: cached results of other versions are recomputed
 
     def __init__(self, tagger_checkpoint: str | None = None, key_profiles: str = "temperley",
                  min_bpm: float = 40.0, max_bpm: float = 240.0, max_seconds: float = 180.0,

@@ -67,13 +67,14 @@ class MusicGen:
     The given modules are used as they are, never moved, cast or re-moded (see the module
     docstring); build from files with `from_checkpoint`/`from_pretrained`, which place their own
     modules on a device and in a dtype. `max_duration`/`extend_stride` (seconds) set the sliding
-    window used for durations beyond what the LM was trained on. `frame_rate`: codes per second,
+    window used for durations beyond what the LM was trained on (`extend_stride` default: 60 % of
+    the window, audiocraft's 18 s of 30 s). `frame_rate`: codes per second,
     needed only without a codec. `cpu_kernels` (CPU): decode with `CpuDecodeKernels`
     (single-query attention; with `packed_weights`, oneDNN-packed linear weights: faster, the LM's
     weight memory twice while generating)."""
 
     def __init__(self, lm: MusicGenLM, conditioner: ConditionProvider, codec=None, *, max_duration: float = 30.0,
-                 extend_stride: float = 18.0, frame_rate: float | None = None, cpu_kernels: bool = True,
+                 extend_stride: float | None = None, frame_rate: float | None = None, cpu_kernels: bool = True,
                  packed_weights: bool = True):
         weight = next(lm.parameters())
         self.device, self.dtype = weight.device, weight.dtype
@@ -94,6 +95,8 @@ class MusicGen:
                 self.interleaved_stereo = True  # transformers' stereo MusicGen: L/R codebooks interleaved
             elif lm.n_q != codec.n_q:
                 raise ConfigError(f"codec gives n_q={codec.n_q} codebooks, the LM models n_q={lm.n_q}")
+        if extend_stride is None:
+            extend_stride = 0.6 * max_duration
         if not 0 < extend_stride < max_duration:
             raise ConfigError(f"extend_stride ({extend_stride} s) must be in (0, max_duration = {max_duration} s)")
         self.max_duration, self.extend_stride = float(max_duration), float(extend_stride)
@@ -118,6 +121,7 @@ class MusicGen:
         lm, conditioner, codec, info = load_musicgen(path, device="cpu", text_encoder=text_encoder)
         if codec is None:
             raise CheckpointError(f"{path}: the checkpoint records no codec; generation needs one")
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
         kwargs.setdefault("max_duration", float(info.get("max_duration") or 30.0))
         # modules loaded here are this object's own: placed once, for inference only
         model = cls(lm.to(device, dtype).eval(), conditioner.to(device).eval(), codec.to(device).eval(), **kwargs)

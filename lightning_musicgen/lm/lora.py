@@ -34,7 +34,7 @@ from torch import nn
 from lightning_musicgen.config_dict import dataclass_from_dict
 from lightning_musicgen.errors import CheckpointError, ConfigError, InputError, inputs_checked_by_library
 from lightning_musicgen.model_files import (load_musicgen, read_adapters_file, read_checkpoint, save_adapters_file,
-                                            save_musicgen, text_encoder_copied)
+                                            save_musicgen)
 
 TARGET_GROUPS = {
     "self_attn": ("self_attn.qkv", "self_attn.out"),
@@ -222,7 +222,7 @@ def merge(out: str | Path, ckpt: str | Path | None = None, base: str | Path | No
     meta = dict(cfg.get("meta") or {}) | source
     return save_musicgen(out, lm.float(), conditioner, cfg["conditioner"], codec, meta=meta,
                          max_duration=cfg.get("max_duration", 30.0),
-                         copy_text_encoder=text_encoder_copied(ckpt if ckpt is not None else base))
+                         text_encoder_carried=cfg["text_encoder_carried"])
 
 
 def lora_command(action: Literal["extract", "merge"], /, *, out: str, ckpt: Optional[str] = None,

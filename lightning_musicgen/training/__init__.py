@@ -7,7 +7,7 @@ plugin, the W&B logger and the FSDP strategy. YAML configs name them by this pac
     periodic       PeriodicEvaluation, validation_batches: the schedule and data the two above share
     media          mel_image, chroma_image, log_media, log_scalars: logging to W&B/TensorBoard
     throughput     AudioThroughputMonitor: audio seconds/s, tokens/s, MFU, grad norm, peak memory
-    nonfinite      NonFiniteGuard: skip steps with a NaN/inf loss or gradient, abort after too many
+    nonfinite      NonFiniteGuard: skip steps with a NaN/inf loss or gradient; a diverged run exits 1
     resume         RNGStateCheckpoint, PreemptionCheckpoint: exact resume, checkpoint-and-exit on signals
     checkpoint_io  AtomicCheckpointIO: temp file + fsync + rename checkpoint writes (`trainer.plugins`)
     logger         ResumableWandbLogger (one W&B run across requeues), LogConfig (config as run config)

@@ -12,6 +12,11 @@ moves them, which is a copy when the checkpoint folder is on another filesystem)
 - loading an unreadable file (truncated, empty, not a checkpoint) ends with one line naming it and the newest
   readable checkpoint of its folder.
 Remote (fsspec) paths are serialised in memory and written in one `pipe`: an object-store PUT is atomic already.
+
+`set_aside_diverged` is what NonFiniteGuard does with a local checkpoint folder when a run diverged: the
+checkpoints this run wrote from weights of the divergence (global_step >= its first step) are renamed
+`NAME.diverged` (not deleted; no longer `*.ckpt`, so neither `--ckpt_path last` nor a glob picks them), and a
+`last.ckpt` so set aside is replaced by a hard link to the newest remaining checkpoint from before.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import shutil
 import socket
 import tempfile
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -118,6 +124,76 @@ def newest_readable_checkpoint(folder: str | os.PathLike, exclude: str | os.Path
         if is_readable_checkpoint(path):
             return str(path)
     return None
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The `global_step` stored in a checkpoint file, or None when it has none or cannot be read. Reads the
+    pickle only: the tensors are memory-mapped, not loaded."""
+    for weights_only in (True, False):  # our own files: a class in hyper_parameters needs the full unpickler
+        try:
+            checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=weights_only)
+        except Exception:
+            continue
+        step = checkpoint.get("global_step") if isinstance(checkpoint, dict) else None
+        return int(step) if isinstance(step, int) else None
+    return None
+
+
+@dataclass
+class SetAside:
+    """What `set_aside_diverged` did in one folder."""
+    moved: list[str] = field(default_factory=list)   # the new names (NAME.diverged)
+    good: str | None = None                          # newest checkpoint from before the divergence
+    good_step: int | None = None
+    relinked: str | None = None                      # last.ckpt, now a hard link to `good`
+
+
+def _unused_name(path: Path) -> Path:
+    candidate, n = path.with_name(path.name + ".diverged"), 1
+    while candidate.exists() or candidate.is_symlink():
+        candidate, n = path.with_name(f"{path.name}.diverged-{n}"), n + 1
+    return candidate
+
+
+def set_aside_diverged(folder: str | os.PathLike, first_bad_step: int, written_since: float,
+                       last_name: str = "last.ckpt") -> SetAside:
+    """Rename the `*.ckpt` of `folder` written at or after `written_since` (a time.time()) whose global_step is
+    >= `first_bad_step` to `NAME.diverged`; files written before are never touched. If `last_name` was set
+    aside, it becomes a hard link (a copy where links fail) to the newest remaining checkpoint with a
+    global_step < `first_bad_step`, if there is one."""
+    folder, result = Path(folder), SetAside()
+    if not folder.is_dir():
+        return result
+    last = folder / last_name
+    for path in sorted(folder.glob("*.ckpt")):
+        if path.is_symlink():  # save_last="link": a link into a file that is set aside goes with it
+            target = path.resolve()
+            step = checkpoint_step(target) if target.exists() else None
+            if step is not None and step >= first_bad_step and path.lstat().st_mtime >= written_since:
+                path.unlink()
+                result.moved.append(f"{path.name} (a link)")
+            continue
+        if not path.is_file() or path.stat().st_mtime < written_since:
+            continue
+        step = checkpoint_step(path)
+        if step is not None and step >= first_bad_step:
+            target = _unused_name(path)
+            os.replace(path, target)
+            result.moved.append(target.name)
+    good = [(step, path.name != last_name, path) for path in folder.glob("*.ckpt")
+            if not path.is_symlink() and (step := checkpoint_step(path)) is not None and step < first_bad_step]
+    if good:
+        result.good_step, _, best = max(good)
+        result.good = str(best)
+        if not last.exists() and not last.is_symlink() and any(m.startswith(last_name) for m in result.moved):
+            tmp = folder / f"{_temp_prefix(str(last))}{os.getpid()}.link.tmp"
+            try:
+                os.link(best, tmp)
+            except OSError:
+                shutil.copy2(best, tmp)
+            os.replace(tmp, last)
+            result.relinked = str(last)
+    return result
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -108,7 +108,8 @@ class PreemptionCheckpoint(Callback):
     steps (an all-reduce and a host sync): that many steps plus a checkpoint write must fit in the warning
     time. A signal always ends the process: a second one exits at once, and if no training or validation batch
     finishes within `stall_timeout` seconds of the first (a stuck data loader or collective) the process
-    exits without a checkpoint (the previous one is intact: writes are atomic).
+    exits without a checkpoint (the previous one is intact: writes are atomic). While a NonFiniteGuard holds
+    checkpoints back (a stretch of non-finite steps) the signal ends the run without writing one.
 
     It also prints the global step training starts from, so logs show where a job resumed.
     """
@@ -198,12 +199,17 @@ class PreemptionCheckpoint(Callback):
             return
         signum = self._received or self.signum
         path = self.last_checkpoint_path(trainer)
-        self._saving = True
-        try:
-            trainer.save_checkpoint(path)
-        finally:
-            self._saving = False
-        rank_zero_info(f"[lightning_musicgen] signal {signum.name}: saved {path} at global_step={trainer.global_step}")
+        guard = next((cb for cb in trainer.callbacks if getattr(cb, "holding_checkpoints", False)), None)
+        if guard is not None:  # NonFiniteGuard: the weights since guard.stretch.start produced non-finite losses
+            rank_zero_info(f"[lightning_musicgen] signal {signum.name}: no checkpoint written, the steps since "
+                           f"{guard.stretch.start} are non-finite or exploding (the checkpoints from before are kept)")
+        else:
+            self._saving = True
+            try:
+                trainer.save_checkpoint(path)
+            finally:
+                self._saving = False
+            rank_zero_info(f"[lightning_musicgen] signal {signum.name}: saved {path} at global_step={trainer.global_step}")
         trainer.strategy.barrier("preemption_checkpoint")
         job = slurm_job_id()
         if signum == self.signum and self.requeue and job and trainer.is_global_zero:
