@@ -19,6 +19,7 @@ import torch
 from conftest import ROOT, run_cli, run_cli_batch
 from lightning_musicgen.errors import (AudioReadError, CheckpointError, CheckpointNotFoundError, ConfigError,
                                        InputError, UserError)
+from lightning_musicgen.model_files.codec import save_codec
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def fit_config(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cfg")
     codec = CompressionModel(CodecConfig(sample_rate=8000, dimension=8, n_filters=4, ratios=(4, 4), lstm_layers=0,
                                          n_q=2, card=16, kmeans_init=False))
-    codec.save(folder / "codec.pt")
+    save_codec(codec, folder / "codec.pt")
     torch.save({"weights": torch.zeros(3)}, folder / "not_a_codec.pt")
 
     def write(name, card="null"):

@@ -15,6 +15,7 @@ from lightning_musicgen.audio.io import load_audio
 from lightning_musicgen.data import TokenDataModule, read_index
 from lightning_musicgen.data.prepare import prepare
 from lightning_musicgen.data.tokenize import encode_long, tokenize_shards
+from lightning_musicgen.model_files.codec import save_codec
 
 
 class StandInCodec(nn.Module):
@@ -111,7 +112,7 @@ def test_tokenize_cli_with_a_real_compression_model(audio_shards, tmp_path):
     from lightning_musicgen.codec import CompressionModel
     codec = CompressionModel(sample_rate=16000, n_filters=4, dimension=8, ratios=(8, 4), n_q=2, card=32,
                              lstm_layers=0, kmeans_init=False).eval()
-    ckpt = codec.save(tmp_path / "codec.pt")
+    ckpt = save_codec(codec, tmp_path / "codec.pt")
     out = run_cli("tokenize", "--codec", ckpt, "--input", audio_shards, "--output", tmp_path / "tok",
                   "--chunk-seconds", "1.5", "--no-progress")
     assert out.returncode == 0, out.stderr[-2000:]

@@ -112,7 +112,8 @@ def test_user_errors_are_typed_where_they_are_raised(tmp_path):
     import pytest
     from lightning_musicgen.data.shards import expand_shards, read_index
     from lightning_musicgen.errors import CheckpointError, CheckpointNotFoundError, ConfigError, MissingFileError
-    from lightning_musicgen.lm.lora import LoRASettings, read_adapters
+    from lightning_musicgen.lm.lora import LoRASettings
+    from lightning_musicgen.model_files.adapters import read_adapters
     from lightning_musicgen.lm.model import LMConfig
     from lightning_musicgen.lm.patterns import get_pattern
     from lightning_musicgen.optim import WarmupCosineLR

@@ -1,19 +1,16 @@
 """CompressionModel: SEANet encoder + RVQ + SEANet decoder (EnCodec), configured by `CodecConfig`.
 
-Files: `save(dir)` writes a codec model folder and `from_checkpoint(path)` reads every codec file
-(both through `lightning_musicgen.model_files`, see docs/model_files.md). `to_checkpoint_dict` /
-`from_checkpoint_dict` are the in-memory form {"format": "lightning_musicgen.codec", "version": 1,
-"config": CodecConfig.to_dict(), "n_q": K, "state_dict": ...}.
+An nn.Module only: reading and writing codec files is `lightning_musicgen.model_files.codec`
+(`save_codec(model, dir)`, `load_codec(path)`; see docs/model_files.md), which depends on this module.
 
 Vocabulary (MusicGen's): `n_q` codebooks of `card` codes each. `config.n_q` is how many the model has
 (`max_n_q`); `n_q` is how many `encode` uses (settable, for variable bandwidth). Files written before
-the rename (keys "num_codebooks", "bins") are translated by the loader in `model_files`, not here.
+the rename (keys "num_codebooks", "bins") are translated by the loader in `model_files.codec`, not here.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -182,28 +179,3 @@ class CompressionModel(nn.Module):
         q = self.quantizer(z, n_q)
         y = self.decoder(q.quantized.to(z.dtype))
         return y[..., : wav.shape[-1]], q
-
-    # -- checkpoints -----------------------------------------------------------------------------
-    def to_checkpoint_dict(self) -> dict[str, Any]:
-        """The converted/exported checkpoint format (a plain dict of tensors and builtins)."""
-        from lightning_musicgen.model_files import LEGACY_CODEC
-        return {"format": LEGACY_CODEC, "version": 1, "config": self.config.to_dict(),
-                "n_q": self.n_q,
-                "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
-
-    @classmethod
-    def from_checkpoint_dict(cls, d: dict[str, Any], source: str = "checkpoint") -> "CompressionModel":
-        from lightning_musicgen.model_files import codec_from_legacy
-        return codec_from_legacy(d, source)
-
-    def save(self, path: str | Path) -> Path:
-        """Write a codec model folder at `path` (config.json + model.safetensors; see model_files)."""
-        from lightning_musicgen.model_files import save_codec
-        return save_codec(self, path)
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, use_ema: bool = True) -> "CompressionModel":
-        """Load a codec model folder, a MusicGen model folder's codec, a CodecModule Lightning
-        checkpoint (EMA weights if any), or a converted file of earlier versions."""
-        from lightning_musicgen.model_files import load_codec
-        return load_codec(path, use_ema=use_ema)

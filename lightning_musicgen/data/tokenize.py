@@ -143,11 +143,11 @@ def tokenize_command(*, codec: str, input: str, output: str, device: str = "auto
         context_seconds: audio context (seconds) encoded and discarded around each chunk.
         no_progress: no progress bar.
     """
-    from lightning_musicgen.codec import CompressionModel
+    from lightning_musicgen.model_files.codec import load_codec
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     with inputs_checked_by_library():
-        model = CompressionModel.from_checkpoint(codec).eval().to(device)
+        model = load_codec(codec).eval().to(device)
         if n_q is not None:
             model.n_q = n_q
         index = tokenize_shards(model, input, output, chunk_seconds, context_seconds, progress=not no_progress,
