@@ -70,7 +70,7 @@ def harmonic_audio(sample_rate: int, seconds: float, batch: int = 2, seed: int =
 
 def soundfont_audio(seconds: float = 1.0) -> torch.Tensor:
     """Piano + violin arpeggio rendered like the demo dataset (tinysoundfont, General MIDI) -> [1, 1, T]."""
-    from lightning_musicgen.data.demo import default_soundfont, synthesize
+    from lightning_musicgen.data.demo_render import default_soundfont, synthesize
     events = []
     for i, midi in enumerate([60, 64, 67, 72, 76, 79]):
         on = i * seconds / 7
