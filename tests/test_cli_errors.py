@@ -67,9 +67,6 @@ def test_error_hierarchy_keeps_old_catch_sites_working():
     assert issubclass(CheckpointNotFoundError, FileNotFoundError) and issubclass(CheckpointNotFoundError, UserError)
     assert issubclass(AudioReadError, RuntimeError) and issubclass(AudioReadError, UserError)
     assert str(CheckpointNotFoundError("x.ckpt: missing")) == "x.ckpt: missing"
-    from lightning_musicgen.data.prepare import InputError as PrepareInputError
-    from lightning_musicgen.generate import InputError as GenerateInputError
-    assert PrepareInputError is InputError and GenerateInputError is InputError
 
 
 def test_13_init_checks_and_yaml_errors_are_one_line(fit_config, capsys):
