@@ -10,7 +10,7 @@ Modules (this package depends on the models, never the reverse; nothing is re-ex
     adapters      LoRA adapters files and the `lora` verb (extract, merge)
 
 
-Model folder (written by `export`, `convert`, `CompressionModel.save`; loads with no pickled code):
+Model folder (written by `export`, `convert`, `model_files.codec.save_codec`; loads with no pickled code):
 
     MusicGen                                       codec
     DIR/config.json       typed + versioned        DIR/config.json   {"format", "version", "kind": "codec",
