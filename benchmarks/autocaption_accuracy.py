@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from lightning_musicgen.data import autocaption as ac
-from lightning_musicgen.data import cadences, demo
+from lightning_musicgen.data import cadences, demo_corpus, demo_render
 
 
 def key_match(estimate: str, truth: str) -> tuple[bool, bool]:
@@ -75,11 +75,11 @@ def known_keys(args, key: ac.KeyEstimator, tempo: ac.TempoEstimator) -> None:
 
 def corpus(args, key: ac.KeyEstimator, tempo: ac.TempoEstimator) -> None:
     out = Path(args.out)
-    common = {"out_dir": str(out), "soundfont": demo.default_soundfont(), "sample_rate": 32000, "channels": 1,
+    common = {"out_dir": str(out), "soundfont": demo_render.default_soundfont(), "sample_rate": 32000, "channels": 1,
               "max_seconds": args.seconds}
     pieces = []
-    for spec in demo.plan_pieces(args.seed):
-        meta = demo.render_piece({**spec, **common})
+    for spec in demo_corpus.plan_pieces(args.seed):
+        meta = demo_render.render_piece({**spec, **common})
         if "error" not in meta and meta["duration"] >= 5.0 and meta.get("key"):
             pieces.append(meta)
         if len(pieces) == args.pieces:

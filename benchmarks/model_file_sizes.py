@@ -23,7 +23,8 @@ from safetensors import safe_open
 
 from lightning_musicgen.codec.model import CodecConfig, CompressionModel
 from lightning_musicgen.lm.module import MusicGenModule
-from lightning_musicgen.model_files import export_model_folder
+from lightning_musicgen.model_files.codec import save_codec
+from lightning_musicgen.model_files.export import export_model_folder
 
 CROP_FRAMES, BATCH = 500, 8
 
@@ -35,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     init = yaml.safe_load(Path("configs/demo/musicgen.yaml").read_text())["model"]["init_args"]
     codec_cfg = yaml.safe_load(Path("configs/demo/codec.yaml").read_text())["model"]["init_args"]["codec"]
-    CompressionModel(CodecConfig.from_dict(codec_cfg)).save(args.out / "codec-model")
+    save_codec(CompressionModel(CodecConfig.from_dict(codec_cfg)), args.out / "codec-model")
     init["codec_checkpoint"] = str(args.out / "codec-model")
     torch.manual_seed(0)
     module = MusicGenModule(**init)

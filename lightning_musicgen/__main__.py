@@ -40,7 +40,7 @@ TOOL_VERBS = {
                 "transformers / audiocraft weights -> our model folder"),
     "export": ("lightning_musicgen.convert.export:export_command",
                "checkpoint -> model folder, transformers or audiocraft files"),
-    "lora": ("lightning_musicgen.lm.lora:lora_command",
+    "lora": ("lightning_musicgen.model_files.adapters:lora_command",
              "LoRA adapters: extract them, or merge them into the base model"),
     "submit": ("lightning_musicgen.slurm.submit:submit_command",
                "render and submit a SLURM (sbatch) training job"),

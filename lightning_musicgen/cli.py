@@ -155,7 +155,6 @@ class MusicGenCLI(LightningCLI):
 
 # ---- one-line errors of the training verbs --------------------------------------------------------
 
-RENAMED_OPTIONS = {"bins": "card"}  # config keys of earlier versions -> their names now
 BOILERPLATE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
                "- Expected a <class 'NoneType'>", "- Problem with given class_path", "Parser key")
 
@@ -184,8 +183,6 @@ def _nested_error(lines: list[str]) -> tuple[str, str | None, str] | None:
     if unknown:
         chain.append(unknown.group(1))
         reason = f"unknown option (not a field of {owner})" if owner else "unknown option"
-        if unknown.group(1) in RENAMED_OPTIONS:
-            reason += f"; it is now called {RENAMED_OPTIONS[unknown.group(1)]}"
     typed = re.match(r"Expected a <class '([^']+)'>\. Got value: (.*)", reason)
     if typed:
         value, reason = typed.group(2), f"expected {typed.group(1)}"

@@ -118,7 +118,7 @@ def estimate(lm_config: dict, *, micro_batch: int, frames: int, precision: str =
     (CUDA AdamW), "foreach" or "single" (CPU default). device: "cuda" or "cpu" (dropout masks differ).
     audio_samples: waveform samples per crop when the codec encodes audio batches on the fly (0: token
     batches); the encoder's activations then peak before the LM runs."""
-    from lightning_musicgen.lm.lora import TARGET_GROUPS, LoRASettings
+    from lightning_musicgen.lm.lora import LoRASettings, TARGET_GROUPS
     lm_config = as_dict(lm_config)
     s = lm_shapes(lm_config)
     D, H, n, F, K, C = s["D"], s["H"], s["n"], s["F"], s["K"], s["C"]

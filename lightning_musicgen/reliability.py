@@ -5,11 +5,6 @@ cannot be written or read, too many non-finite steps in a row). It is a `SystemE
 `SIGTERMException`: Lightning still runs its interrupt handling (loggers finalized as failed, data loader
 workers stopped, callbacks' `on_exception`), and the interpreter prints only the message. `SignalExit` ends a
 run after a signal (status 128 + signal number, as a shell reports a process killed by it).
-
-`reliability_callbacks(trainer)` lists the callbacks every run of this package's LightningModules gets when
-the trainer config does not list them itself (their `configure_callbacks` returns it): non-finite step
-guard, checkpoint-and-exit on SIGTERM/SIGUSR1, RNG states in checkpoints, skipped-sample reporting. A config
-that lists one of them (to change its options) keeps its own instance.
 """
 from __future__ import annotations
 
@@ -31,11 +26,3 @@ class SignalExit(SystemExit):
         self.signum = signal.Signals(signum)
         super().__init__(128 + int(signum))
 
-
-def reliability_callbacks(trainer) -> list:
-    """The reliability callbacks missing from `trainer.callbacks` (fit only; empty otherwise)."""
-    from lightning_musicgen.training import (NonFiniteGuard, PreemptionCheckpoint, RNGStateCheckpoint,
-                                             SkippedSamplesLogger)
-    present = list(getattr(trainer, "callbacks", []) or [])
-    wanted = [NonFiniteGuard, PreemptionCheckpoint, RNGStateCheckpoint, SkippedSamplesLogger]
-    return [cls() for cls in wanted if not any(isinstance(cb, cls) for cb in present)]

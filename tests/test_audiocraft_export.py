@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from audiocraft_ref import import_audiocraft
-from lightning_musicgen.codec.model import CompressionModel
-from lightning_musicgen.model_files import load_musicgen, save_musicgen
+from lightning_musicgen.model_files.codec import load_codec, save_codec
+from lightning_musicgen.model_files.read import load_musicgen
+from lightning_musicgen.model_files.write import save_musicgen
 from test_model_files import (CARD, K, OFFLINE, offline_logits, reference_logits, tiny_codec, tiny_musicgen,  # noqa: F401
                               tokenizer_files)
 
@@ -90,7 +91,7 @@ def test_audiocraft_solver_checkpoint_of_the_codec(tmp_path):
               "fsdp_best_state": None, "epoch": 3}
     torch.save(solver, tmp_path / "checkpoint.th")
     from lightning_musicgen.convert.audiocraft import convert_audiocraft
-    back = CompressionModel.from_checkpoint(convert_audiocraft(tmp_path / "checkpoint.th", tmp_path / "codec"))
+    back = load_codec(convert_audiocraft(tmp_path / "checkpoint.th", tmp_path / "codec"))
     sa, sb = codec.state_dict(), back.state_dict()
     assert sorted(sa) == sorted(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
 
@@ -120,7 +121,7 @@ def test_audiocraft_lm_solver_checkpoint_and_official_repo_layout(tmp_path, toke
     torch.save(pkg, repo / "state_dict.bin")
     torch.save({"pretrained": "facebook/encodec_32khz", "exported": True, "version": "1.3.0"},
                repo / "compression_state_dict.bin")
-    codec.save(tmp_path / "codec")
+    save_codec(codec, tmp_path / "codec")
     text_dir = tmp_path / "t5"
     cond.text.encoder.save_pretrained(text_dir)
     cond.text.tokenizer.save_pretrained(text_dir)

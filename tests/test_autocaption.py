@@ -116,13 +116,13 @@ def test_caption_sentence_and_batched_tagging():
 @pytest.fixture(scope="module")
 def demo_pieces(tmp_path_factory):
     """The first 12 pieces of the demo dataset (seed 0), 20 s each, with their real key and tempo."""
-    from lightning_musicgen.data import demo
+    from lightning_musicgen.data import demo_corpus, demo_render
     out = tmp_path_factory.mktemp("demo")
-    common = {"out_dir": str(out), "soundfont": demo.default_soundfont(), "sample_rate": 32000, "channels": 1,
+    common = {"out_dir": str(out), "soundfont": demo_render.default_soundfont(), "sample_rate": 32000, "channels": 1,
               "max_seconds": 20.0}
     pieces = []
-    for spec in demo.plan_pieces(0):
-        meta = demo.render_piece({**spec, **common})
+    for spec in demo_corpus.plan_pieces(0):
+        meta = demo_render.render_piece({**spec, **common})
         if "error" not in meta and meta["duration"] >= 10 and meta.get("key"):
             pieces.append(meta)
         if len(pieces) == 12:

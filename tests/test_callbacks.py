@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from lightning_musicgen.training import CodecReconstruction, EvaluateGeneration
 from lightning_musicgen.codec.losses import si_snr
 from test_metrics import build_tiny_clap
+from lightning_musicgen.model_files.codec import save_codec
 
 SR = 16000
 
@@ -238,7 +239,7 @@ def test_evaluate_generation_with_the_real_musicgen_module(tmp_path):
     torch.manual_seed(0)
     codec = CompressionModel(CodecConfig(sample_rate=SR, n_filters=4, ratios=(8, 8, 4), dimension=16, lstm_layers=0,
                                          n_q=2, card=16, kmeans_init=False))
-    codec.save(tmp_path / "codec.pt")
+    save_codec(codec, tmp_path / "codec.pt")
     module = MusicGenModule(lm=dict(n_q=2, card=16, dim=32, num_heads=2, num_layers=1, pattern="delay"),
                             conditioner={"text": {"name": "minilm"}, "fuse": "cross"},
                             codec_checkpoint=str(tmp_path / "codec.pt"), ema_decay=0.5, total_steps=4, warmup_steps=1)

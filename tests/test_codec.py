@@ -12,6 +12,8 @@ from lightning_musicgen.codec.discriminators import build_discriminator
 from lightning_musicgen.codec.losses import Balancer, MelDistance, MultiScaleMelLoss, si_snr
 from lightning_musicgen.codec.quantization import ResidualVectorQuantizer
 from lightning_musicgen.convert.encodec import encodec_from_transformers
+from lightning_musicgen.model_files.codec import codec_from_legacy, load_codec, save_codec
+from lightning_musicgen.model_files.files import LEGACY_CODEC
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,6 +25,12 @@ HF_32KHZ = dict(sampling_rate=32000, audio_channels=1, num_filters=64, upsamplin
                 pad_mode="reflect", compress=2, residual_kernel_size=3, dilation_growth_rate=2,
                 kernel_size=7, last_kernel_size=7)
 
+
+
+def legacy_codec_dict(model: CompressionModel) -> dict:
+    """The single-file codec format of earlier versions, as they wrote it."""
+    return {"format": LEGACY_CODEC, "version": 1, "config": model.config.to_dict(), "n_q": model.n_q,
+            "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
 
 def random_hf_encodec(seed: int = 0, **overrides) -> EncodecModel:
     """A randomly initialised EncodecModel. transformers zeroes the codebooks: we fill each one with
@@ -62,7 +70,7 @@ def harmonic_audio(sample_rate: int, seconds: float, batch: int = 2, seed: int =
 
 def soundfont_audio(seconds: float = 1.0) -> torch.Tensor:
     """Piano + violin arpeggio rendered like the demo dataset (tinysoundfont, General MIDI) -> [1, 1, T]."""
-    from lightning_musicgen.data.demo import default_soundfont, synthesize
+    from lightning_musicgen.data.demo_render import default_soundfont, synthesize
     events = []
     for i, midi in enumerate([60, 64, 67, 72, 76, 79]):
         on = i * seconds / 7
@@ -147,11 +155,11 @@ def test_convert_cli_and_checkpoint_roundtrip(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     config = json.loads((out / "config.json").read_text())  # a model folder: JSON + safetensors, no pickle
     assert config["kind"] == "codec" and config["codec"]["card"] == 256 and (out / "model.safetensors").is_file()
-    model = CompressionModel.from_checkpoint(out).eval()
+    model = load_codec(out).eval()
     wav = harmonic_audio(32000, 0.5, batch=1)
     with torch.no_grad():
         assert torch.equal(model.encode(wav), hf_codes(hf, wav))
-        again = CompressionModel.from_checkpoint_dict(model.to_checkpoint_dict())
+        again = codec_from_legacy(legacy_codec_dict(model))
         assert torch.equal(again.decode(model.encode(wav)), model.decode(model.encode(wav)))
 
 
@@ -202,10 +210,10 @@ def test_bad_inputs_have_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="n_q"):
         model.n_q = 5
     with pytest.raises(FileNotFoundError, match="missing.pt"):
-        CompressionModel.from_checkpoint(tmp_path / "missing.pt")
+        load_codec(tmp_path / "missing.pt")
     torch.save({"something": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="other.pt"):
-        CompressionModel.from_checkpoint(tmp_path / "other.pt")
+        load_codec(tmp_path / "other.pt")
     with pytest.raises(ValueError, match="unknown key"):
         CodecConfig.from_dict({"sample_rate": 8000, "ratioz": [2]})
 
@@ -394,39 +402,33 @@ def test_codec_module_rejects_bad_config():
         module.setup("fit")
 
 
-def test_audiocraft_names_are_deprecated_aliases_and_old_files_load(tmp_path):
-    """`num_codebooks`/`total_codebooks`/`cardinality` and the `bins` key still work (with a warning),
-    and files written under the old keys load with the same n_q and card."""
-    import pickle
-    with pytest.warns(DeprecationWarning, match="'bins' is deprecated"):
-        model = CompressionModel(sample_rate=8000, n_filters=4, ratios=(2, 2), dimension=8, n_q=3, bins=16,
-                                 lstm_layers=0)
-    assert (model.card, model.max_n_q, model.n_q) == (16, 3, 3)
-    with pytest.warns(DeprecationWarning, match="use n_q"):
-        model.num_codebooks = 2
-    assert model.n_q == 2
-    with pytest.warns(DeprecationWarning):
-        assert (model.num_codebooks, model.total_codebooks, model.cardinality) == (2, 3, 16)
-    with pytest.raises(ValueError, match="both card=16 and its old name bins=8"):
-        CodecConfig.from_dict({"card": 16, "bins": 8})
+def test_codec_files_written_before_the_rename_load_and_the_api_has_one_name(tmp_path):
+    """The loader reads the keys of earlier files (`num_codebooks`, config `bins`) as n_q and card; the API
+    itself takes and has only `card` / `n_q`."""
+    model = CompressionModel(sample_rate=8000, n_filters=4, ratios=(2, 2), dimension=8, n_q=3, card=16,
+                             lstm_layers=0)
+    model.n_q = 2
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['bins'\]"):
+        CompressionModel(sample_rate=8000, n_filters=4, ratios=(2, 2), dimension=8, bins=16)
 
     # a codec folder and a single-file checkpoint as written before the rename
-    model.save(tmp_path / "folder")
+    save_codec(model, tmp_path / "folder")
     cfg = json.loads((tmp_path / "folder" / "config.json").read_text())
     assert cfg["n_q"] == 2 and cfg["codec"]["card"] == 16
     cfg["num_codebooks"] = cfg.pop("n_q")
     cfg["codec"]["bins"] = cfg["codec"].pop("card")
     (tmp_path / "folder" / "config.json").write_text(json.dumps(cfg))
-    old = model.to_checkpoint_dict()
+    old = legacy_codec_dict(model)
     old["num_codebooks"] = old.pop("n_q")
     old["config"]["bins"] = old["config"].pop("card")
     torch.save(old, tmp_path / "old.pt")
     for path in (tmp_path / "folder", tmp_path / "old.pt"):
-        back = CompressionModel.from_checkpoint(path)
+        back = load_codec(path)
         assert (back.n_q, back.card) == (2, 16), path
         assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))
 
-    # a CodecConfig pickled (e.g. in a checkpoint's hyper-parameters) with the old field name
-    old_pickle = pickle.dumps(model.config).replace(b"card", b"bins")
-    config = pickle.loads(old_pickle)
-    assert config.card == 16 and "bins" not in config.__dict__
+    old = legacy_codec_dict(model)
+    old["n_q"], old["num_codebooks"] = 3, 2  # both names, disagreeing: one line names them
+    torch.save(old, tmp_path / "both.pt")
+    with pytest.raises(ValueError, match="both n_q=3 and its old name num_codebooks=2"):
+        load_codec(tmp_path / "both.pt")

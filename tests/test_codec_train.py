@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import ROOT  # noqa: E402
+from lightning_musicgen.model_files.codec import load_codec
 
 SR = 8000
 
@@ -65,7 +66,6 @@ def test_short_fit_lowers_mel_distance_and_checkpoint_loads(tmp_path):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import WandbLogger
-    from lightning_musicgen.codec import CompressionModel
 
     torch.manual_seed(0)
     train = DataLoader(DictBatches(harmonic_clips(48, 0.5, seed=1)), batch_size=8, shuffle=True)
@@ -111,15 +111,15 @@ def test_short_fit_lowers_mel_distance_and_checkpoint_loads(tmp_path):
     gen_keys = set(module.generator.state_dict())
     assert {k[len("generator_ema.module."):] for k in saved["state_dict"] if k.startswith("generator_ema.module.")} \
         == gen_keys and sum("ema" in k for k in saved["state_dict"]) == len(gen_keys) + 1  # + generator_ema.step
-    raw = CompressionModel.from_checkpoint(ckpt, use_ema=False).eval()
-    ema = CompressionModel.from_checkpoint(ckpt).eval()
+    raw = load_codec(ckpt, use_ema=False).eval()
+    ema = load_codec(ckpt).eval()
     with torch.no_grad():
         assert torch.equal(raw.decode(raw.encode(held_out)), module.generator.eval().decode(
             module.generator.encode(held_out)))
         assert torch.equal(ema.encode(held_out), module.generator_ema.module.eval().encode(held_out))
     assert (raw.sample_rate, raw.frame_rate, raw.n_q, raw.card) == (SR, SR / 32, 4, 64)
     exported = module.export(tmp_path / "codec")
-    assert torch.equal(CompressionModel.from_checkpoint(exported).encode(held_out), ema.encode(held_out))
+    assert torch.equal(load_codec(exported).encode(held_out), ema.encode(held_out))
 
 
 def test_bf16_training_step_with_multi_period_discriminator():

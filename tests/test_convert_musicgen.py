@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from lightning_musicgen.lm.checkpoint import load_musicgen
+from lightning_musicgen.model_files.read import load_musicgen
 from lightning_musicgen.lm.conditioners import packaged_minilm_path
 
 transformers = pytest.importorskip("transformers")

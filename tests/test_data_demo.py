@@ -9,18 +9,18 @@ import torch
 
 from conftest import run_cli
 from lightning_musicgen.audio.loudness import integrated_loudness
-from lightning_musicgen.data import demo, read_index
+from lightning_musicgen.data import demo, demo_corpus, demo_render, read_index
 
 
 def spec(tmp_path, path, number=None, collection="bach", seed=1, channels=1):
     return {"id": path.replace("/", "_") + (f"_{number}" if number else ""), "collection": collection,
             "path": path, "number": number, "seed": seed, "out_dir": str(tmp_path), "channels": channels,
-            "soundfont": demo.default_soundfont(), "sample_rate": 32000, "max_seconds": 90.0}
+            "soundfont": demo_render.default_soundfont(), "sample_rate": 32000, "max_seconds": 90.0}
 
 
 def test_bach_chorale_caption_tempo_and_gain(tmp_path):
     from music21 import corpus
-    meta = demo.render_piece(spec(tmp_path, "bach/bwv66.6.mxl"))
+    meta = demo_render.render_piece(spec(tmp_path, "bach/bwv66.6.mxl"))
     assert "error" not in meta, meta
     text = meta["description"]
     verb = "singing" if meta["ensemble"] == "a choir" else "playing"
@@ -45,28 +45,28 @@ def test_bach_chorale_caption_tempo_and_gain(tmp_path):
 
 def test_folk_tune_caption_uses_title_and_tune_type(tmp_path):
     from music21 import corpus
-    meta = demo.render_piece(spec(tmp_path, "ryansMammoth/SoldiersJoy.abc", collection="ryansMammoth", seed=3))
+    meta = demo_render.render_piece(spec(tmp_path, "ryansMammoth/SoldiersJoy.abc", collection="ryansMammoth", seed=3))
     assert "error" not in meta, meta
     score = corpus.parse("ryansMammoth/SoldiersJoy.abc")
-    assert meta["title"] == "Soldiers' Joy" == demo.clean_title(score.metadata.title)
+    assert meta["title"] == "Soldiers' Joy" == demo_corpus.clean_title(score.metadata.title)
     assert meta["description"].endswith(
         f'playing a traditional fiddle tune, "Soldiers\' Joy", in D major, 2/4, {meta["bpm"]} BPM')
     assert meta["artist"] == "Traditional" and meta["instrument"]
-    essen = demo.render_piece(spec(tmp_path, "essenFolksong/altdeu10.abc", 5, "essenFolksong", seed=2))
+    essen = demo_render.render_piece(spec(tmp_path, "essenFolksong/altdeu10.abc", 5, "essenFolksong", seed=2))
     assert "playing a German folk song in G major, 4/2," in essen["description"]
     assert essen["title"] == "Der Graf von Rom oder der Graf im Pfluge"
-    stereo = demo.render_piece(spec(tmp_path / "st", "essenFolksong/altdeu10.abc", 5, "essenFolksong", seed=2,
+    stereo = demo_render.render_piece(spec(tmp_path / "st", "essenFolksong/altdeu10.abc", 5, "essenFolksong", seed=2,
                                     channels=2))
     wav, sr = sf.read(tmp_path / "st" / f"{stereo['id']}.flac")
     assert wav.shape[1] == 2 and stereo["description"] == essen["description"]
 
 
 def test_catalogue_and_plan_are_deterministic():
-    cat = demo.catalogue()
+    cat = demo_corpus.catalogue()
     assert len(cat["bach"]) > 300 and len(cat["essenFolksong"]) > 1000 and len(cat["oneills1850"]) > 1000
-    first = list(itertools.islice(demo.plan_pieces(5), 30))
-    assert first == list(itertools.islice(demo.plan_pieces(5), 30))
-    assert first != list(itertools.islice(demo.plan_pieces(6), 30))
+    first = list(itertools.islice(demo_corpus.plan_pieces(5), 30))
+    assert first == list(itertools.islice(demo_corpus.plan_pieces(5), 30))
+    assert first != list(itertools.islice(demo_corpus.plan_pieces(6), 30))
     assert len({p["id"] for p in first}) == 30 and len({p["collection"] for p in first}) >= 4
 
 

@@ -15,6 +15,7 @@ from lightning_musicgen.audio.io import load_audio
 from lightning_musicgen.data import TokenDataModule, read_index
 from lightning_musicgen.data.prepare import prepare
 from lightning_musicgen.data.tokenize import encode_long, tokenize_shards
+from lightning_musicgen.model_files.codec import save_codec
 
 
 class StandInCodec(nn.Module):
@@ -111,7 +112,7 @@ def test_tokenize_cli_with_a_real_compression_model(audio_shards, tmp_path):
     from lightning_musicgen.codec import CompressionModel
     codec = CompressionModel(sample_rate=16000, n_filters=4, dimension=8, ratios=(8, 4), n_q=2, card=32,
                              lstm_layers=0, kmeans_init=False).eval()
-    ckpt = codec.save(tmp_path / "codec.pt")
+    ckpt = save_codec(codec, tmp_path / "codec.pt")
     out = run_cli("tokenize", "--codec", ckpt, "--input", audio_shards, "--output", tmp_path / "tok",
                   "--chunk-seconds", "1.5", "--no-progress")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -127,3 +128,22 @@ def test_tokenize_cli_with_a_real_compression_model(audio_shards, tmp_path):
     assert codes.shape == whole.shape and (codes == whole).mean() > 0.99
     bad = run_cli("tokenize", "--codec", tmp_path / "missing.pt", "--input", audio_shards, "--output", tmp_path / "x")
     assert bad.returncode == 2 and bad.stderr.strip() == f"error: {tmp_path / 'missing.pt'}: codec checkpoint not found"
+
+
+def test_token_shards_written_before_the_rename_read_with_the_current_names():
+    """A token sample's metadata with audiocraft's keys (`cardinality`, `num_codebooks`) reaches the batch as
+    `card` / `n_q`; disagreeing old and new keys make the sample unreadable (skipped), not a crash."""
+    from lightning_musicgen.data.pipeline import CodeCrops, CorruptSample
+    buf = io.BytesIO()
+    np.save(buf, np.arange(2 * 50, dtype=np.int16).reshape(2, 50))
+    crops = CodeCrops(segment_duration=None)
+    old = {"frame_rate": 50.0, "cardinality": 64, "num_codebooks": 2, "description": "old shard"}
+    sample = {"__key__": "a", "json": json.dumps(old).encode(), "codes.npy": buf.getvalue()}
+    item = crops.load(sample, crops.plan(sample, None))
+    assert (item["meta"]["card"], item["meta"]["n_q"]) == (64, 2)
+    assert "cardinality" not in item["meta"] and "num_codebooks" not in item["meta"]
+    assert item["x"].shape == (2, 50)
+    both = dict(old, card=32)
+    sample["json"] = json.dumps(both).encode()
+    with pytest.raises(CorruptSample, match="both card=32 and its old name cardinality=64"):
+        crops.load(sample, crops.plan(sample, None))

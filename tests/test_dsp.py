@@ -138,11 +138,11 @@ def test_loudness_equals_pyloudnorm_on_tones_and_noise(sr):
 
 
 def test_loudness_equals_pyloudnorm_on_rendered_music(tmp_path):
-    from lightning_musicgen.data import demo
+    from lightning_musicgen.data import demo_render
     spec = {"id": "chorale", "collection": "bach", "path": "bach/bwv66.6.mxl", "number": None, "seed": 3,
-            "out_dir": str(tmp_path), "channels": 2, "soundfont": demo.default_soundfont(),
+            "out_dir": str(tmp_path), "channels": 2, "soundfont": demo_render.default_soundfont(),
             "sample_rate": 32000, "max_seconds": 20.0}
-    meta = demo.render_piece(spec)
+    meta = demo_render.render_piece(spec)
     assert "error" not in meta, meta
     from lightning_musicgen.audio import read_audio
     wav, sr = read_audio(tmp_path / "chorale.flac")

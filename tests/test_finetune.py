@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from lightning_musicgen.model_files import load_musicgen
+from lightning_musicgen.model_files.read import load_musicgen
 from lightning_musicgen.lm.conditioners import packaged_minilm_path
 
 transformers = pytest.importorskip("transformers")
@@ -137,7 +137,8 @@ def test_lora_trains_only_adapters(lora_run):
 def test_merge_adapters_file_and_checkpoint(base, lora_run):
     import copy
 
-    from lightning_musicgen.lm.lora import load_adapters, merge_lora
+    from lightning_musicgen.lm.lora import merge_lora
+    from lightning_musicgen.model_files.adapters import load_adapters
     module = lora_run["module"]
     tuned = logits(module.lm, module.conditioner)
     base_lm, base_cond, _, _ = load_musicgen(base["converted"], load_codec_model=False)
@@ -224,7 +225,7 @@ def test_global_batch_size_sets_accumulation(base):
 def test_lora_cli_extract_and_merge(base, lora_run, tmp_path, capsys):
     from lightning_musicgen import MusicGen
     from lightning_musicgen.__main__ import main
-    from lightning_musicgen.lm.lora import read_adapters
+    from lightning_musicgen.model_files.adapters import read_adapters
     module = lora_run["module"]
     tuned = logits(module.lm, module.conditioner)
     assert main(["lora", "extract", "--ckpt", str(lora_run["ckpt"]), "--out", str(tmp_path / "a.safetensors")]) == 0

@@ -258,7 +258,7 @@ def test_musicgen_leaves_the_modules_it_is_given_untouched(mono):
     """MusicGen(lm, conditioner, codec) on caller-owned modules: no move, cast, mode or requires_grad
     change, weights bitwise equal afterwards; every submodule runs in eval mode meanwhile."""
     from lightning_musicgen.errors import ConfigError
-    from lightning_musicgen.model_files import load_musicgen
+    from lightning_musicgen.model_files.read import load_musicgen
     lm, conditioner, codec, _ = load_musicgen(mono[2], device="cpu")
     lm.double().train()  # float64: not what from_checkpoint would choose, so a cast would show
     conditioner.train()

@@ -1,7 +1,6 @@
 """Package layout: configs name classes by their public package path (`lightning_musicgen.<package>.<Class>`)
-and every such name resolves; the paths of earlier versions (`lightning_musicgen.callbacks...`,
-`lightning_musicgen.cluster...`) still resolve to the same classes with a `DeprecationWarning` naming the
-new path; `data` imports nothing from `training`."""
+and every such name resolves; the package keeps no alias of an old path (it is unreleased: one name for
+each thing); `data` imports nothing from `training` (tests/test_import_layers.py checks every arrow)."""
 import importlib
 import re
 import subprocess
@@ -46,56 +45,21 @@ def _python(code: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def test_old_import_paths_resolve_to_the_moved_classes_with_a_deprecation_warning():
+def test_no_alias_of_an_old_path_is_importable():
     out = _python("""
-        import warnings
-        warnings.simplefilter("always")
-        from lightning_musicgen import training
-        from lightning_musicgen.slurm import submit
-        with warnings.catch_warnings(record=True) as caught:
-            from lightning_musicgen.callbacks import EvaluateGeneration           # old package name
-            from lightning_musicgen.callbacks.nonfinite import NonFiniteGuard     # old callbacks submodule
-            from lightning_musicgen.cluster.resume import RNGStateCheckpoint      # old cluster submodule
-            from lightning_musicgen.cluster.submit import render_sbatch           # old home of submit
-        assert EvaluateGeneration is training.EvaluateGeneration
-        assert NonFiniteGuard is training.NonFiniteGuard
-        assert RNGStateCheckpoint is training.RNGStateCheckpoint
-        assert render_sbatch is submit.render_sbatch
-        import lightning_musicgen.training.resume as resume
-        assert resume.__spec__.name == "lightning_musicgen.training.resume"  # the alias left the module intact
-        for w in caught:
-            assert w.category is DeprecationWarning, w
-            print(w.message)
+        import importlib.util, os
+        import lightning_musicgen
+        here = lightning_musicgen.__path__[0] + os.sep  # (an editable install elsewhere may still find its copy)
+        for old in ["lightning_musicgen.callbacks", "lightning_musicgen.cluster", "lightning_musicgen.moved",
+                    "lightning_musicgen.lm.checkpoint"]:
+            spec = importlib.util.find_spec(old)
+            if spec is not None and (spec.origin or "").startswith(here):
+                print(old)
+        from lightning_musicgen.codec import CompressionModel
+        print([n for n in ("num_codebooks", "total_codebooks", "cardinality") if hasattr(CompressionModel, n)])
     """)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == [
-        f"{old} is deprecated and will be removed in the next release: use {new}" for old, new in [
-            ("lightning_musicgen.callbacks.EvaluateGeneration", "lightning_musicgen.training.EvaluateGeneration"),
-            ("lightning_musicgen.callbacks.nonfinite", "lightning_musicgen.training.nonfinite"),
-            ("lightning_musicgen.cluster.resume", "lightning_musicgen.training.resume"),
-            ("lightning_musicgen.cluster.submit", "lightning_musicgen.slurm.submit")]], out.stdout
-
-
-def test_old_yaml_class_paths_still_parse(tmp_path):
-    old = tmp_path / "old_paths.yaml"
-    old.write_text(textwrap.dedent("""
-        trainer:
-          plugins:
-            - class_path: lightning_musicgen.cluster.checkpoint_io.AtomicCheckpointIO
-          callbacks:
-            - lightning_musicgen.cluster.resume.RNGStateCheckpoint
-            - class_path: lightning_musicgen.callbacks.nonfinite.NonFiniteGuard
-              init_args: {max_consecutive: 7}
-            - class_path: lightning_musicgen.callbacks.EvaluateGeneration
-              init_args: {every_n_steps: 3, metrics: [chroma_cosine]}
-    """))
-    out = run_cli("fit", "--config", old, "--print_config")
-    assert out.returncode == 0, out.stderr[-2000:]
-    printed = yaml.safe_load(out.stdout)["trainer"]
-    assert printed["plugins"][0]["class_path"] == "lightning_musicgen.cluster.checkpoint_io.AtomicCheckpointIO"
-    guard, evaluate = printed["callbacks"][1], printed["callbacks"][2]
-    assert guard["init_args"]["max_consecutive"] == 7
-    assert evaluate["init_args"]["every_n_steps"] == 3 and evaluate["init_args"]["metrics"] == ["chroma_cosine"]
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_data_imports_nothing_from_training():
@@ -148,7 +112,8 @@ def test_user_errors_are_typed_where_they_are_raised(tmp_path):
     import pytest
     from lightning_musicgen.data.shards import expand_shards, read_index
     from lightning_musicgen.errors import CheckpointError, CheckpointNotFoundError, ConfigError, MissingFileError
-    from lightning_musicgen.lm.lora import LoRASettings, read_adapters
+    from lightning_musicgen.lm.lora import LoRASettings
+    from lightning_musicgen.model_files.adapters import read_adapters
     from lightning_musicgen.lm.model import LMConfig
     from lightning_musicgen.lm.patterns import get_pattern
     from lightning_musicgen.optim import WarmupCosineLR

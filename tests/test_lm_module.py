@@ -15,8 +15,9 @@ from lightning.pytorch import Trainer
 
 from conftest import ROOT
 from lightning_musicgen.training.throughput import AudioThroughputMonitor
-from lightning_musicgen.lm.checkpoint import load_musicgen
+from lightning_musicgen.model_files.read import load_musicgen
 from lightning_musicgen.lm.module import MusicGenModule
+from lightning_musicgen.model_files.codec import save_codec
 
 TINY_LM = {"n_q": 4, "card": 32, "dim": 32, "num_heads": 4, "num_layers": 2}
 MINILM = {"text": {"name": "minilm", "word_dropout": 0.3}, "cfg_dropout": 0.3}
@@ -79,7 +80,7 @@ def test_wav_batches_are_encoded_by_the_frozen_codec(tmp_path):
     torch.manual_seed(0)
     codec = CompressionModel(CodecConfig(sample_rate=8000, dimension=8, n_filters=4, ratios=(4, 4), lstm_layers=0,
                                          n_q=2, card=16, kmeans_init=False))
-    ckpt = codec.save(tmp_path / "codec.pt")
+    ckpt = save_codec(codec, tmp_path / "codec.pt")
     lm_cfg = {"dim": 32, "num_heads": 4, "num_layers": 1, "n_q": None, "card": None}
     module = MusicGenModule(lm=lm_cfg, conditioner=MINILM, codec_checkpoint=str(ckpt), warmup_steps=1)
     assert (module.lm.n_q, module.lm.card) == (2, 16)  # read from the codec

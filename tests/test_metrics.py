@@ -422,7 +422,7 @@ def test_reference_stats_tool(tmp_path, capsys):
 def test_musicnn_vgg_port_recognises_rendered_instruments():
     """The ported tagger (TF weights, torch network) hears a rendered piano as piano and a violin as
     more violin than the piano: a wrong kernel layout or front end would not."""
-    from lightning_musicgen.data.demo import default_soundfont, synthesize
+    from lightning_musicgen.data.demo_render import default_soundfont, synthesize
     from lightning_musicgen.metrics.embedders.musicnn import MTT_LABELS
     events = []
     for i, pitch in enumerate([60, 62, 64, 65, 67, 69, 71, 72, 71, 69, 67, 65, 64, 62]):

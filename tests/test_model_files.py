@@ -15,7 +15,10 @@ from lightning_musicgen.errors import CheckpointError, UserError
 from lightning_musicgen.lm.conditioners import (ConditionerConfig, MelodyConfig, TextConfig,
                                                 build_condition_provider, packaged_minilm_path)
 from lightning_musicgen.lm.model import LMConfig, MusicGenLM
-from lightning_musicgen.model_files import export_model_folder, load_musicgen, save_musicgen
+from lightning_musicgen.model_files.codec import load_codec, save_codec
+from lightning_musicgen.model_files.export import export_model_folder
+from lightning_musicgen.model_files.read import load_musicgen
+from lightning_musicgen.model_files.write import save_musicgen
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TEXTS = ["80s pop track with bassy drums and synth", "a calm piano"]
@@ -134,7 +137,7 @@ def test_export_encodec_to_transformers_cli_and_back(tmp_path):
     from transformers import EncodecModel
     codec = tiny_codec(3, n_q=4, card=64)
     codec.n_q = 2  # the bandwidth in use travels too
-    codec.save(tmp_path / "codec")
+    save_codec(codec, tmp_path / "codec")
     res = run_cli("export", "--ckpt", tmp_path / "codec", "--out", tmp_path / "hf", "--format", "transformers")
     assert res.returncode == 0, res.stderr[-2000:]
     hf = EncodecModel.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
@@ -146,7 +149,7 @@ def test_export_encodec_to_transformers_cli_and_back(tmp_path):
         torch.testing.assert_close(codec.decode(codes), hf.decode(ref[None], [None]).audio_values, atol=1e-4, rtol=0)
     res = run_cli("convert", "--from-hf", tmp_path / "hf", "--out", tmp_path / "back")
     assert res.returncode == 0, res.stderr[-2000:]
-    back = CompressionModel.from_checkpoint(tmp_path / "back")
+    back = load_codec(tmp_path / "back")
     _assert_same_state(codec.state_dict(), back.state_dict())
     assert back.n_q == 2
 
@@ -189,7 +192,7 @@ def _train_tiny(run_dir, codec_path, steps=2, ema_decay=0.9, accumulate=1):
 
 def test_training_checkpoint_references_frozen_parts(tmp_path):
     run = tmp_path / "run"
-    tiny_codec().save(run / "codec")
+    save_codec(tiny_codec(), run / "codec")
     module, trainer, last = _train_tiny(run, run / "codec")
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     assert not any(k.startswith("conditioner.text.encoder.") for k in ckpt["state_dict"])  # not embedded
@@ -244,7 +247,7 @@ def test_training_checkpoint_references_frozen_parts(tmp_path):
 def test_resume_restores_the_unsaved_text_encoder(tmp_path):
     from lightning_musicgen.lm.module import MusicGenModule
     run = tmp_path / "run"
-    tiny_codec().save(run / "codec")
+    save_codec(tiny_codec(), run / "codec")
     module, _, last = _train_tiny(run, run / "codec")
     again = MusicGenModule.load_from_checkpoint(last, map_location="cpu")
     _assert_same_state(module.state_dict(), again.state_dict())
@@ -253,7 +256,7 @@ def test_resume_restores_the_unsaved_text_encoder(tmp_path):
 def test_ema_steps_once_per_optimizer_step(tmp_path):
     from lightning_musicgen.ema import EMA
     run = tmp_path / "run"
-    tiny_codec().save(run / "codec")
+    save_codec(tiny_codec(), run / "codec")
     module, trainer, _ = _train_tiny(run, run / "codec", steps=3, accumulate=2, ema_decay=0.5)
     assert trainer.global_step == 3 and int(module.ema.step) == 3  # 6 batches, 3 optimizer steps
     lin = torch.nn.Linear(2, 2)
@@ -312,7 +315,7 @@ def test_model_folder_generates_identically_from_anywhere(tmp_path):
     here, there = tmp_path / "here", tmp_path / "there"
     here.mkdir(), there.mkdir()
     run = here / "runs"
-    tiny_codec().save(run / "codec")
+    save_codec(tiny_codec(), run / "codec")
     _train_tiny(run, run / "codec")
     res = run_cli("export", "--ckpt", "runs/checkpoints/last.ckpt", "--out", "model", cwd=here)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -348,7 +351,7 @@ def test_model_folder_generates_identically_from_anywhere(tmp_path):
     ("copy", "minilm", False, False, True),
 ])
 def test_which_text_encoders_a_model_folder_copies(choice, name, carried, trained, copied):
-    from lightning_musicgen.model_files import copies_text_encoder
+    from lightning_musicgen.model_files.text_encoder import copies_text_encoder
     assert copies_text_encoder(choice, name, carried, trained) is copied
 
 
@@ -360,11 +363,11 @@ def test_demo_checkpoint_holds_trainable_state_and_the_folder_holds_the_lm_once(
     from lightning.pytorch.callbacks import ModelCheckpoint
     from conftest import ROOT
     from lightning_musicgen.lm.module import MusicGenModule
-    from lightning_musicgen.model_files import export_model_folder
+    from lightning_musicgen.model_files.export import export_model_folder
     init = yaml.safe_load((ROOT / "configs/demo/musicgen.yaml").read_text())["model"]["init_args"]
     codec_cfg = yaml.safe_load((ROOT / "configs/demo/codec.yaml").read_text())["model"]["init_args"]["codec"]
     codec = CompressionModel(CodecConfig.from_dict(codec_cfg))  # the demo codec's shape: n_q and card of the LM
-    codec.save(tmp_path / "codec-model")
+    save_codec(codec, tmp_path / "codec-model")
     init["codec_checkpoint"] = str(tmp_path / "codec-model")
     module = MusicGenModule(**init)
     assert (module.lm.n_q, module.lm.card) == (codec_cfg["n_q"], codec_cfg["card"])
@@ -391,7 +394,6 @@ def test_demo_checkpoint_holds_trainable_state_and_the_folder_holds_the_lm_once(
 NESTED_OVERRIDES = [
     ("--model.init_args.lm.dim=48", None),
     ("--model.init_args.lm.dimm=48", ["model.init_args.lm.dimm='48'", "unknown option", "LMConfig"]),
-    ("--model.init_args.lm.bins=16", ["model.init_args.lm.bins='16'", "unknown option", "now called card"]),
     ("--model.init_args.conditioner.text.word_dropout=x",
      ["model.init_args.conditioner.text.word_dropout='x'", "expected float"]),
 ]

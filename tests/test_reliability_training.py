@@ -49,12 +49,12 @@ def write_tokens(folder: Path, n: int = 12, frames: int = 60, caption=lambda i: 
 
 def tiny_codec(path: Path) -> Path:
     """A random 4 x CARD codec checkpoint (decoding for `generate`; n_q/card for the LM)."""
-    from lightning_musicgen.codec import CompressionModel
-    from lightning_musicgen.codec.model import CodecConfig
+    from lightning_musicgen.codec.model import CodecConfig, CompressionModel
+    from lightning_musicgen.model_files.codec import save_codec
     torch.manual_seed(0)
     config = CodecConfig(sample_rate=8000, dimension=8, n_filters=2, ratios=(4, 4, 2, 2), lstm_layers=0,
                          n_q=4, card=CARD, kmeans_init=False)
-    return CompressionModel(config).save(path)
+    return save_codec(CompressionModel(config), path)
 
 
 def lm_override(tmp: Path, steps: int, ckpt_every: int = 2, callbacks: str = "", model: str = "",

@@ -1,21 +1,16 @@
 """CompressionModel: SEANet encoder + RVQ + SEANet decoder (EnCodec), configured by `CodecConfig`.
 
-Files: `save(dir)` writes a codec model folder and `from_checkpoint(path)` reads every codec file
-(both through `lightning_musicgen.model_files`, see docs/model_files.md). `to_checkpoint_dict` /
-`from_checkpoint_dict` are the in-memory form {"format": "lightning_musicgen.codec", "version": 1,
-"config": CodecConfig.to_dict(), "n_q": K, "state_dict": ...}.
+An nn.Module only: reading and writing codec files is `lightning_musicgen.model_files.codec`
+(`save_codec(model, dir)`, `load_codec(path)`; see docs/model_files.md), which depends on this module.
 
 Vocabulary (MusicGen's): `n_q` codebooks of `card` codes each. `config.n_q` is how many the model has
-(`max_n_q`); `n_q` is how many `encode` uses (settable, for variable bandwidth). audiocraft's names
-`num_codebooks`, `total_codebooks`, `cardinality` and a `bins` config key still work for one release
-with a `DeprecationWarning`; files written before the rename (key "num_codebooks", config "bins") load.
+(`max_n_q`); `n_q` is how many `encode` uses (settable, for variable bandwidth). Files written before
+the rename (keys "num_codebooks", "bins") are translated by the loader in `model_files.codec`, not here.
 """
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,31 +60,14 @@ class CodecConfig:
         if not self.ratios or any(r <= 0 for r in self.ratios):
             raise ConfigError(f"codec config: ratios must be positive integers, got {list(self.ratios)}")
 
-    def __setstate__(self, state: dict[str, Any]) -> None:  # configs pickled in checkpoints before the rename
-        self.__dict__.update(renamed_keys(state))
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CodecConfig":
-        return dataclass_from_dict(cls, renamed_keys(d), "codec config")
+        return dataclass_from_dict(cls, d, "codec config")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["ratios"] = list(self.ratios)
         return d
-
-
-def renamed_keys(d: dict[str, Any]) -> dict[str, Any]:
-    """A codec config dict with audiocraft's `bins` read as `card` (configs and files older than the rename)."""
-    if "bins" not in d:
-        return d
-    if "card" in d:
-        raise ConfigError(f"codec config: both card={d['card']} and its old name bins={d['bins']} are set")
-    warnings.warn("codec config key 'bins' is deprecated: use 'card'", DeprecationWarning, stacklevel=3)
-    return {("card" if k == "bins" else k): v for k, v in d.items()}
-
-
-def _deprecated(old: str, new: str) -> None:
-    warnings.warn(f"CompressionModel.{old} is deprecated: use {new}", DeprecationWarning, stacklevel=3)
 
 
 class CompressionModel(nn.Module):
@@ -104,7 +82,7 @@ class CompressionModel(nn.Module):
         if config is None:
             config = CodecConfig.from_dict(overrides)
         elif overrides:
-            config = CodecConfig.from_dict({**config.to_dict(), **renamed_keys(overrides)})
+            config = CodecConfig.from_dict({**config.to_dict(), **overrides})
         self.config = config
         seanet = dict(channels=config.channels, dimension=config.dimension, n_filters=config.n_filters,
                       n_residual_layers=config.n_residual_layers, ratios=config.ratios,
@@ -158,27 +136,6 @@ class CompressionModel(nn.Module):
             raise ConfigError(f"codec n_q must be in [1, {self.config.n_q}], got {n}")
         self._n_q = int(n)
 
-    # audiocraft's names, deprecated
-    @property
-    def cardinality(self) -> int:
-        _deprecated("cardinality", "card")
-        return self.card
-
-    @property
-    def total_codebooks(self) -> int:
-        _deprecated("total_codebooks", "max_n_q")
-        return self.max_n_q
-
-    @property
-    def num_codebooks(self) -> int:
-        _deprecated("num_codebooks", "n_q")
-        return self.n_q
-
-    @num_codebooks.setter
-    def num_codebooks(self, n: int) -> None:
-        _deprecated("num_codebooks", "n_q")
-        self.n_q = n
-
     @property
     def bitrate(self) -> float:
         """Bits per second at the current number of codebooks."""
@@ -222,28 +179,3 @@ class CompressionModel(nn.Module):
         q = self.quantizer(z, n_q)
         y = self.decoder(q.quantized.to(z.dtype))
         return y[..., : wav.shape[-1]], q
-
-    # -- checkpoints -----------------------------------------------------------------------------
-    def to_checkpoint_dict(self) -> dict[str, Any]:
-        """The converted/exported checkpoint format (a plain dict of tensors and builtins)."""
-        from lightning_musicgen.model_files import LEGACY_CODEC
-        return {"format": LEGACY_CODEC, "version": 1, "config": self.config.to_dict(),
-                "n_q": self.n_q,
-                "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
-
-    @classmethod
-    def from_checkpoint_dict(cls, d: dict[str, Any], source: str = "checkpoint") -> "CompressionModel":
-        from lightning_musicgen.model_files import codec_from_legacy
-        return codec_from_legacy(d, source)
-
-    def save(self, path: str | Path) -> Path:
-        """Write a codec model folder at `path` (config.json + model.safetensors; see model_files)."""
-        from lightning_musicgen.model_files import save_codec
-        return save_codec(self, path)
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, use_ema: bool = True) -> "CompressionModel":
-        """Load a codec model folder, a MusicGen model folder's codec, a CodecModule Lightning
-        checkpoint (EMA weights if any), or a converted file of earlier versions."""
-        from lightning_musicgen.model_files import load_codec
-        return load_codec(path, use_ema=use_ema)

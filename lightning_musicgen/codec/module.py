@@ -228,18 +228,18 @@ class CodecModule(LightningModule):
     # -- reconstructions to the logger -----------------------------------------------------------
     def _log_reconstructions(self, split: str, x: torch.Tensor, y: torch.Tensor) -> None:
         """The first `log_audio_samples` originals and reconstructions, with their mel images, to every logger
-        (rank 0; `callbacks.media.log_media`, which never stops the run on a logging error)."""
+        (rank 0; `media.log_media`, which never stops the run on a logging error)."""
         n = min(self.hparams.log_audio_samples, x.shape[0])
         if n <= 0 or not self.trainer.is_global_zero or not self.trainer.loggers:
             return
-        from lightning_musicgen.training.media import log_media, mel_image
+        from lightning_musicgen.media import log_media, mel_image
         sr = self.codec_config.sample_rate
         audios = [w for pair in zip(x[:n], y[:n]) for w in pair]
         captions = [f"{kind} {i}" for i in range(n) for kind in ("original", "reconstruction")]
         log_media(self.trainer, split, audios, sr, captions, {"mel": [mel_image(a, sr) for a in audios]})
 
     def configure_callbacks(self):
-        from lightning_musicgen.reliability import reliability_callbacks
+        from lightning_musicgen.training.defaults import reliability_callbacks
         return reliability_callbacks(self.trainer)  # non-finite guard, signals, RNG states, skip reports
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -252,6 +252,6 @@ class CodecModule(LightningModule):
 
     def export(self, path) -> Any:
         """Write the (EMA) generator as a codec model folder (see lightning_musicgen.model_files)."""
-        from lightning_musicgen.model_files import save_codec
+        from lightning_musicgen.model_files.codec import save_codec
         return save_codec(self.eval_model(), path, "ema" if self.generator_ema is not None else "trained")
 

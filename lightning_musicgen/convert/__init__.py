@@ -59,7 +59,7 @@ def convert_command(*, from_hf: Optional[str] = None, from_audiocraft: Optional[
     """Convert transformers or audiocraft weights into our model folder.
 
     Reads MusicGen / MusicGen-melody / EnCodec weights in transformers' or audiocraft's layout and
-    writes a model folder that CompressionModel.from_checkpoint or MusicGen.from_pretrained loads.
+    writes a model folder that model_files.codec.load_codec or MusicGen.from_pretrained loads.
     Give exactly one of --from-hf and --from-audiocraft. One line names what the folder refers to
     outside itself (nothing is printed for a self-contained one).
 
@@ -96,7 +96,7 @@ def convert_command(*, from_hf: Optional[str] = None, from_audiocraft: Optional[
 
 def print_outside_notice(folder) -> None:
     """Print the one line naming what a model folder refers to outside itself (nothing when self-contained)."""
-    from lightning_musicgen.model_files import outside_notice
+    from lightning_musicgen.model_files.text_encoder import outside_notice
     notice = outside_notice(folder)
     if notice:
         print(notice)

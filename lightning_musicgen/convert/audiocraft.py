@@ -186,7 +186,9 @@ def lm_package(lm, conditioner, max_duration: float = 30.0, sample_rate: int | N
 
 def export_audiocraft(path, out, use_ema: bool = True) -> Path:
     """Our checkpoint/folder -> OUT/state_dict.bin (+ OUT/compression_state_dict.bin)."""
-    from lightning_musicgen.model_files import load_codec, load_musicgen, model_kind
+    from lightning_musicgen.model_files.codec import load_codec
+    from lightning_musicgen.model_files.files import model_kind
+    from lightning_musicgen.model_files.read import load_musicgen
     out = Path(out)
     if model_kind(path) == "codec":
         package = codec_package(load_codec(path, use_ema=use_ema))
@@ -311,7 +313,8 @@ def convert_audiocraft(path: str | Path, out: str | Path, codec: str | None = No
     checkpoint.th. Writes our model folder (MusicGen when there is an LM, else the codec).
     audiocraft's files hold no T5 weights, only its name: the T5 is read from `text_encoder` (a local
     folder) or by that name, and copied into the folder unless `text_encoder_weights="refer"`."""
-    from lightning_musicgen.model_files import load_codec, save_codec, save_musicgen
+    from lightning_musicgen.model_files.codec import load_codec, save_codec
+    from lightning_musicgen.model_files.write import save_musicgen
     path = Path(path)
     if path.is_dir():
         lm_file, codec_file = path / LM_FILE, path / CODEC_FILE

@@ -13,6 +13,7 @@ import torch
 
 from lightning_musicgen.codec.model import CodecConfig, CompressionModel
 from lightning_musicgen.errors import CheckpointError, InputError
+from lightning_musicgen.model_files.codec import save_codec
 
 
 def codec_config_from_transformers(cfg) -> CodecConfig:
@@ -83,4 +84,4 @@ def convert_encodec(folder: Path, out: Path, tokenizer=None) -> Path:
     except ValueError as exc:
         raise InputError(f"{folder}: {exc}") from exc
     with torch.no_grad():
-        return model.save(out)
+        return save_codec(model, out)

@@ -28,7 +28,7 @@ def export(path: str | Path, out: str | Path, format: str = "model", use_ema: bo
     if format == "audiocraft":
         from lightning_musicgen.convert.audiocraft import export_audiocraft
         return export_audiocraft(path, out, use_ema=use_ema)
-    from lightning_musicgen.model_files import export_model_folder
+    from lightning_musicgen.model_files.export import export_model_folder
     return export_model_folder(path, out, use_ema=use_ema, text_encoder_weights=text_encoder_weights, codec=codec,
                                text_encoder=text_encoder)
 

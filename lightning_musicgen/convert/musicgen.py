@@ -70,7 +70,7 @@ def _load_tokenizer(folder: Path, tokenizer: str | None):
 def convert_musicgen(folder: Path, out: Path, tokenizer: str | None = None) -> Path:
     """Convert a `save_pretrained` folder of MusicGen or MusicGen-melody into `out`."""
     from lightning_musicgen.convert.encodec import encodec_from_transformers
-    from lightning_musicgen.model_files import save_musicgen
+    from lightning_musicgen.model_files.write import save_musicgen
     from lightning_musicgen.lm.conditioners import build_condition_provider
     from lightning_musicgen.lm.model import MusicGenLM
     from transformers import MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration

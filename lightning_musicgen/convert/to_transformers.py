@@ -206,7 +206,9 @@ def musicgen_to_transformers(lm, conditioner, codec):
 
 def export_transformers(path: str | Path, out: str | Path, use_ema: bool = True) -> Path:
     """Any of our checkpoints/folders -> a transformers `save_pretrained` folder (+ tokenizer)."""
-    from lightning_musicgen.model_files import load_codec, load_musicgen, model_kind
+    from lightning_musicgen.model_files.codec import load_codec
+    from lightning_musicgen.model_files.files import model_kind
+    from lightning_musicgen.model_files.read import load_musicgen
     out = Path(out)
     if model_kind(path) == "codec":
         hf = codec_to_transformers(load_codec(path, use_ema=use_ema))

@@ -10,7 +10,7 @@ chord tones (one a beat, moving to the nearest tone of the next chord, ending on
 
 `plan_key_pieces(pieces_per_key, seed)` -> specs (all 24 keys, `pieces_per_key` each, ensembles and
 tempi cycled and drawn from `seed`); `render_key_piece(spec, sample_rate)` -> mono float32 [T], loudness
-normalised to -18 LUFS with a 0.89 peak ceiling. Rendering uses `demo.synthesize` (tinysoundfont and
+normalised to -18 LUFS with a 0.89 peak ceiling. Rendering uses `demo_render.synthesize` (tinysoundfont and
 pretty_midi's TimGM6mb.sf2). Deterministic given the spec.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import random
 import numpy as np
 import torch
 
-from lightning_musicgen.data import demo
+from lightning_musicgen.data import demo_render
 
 MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
 HARMONIC_MINOR_SCALE = (0, 2, 3, 5, 7, 8, 11)
@@ -90,7 +90,7 @@ def _nearest(pcs: list[int], previous: int, low: int, high: int) -> int:
 
 
 def key_piece_events(spec: dict) -> list[tuple]:
-    """(time_s, is_on, channel, midi_key, velocity) of the piece, sorted as `demo.synthesize` wants them."""
+    """(time_s, is_on, channel, midi_key, velocity) of the piece, sorted as `demo_render.synthesize` wants them."""
     rng = random.Random(spec["seed"])
     tonic, mode, beats = spec["tonic"], spec["mode"], spec["beats_per_bar"]
     beat = 60.0 / spec["bpm"]
@@ -160,7 +160,7 @@ def render_key_piece(spec: dict, sample_rate: int = 16000, soundfont: str | None
     from lightning_musicgen.audio.loudness import normalize_loudness
     events = key_piece_events(spec)
     render_rate = int(round(sample_rate / 2 ** (spec.get("tuning_cents", 0) / 1200)))
-    audio = demo.synthesize(events, spec["programs"], soundfont or demo.default_soundfont(), render_rate,
+    audio = demo_render.synthesize(events, spec["programs"], soundfont or demo_render.default_soundfont(), render_rate,
                             max_seconds=events[-1][0] + 1.5)
     wav = torch.from_numpy(audio.mean(1, keepdims=True).T.copy())
     return normalize_loudness(wav, sample_rate, target_lufs=-18.0, max_gain_db=40.0, peak=0.89)[0].numpy()

@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from lightning_musicgen.audio.io import AudioReadError, convert_channels, read_audio, resample
+from lightning_musicgen.config_dict import current_names
 from lightning_musicgen.data.shards import AUDIO_EXTS, MELODY_MEMBER, iter_tar_samples
 from lightning_musicgen.data.text import TextAugment
 from lightning_musicgen.errors import ConfigError, InputError
@@ -199,7 +200,10 @@ class CodeCrops:
     plan = AudioCrops.plan
 
     def load(self, sample: dict, plan: dict) -> dict:
-        meta = plan["meta"]
+        try:  # token shards of earlier versions: cardinality -> card, num_codebooks -> n_q
+            meta = current_names(plan["meta"], f"{sample.get('__key__')}: token metadata")
+        except ConfigError as exc:
+            raise CorruptSample(str(exc), "invalid json") from None
         if "codes.npy" not in sample:
             raise CorruptSample(f"{sample.get('__key__')}: no codes.npy member", "no codes member")
         try:

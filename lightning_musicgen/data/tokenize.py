@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -135,7 +134,7 @@ def tokenize_shards(model, source, output, chunk_seconds: float = 30.0, context_
 
 def tokenize_command(*, codec: str, input: str, output: str, device: str = "auto",
                      n_q: Optional[int] = None, chunk_seconds: float = 30.0, context_seconds: float = 1.0,
-                     no_progress: bool = False, num_codebooks: Optional[int] = None) -> None:
+                     no_progress: bool = False) -> None:
     """Encode audio shards with a trained codec into token shards for LM training.
 
     Reads the shards of `prepare`/`demo-data` and writes KEY.codes.npy + KEY.json shards that
@@ -150,18 +149,12 @@ def tokenize_command(*, codec: str, input: str, output: str, device: str = "auto
         chunk_seconds: encode long files in chunks of this many seconds.
         context_seconds: audio context (seconds) encoded and discarded around each chunk.
         no_progress: no progress bar.
-        num_codebooks: deprecated name of n_q.
     """
-    from lightning_musicgen.codec import CompressionModel
-    if num_codebooks is not None:
-        if n_q is not None:
-            raise InputError("tokenize: give n_q only (num_codebooks is its deprecated name)")
-        warnings.warn("tokenize --num_codebooks is deprecated: use --n_q", DeprecationWarning, stacklevel=2)
-        n_q = num_codebooks
+    from lightning_musicgen.model_files.codec import load_codec
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     with inputs_checked_by_library():
-        model = CompressionModel.from_checkpoint(codec).eval().to(device)
+        model = load_codec(codec).eval().to(device)
         if n_q is not None:
             model.n_q = n_q
         index = tokenize_shards(model, input, output, chunk_seconds, context_seconds, progress=not no_progress,

@@ -114,7 +114,7 @@ class MusicGen:
         `device` (default: cuda when available, else cpu); `dtype`: the LM's compute dtype (default:
         `precision.inference_dtype`, bf16 where the hardware runs it fast, else fp32); the text
         encoder and the codec stay in fp32. Other keywords go to `MusicGen(...)`."""
-        from lightning_musicgen.model_files import load_musicgen
+        from lightning_musicgen.model_files.read import load_musicgen
         device = torch.device(device) if device is not None else \
             torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dtype = inference_dtype(dtype, device)
@@ -133,7 +133,7 @@ class MusicGen:
                         dtype: torch.dtype | str | None = None, text_encoder: str | None = None,
                         **kwargs) -> "MusicGen":
         """A model folder written by `export` (or `convert`); runs from any directory or machine."""
-        from lightning_musicgen.model_files import folder_kind
+        from lightning_musicgen.model_files.files import folder_kind
         if folder_kind(folder) != "musicgen":
             raise CheckpointError(f"{folder}: not a MusicGen model folder (config.json with kind 'musicgen'); "
                                   "write one with `python -m lightning_musicgen export`")

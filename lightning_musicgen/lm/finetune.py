@@ -2,7 +2,7 @@
 accumulation from a global batch size, pick a micro-batch for a memory budget.
 
 `load_pretrained(path)` is the one place that reads a model to start from, through
-`model_files.load_musicgen`: a model folder (`convert`, `export`), a converted file of earlier
+`model_files.read.load_musicgen`: a model folder (`convert`, `export`), a converted file of earlier
 versions, or a MusicGenModule checkpoint (LoRA adapters in it are merged). It returns the LM, its
 conditioner (with its trained projections and the text encoder) and where the codec comes from.
 
@@ -32,7 +32,7 @@ TRAINING_TEXT_KEYS = ("word_dropout", "freeze", "max_length")
 @dataclass
 class Pretrained:
     """What `load_pretrained` gives: modules on CPU in fp32, the conditioner's config, and the codec
-    source (a path `CompressionModel.from_checkpoint` reads, or None)."""
+    source (a path `model_files.codec.load_codec` reads, or None)."""
     lm: MusicGenLM
     conditioner: ConditionProvider
     conditioner_config: ConditionerConfig
@@ -42,21 +42,23 @@ class Pretrained:
 
 def load_pretrained(path: str | os.PathLike) -> Pretrained:
     """A model folder, a converted file or a MusicGenModule checkpoint -> `Pretrained`."""
-    from lightning_musicgen import model_files
+    from lightning_musicgen.model_files.codec import load_codec
+    from lightning_musicgen.model_files.files import resolve_reference
+    from lightning_musicgen.model_files.read import load_musicgen
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointNotFoundError(f"init_from {path}: no such file or folder")
     # the codec stays a path (loaded when first needed, referenced by hash in checkpoints)
-    lm, conditioner, _, info = model_files.load_musicgen(path, load_codec_model=False)
+    lm, conditioner, _, info = load_musicgen(path, load_codec_model=False)
     codec_checkpoint = None
     if path.is_dir():
         if (path / "codec").is_dir():
             codec_checkpoint = str(path)  # load_codec reads a MusicGen folder's codec
     elif info.get("codec_reference"):
-        codec_checkpoint = str(model_files.resolve_reference(info["codec_reference"], path, "codec"))
+        codec_checkpoint = str(resolve_reference(info["codec_reference"], path, "codec"))
     else:
         try:
-            model_files.load_codec(path)  # a converted file with its codec embedded
+            load_codec(path)  # a converted file with its codec embedded
             codec_checkpoint = str(path)
         except ValueError:
             codec_checkpoint = None

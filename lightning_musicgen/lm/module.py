@@ -10,7 +10,7 @@ optimizer step). Checkpoints hold the trainable state only: the configs once (re
 `hyper_parameters`), the frozen codec and text encoder as path/name + content hash (`model_files`).
 
 Logged: `train/loss`, `train/ce_q{k}`, `val/loss`, `val/ce_q{k}`, `lm/ppl_q{k}` (train),
-`val/ppl_q{k}`; throughput (`lm/tokens_per_sec`, `train/mfu`) comes from `callbacks.throughput.AudioThroughputMonitor`
+`val/ppl_q{k}`; throughput (`lm/tokens_per_sec`, `train/mfu`) comes from `training.throughput.AudioThroughputMonitor`
 (in configs/trainer/default.yaml), with `flops_per_batch` below.
 
 Fine-tuning (see docs/finetuning.md and `lm.finetune`, `lm.lora`, `memory`): `init_from` starts the
@@ -138,8 +138,8 @@ class MusicGenModule(LightningModule):
 
     def save_adapters(self, path) -> None:
         """Write the LoRA adapters (and trained projections) alone: a small safetensors file that
-        `lm.lora.load_adapters` puts onto the base model."""
-        from lightning_musicgen.lm.lora import save_adapters
+        `model_files.adapters.load_adapters` puts onto the base model."""
+        from lightning_musicgen.model_files.adapters import save_adapters
         if self.lora is None:
             raise InputError("save_adapters: this module trains no LoRA adapters (model.init_args.lora is null)")
         save_adapters(path, self.lm, self.conditioner, self.lora, meta={"init_from": self.init_from})
@@ -179,8 +179,8 @@ class MusicGenModule(LightningModule):
     # ---- codec -------------------------------------------------------------------------------
     def _load_codec(self):
         if self._codec is None:
-            from lightning_musicgen.codec import CompressionModel
-            codec = CompressionModel.from_checkpoint(self.codec_checkpoint).eval().requires_grad_(False)
+            from lightning_musicgen.model_files.codec import load_codec
+            codec = load_codec(self.codec_checkpoint).eval().requires_grad_(False)
             object.__setattr__(self, "_codec", codec)  # bypass nn.Module registration: not a submodule
         return self._codec
 
@@ -206,7 +206,7 @@ class MusicGenModule(LightningModule):
             codes, mask = batch["codes"], batch.get("mask")
             if codes.shape[1] != self.lm.n_q:
                 raise ConfigError(f"token batch has {codes.shape[1]} codebooks, the LM models lm.n_q={self.lm.n_q}")
-            card = max((int(m.get("card", m.get("cardinality")) or 0) for m in batch.get("meta") or []), default=0)
+            card = max((int(m.get("card") or 0) for m in batch.get("meta") or []), default=0)
             if card > self.lm.card:  # token ids beyond the LM's embeddings: fail in one line, not in an index error
                 raise ConfigError(f"token shards hold codes of a {card}-code codec, above lm.card={self.lm.card}; "
                                   f"set lm.card to {card}")
@@ -278,7 +278,7 @@ class MusicGenModule(LightningModule):
             self.ema.update(self.lm, self.global_step)  # once per optimizer step
 
     def configure_callbacks(self):
-        from lightning_musicgen.reliability import reliability_callbacks
+        from lightning_musicgen.training.defaults import reliability_callbacks
         return reliability_callbacks(self.trainer)  # non-finite guard, signals, RNG states, skip reports
 
     # ---- optimizer -----------------------------------------------------------------------------
@@ -298,7 +298,7 @@ class MusicGenModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Trainable state only: the frozen text encoder and codec are referenced, not embedded."""
-        from lightning_musicgen.model_files import TEXT_ENCODER_PREFIX, make_reference, tensors_hash
+        from lightning_musicgen.model_files.files import TEXT_ENCODER_PREFIX, make_reference, tensors_hash
         frozen = {}
         text = self._frozen_text_encoder()
         if text is not None:
@@ -317,7 +317,7 @@ class MusicGenModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Resume: put this module's own (hash-checked) frozen text encoder back into the state."""
-        from lightning_musicgen.model_files import TEXT_ENCODER_PREFIX, tensors_hash
+        from lightning_musicgen.model_files.files import TEXT_ENCODER_PREFIX, tensors_hash
         ref = (checkpoint.get("frozen") or {}).get("text_encoder")
         text = self._frozen_text_encoder()
         state = checkpoint.get("state_dict", {})

@@ -5,7 +5,6 @@ plugin, the W&B logger and the FSDP strategy. YAML configs name them by this pac
     evaluate       EvaluateGeneration: generate from fixed prompts, log audio and FAD/KL/CLAP/chroma
     codec          CodecReconstruction: codec reconstructions and their SI-SNR/mel distance
     periodic       PeriodicEvaluation, validation_batches: the schedule and data the two above share
-    media          mel_image, chroma_image, log_media, log_scalars: logging to W&B/TensorBoard
     throughput     AudioThroughputMonitor: audio seconds/s, tokens/s, MFU, grad norm, peak memory
     nonfinite      NonFiniteGuard: skip steps with a NaN/inf loss or gradient; a diverged run exits 1
     resume         RNGStateCheckpoint, PreemptionCheckpoint: exact resume, checkpoint-and-exit on signals
@@ -14,6 +13,7 @@ plugin, the W&B logger and the FSDP strategy. YAML configs name them by this pac
     fsdp           TransformerFSDPStrategy: one FSDP unit and activation checkpoint per decoder layer
     compile        CompileLayers: torch.compile per decoder layer
     skipped        SkippedSamplesLogger: report the samples the datamodule skipped
+    defaults       reliability_callbacks: the callbacks every fit of this package's LightningModules gets
 
 Submodules load on first use: importing this package does not import Lightning.
 """
@@ -23,7 +23,6 @@ _EXPORTS = {
     "EvaluateGeneration": "evaluate",
     "CodecReconstruction": "codec",
     "PeriodicEvaluation": "periodic", "validation_batches": "periodic",
-    "chroma_image": "media", "log_media": "media", "log_scalars": "media", "mel_image": "media",
     "AudioThroughputMonitor": "throughput",
     "NonFiniteGuard": "nonfinite",
     "PreemptionCheckpoint": "resume", "RNGStateCheckpoint": "resume",

@@ -13,7 +13,7 @@ from torchmetrics import MeanMetric
 
 from lightning_musicgen.codec.losses import MelDistance, si_snr
 from lightning_musicgen.errors import InputError
-from lightning_musicgen.training.media import log_media, log_scalars, mel_image
+from lightning_musicgen.media import log_media, log_scalars, mel_image
 from lightning_musicgen.training.periodic import PeriodicEvaluation, validation_batches
 
 

@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_musicgen.audio import convert_channels, resample
 from lightning_musicgen.errors import ConfigError, InputError
 from lightning_musicgen.metrics import CLAPScore, ChromaCosine, FrechetAudioDistance, KLDivergence
-from lightning_musicgen.training.media import chroma_image, log_media, log_scalars, mel_image
+from lightning_musicgen.media import chroma_image, log_media, log_scalars, mel_image
 from lightning_musicgen.training.periodic import PeriodicEvaluation, validation_batches
 
 # metric name -> (kind, embedder); logged as eval/<name>

@@ -2,7 +2,7 @@
 
 Reads `trainer.datamodule.skipped_samples` (running total of this process) and `skip_reasons` (the split by
 reason), which `lightning_musicgen.data.AudioDataModule` and `TokenDataModule` keep; any other datamodule is
-ignored. Added to every fit of this package's modules (`lightning_musicgen.reliability.reliability_callbacks`).
+ignored. Added to every fit of this package's modules (`lightning_musicgen.training.defaults.reliability_callbacks`).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 class SkippedSamplesLogger(Callback):
     """Report the datamodule's skipped samples: `train/skipped_samples` to the logger every `every_n_steps`
     steps, `skipped` on the progress bar once non-zero, and a summary line by reason at the end of training.
-    Added to every fit of this package's modules (`lightning_musicgen.reliability.reliability_callbacks`)."""
+    Added to every fit of this package's modules (`lightning_musicgen.training.defaults.reliability_callbacks`)."""
 
     def __init__(self, every_n_steps: int = 1):
         self.every_n_steps = every_n_steps

@@ -1,4 +1,5 @@
-"""Audio, mel-spectrogram and chroma images to whatever loggers a Trainer has.
+"""Audio, mel-spectrogram and chroma images to whatever loggers a Trainer has (used by the
+LightningModules and the training callbacks alike; depends on `audio` only).
 
 W&B (`log_audio` / `log_image`: files under the run's media/), TensorBoard (`add_audio` /
 `add_image`) and CSV (wav + png files next to metrics.csv, under media/); other loggers get
@@ -13,9 +14,8 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_musicgen.audio.dsp import MelSpectrogram
-
 from lightning_musicgen.audio import ChromaExtractor, write_audio
+from lightning_musicgen.audio.dsp import MelSpectrogram
 
 _mel_cache: dict[int, MelSpectrogram] = {}
 _chroma_cache: dict[int, ChromaExtractor] = {}
