@@ -87,7 +87,7 @@ def windows(codes: list[torch.Tensor], texts: list[str], frames: int) -> tuple[t
 @torch.no_grad()
 def nll(ckpt: Path, x: torch.Tensor, captions: list[str], batch: int = 32) -> torch.Tensor:
     """Summed NLL (nats) per codebook [K] over all windows, and the count of scored codes per codebook."""
-    from lightning_musicgen.model_files import load_musicgen
+    from lightning_musicgen.model_files.read import load_musicgen
     lm, conditioner, _, _ = load_musicgen(ckpt, load_codec_model=False)
     total = torch.zeros(x.shape[1], dtype=torch.float64)
     count = torch.zeros(x.shape[1], dtype=torch.float64)

@@ -202,7 +202,7 @@ def run(spec: TeacherSpec, workdir: Path, frames: int, train: int, held_out: int
     import yaml
 
     from lightning_musicgen.lm.module import MusicGenModule
-    from lightning_musicgen.model_files import load_musicgen
+    from lightning_musicgen.model_files.read import load_musicgen
     workdir = Path(workdir)
     teacher = make_teacher(spec)
     write_shards(workdir / "train", *sample(teacher, train, frames, seed=spec.seed + 1), spec.card)
