@@ -4,7 +4,6 @@ decoding paths, FSDP == plain training); its FLOP count equals torch's FlopCount
 table and the memory-based sizing behave."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -15,7 +14,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from lightning_musicgen.flops import codec_train_flops, lm_forward_flops, lm_train_flops
+from lightning_musicgen.flops import codec_train_flops, lm_forward_flops, lm_train_flops, peak_bf16_tflops
 
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 EXPECTED_CHECKS = {"sdpa_training", "sdpa_decoding", "lm_bf16_vs_fp32/small", "lm_bf16_vs_fp32/medium",
@@ -29,15 +28,9 @@ EXPECTED_MEASUREMENTS = {"lm_train/small/tokens_per_s", "lm_train/small/mfu", "l
                          "generation/batch1/ms_per_step", "generation/batch8/ms_per_step"}
 
 
-def load_gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gc = load_gpu_check()
+sys.path.insert(0, str(SCRIPT.parent))  # the check's modules import each other as the script does
+import gpu_check as gc  # noqa: E402
+import gpu_check_setup as setup  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -143,9 +136,9 @@ def test_flops_from_the_config_equal_torch_flop_counter():
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
     cpu = torch.device("cpu")
-    size = gc.LMSize("t", 32, 4, 2, 2, 2, 10, card=64, cond_len=5)
-    lm = gc.build_lm(size, cpu)
-    codes, cond = gc.lm_batch(size, cpu, 2, 10)
+    size = setup.LMSize("t", 32, 4, 2, 2, 2, 10, card=64, cond_len=5)
+    lm = setup.build_lm(size, cpu)
+    codes, cond = setup.lm_batch(size, cpu, 2, 10)
     cond.cross.requires_grad_()  # in training the condition's projection is trained too
     steps = lm.pattern.num_steps(10)
     # the math backend: its matmuls are visible to the counter (the fused CPU kernel is not counted)
@@ -165,19 +158,19 @@ def test_flops_from_the_config_equal_torch_flop_counter():
     ("NVIDIA GeForce RTX 4090", "GeForce RTX 4090", 165.2), ("NVIDIA A10G", None, None), ("Tesla T4", None, None),
 ])
 def test_peak_table_matches_device_names(name, label, tflops):
-    assert gc.peak_bf16_tflops(name) == (None if label is None else (label, tflops))
+    assert peak_bf16_tflops(name) == (None if label is None else (label, tflops))
 
 
 def test_peak_override_and_sizes_scaled_to_gpu_memory():
     flops, label = gc.peak_decision(torch.device("cpu"), 123.0)
     assert flops == 123e12 and "--peak-tflops" in label
-    small = gc.LMSize("small", 1024, 16, 24, 24, 8, 1500)
-    medium = gc.LMSize("medium", 1536, 24, 48, 48, 8, 1500)
-    h100 = gc.fit_size(small, 80), gc.fit_size(medium, 80)
+    small = setup.LMSize("small", 1024, 16, 24, 24, 8, 1500)
+    medium = setup.LMSize("medium", 1536, 24, 48, 48, 8, 1500)
+    h100 = setup.fit_size(small, 80), setup.fit_size(medium, 80)
     assert (h100[0].layers, h100[0].frames, h100[0].batch) == (24, 1500, 8)
     assert h100[1].layers == 48 and h100[1].frames == 1500 and 1 <= h100[1].batch < 8
-    small24, medium24 = gc.fit_size(small, 24), gc.fit_size(medium, 24)
+    small24, medium24 = setup.fit_size(small, 24), setup.fit_size(medium, 24)
     assert small24.layers == 24 and small24.batch < 8
     assert medium24.layers < 48  # the optimizer state of 48 layers alone exceeds 24 GB
     for s, memory in ((h100[0], 80), (h100[1], 80), (small24, 24), (medium24, 24)):
-        assert gc.train_gib(s, s.batch, s.frames, s.layers) <= 0.7 * memory
+        assert setup.train_gib(s, s.batch, s.frames, s.layers) <= 0.7 * memory
