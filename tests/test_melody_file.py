@@ -137,3 +137,54 @@ def test_tokenize_reports_the_melody_files_it_cannot_carry(dataset, tmp_path):
     assert index["ignored"] == 1 and index["ignored_by_reason"] == {"melody file not carried": 1}
     report = (tmp_path / "tok" / "report.tsv").read_text()
     assert "song_a" in report and "melody file not carried" in report and "song_b" not in report
+
+
+def test_tokenize_chroma_carries_the_melody_file_to_the_lm(dataset, tmp_path):
+    """`tokenize --chroma`: each token sample keeps the argmax chroma of its melody file (else of its
+    audio), `CodeCrops` cuts it at the codes' crop span, and the LM's melody prefix is built from it."""
+    from test_data_tokens import StandInCodec
+
+    from lightning_musicgen.audio.chroma import ChromaExtractor
+    from lightning_musicgen.data.pipeline import CodeCrops
+    from lightning_musicgen.data.tokenize import tokenize_shards
+    from lightning_musicgen.errors import ConfigError
+    _, shards, _ = dataset
+    extractor = ChromaExtractor(SR, n_fft=1024, hop_length=256, argmax=True)
+    index = tokenize_shards(StandInCodec(), shards, tmp_path / "tok", progress=False, chroma=extractor)
+    assert index["samples"] == 2 and index["ignored"] == 0  # the melody file is carried, as chroma
+    assert index["chroma"] == {"sample_rate": SR, "n_chroma": 12, "n_fft": 1024, "hop_length": 256}
+    a, b = samples(tmp_path / "tok")
+    bins_a = np.load(io.BytesIO(a["chroma.npy"]))
+    assert json.loads(a["json"])["chroma"]["source"] == "melody" and json.loads(b["json"])["chroma"]["source"] == "audio"
+    assert len(bins_a) == 8 * SR // 256 + 1 and bins_a.dtype == np.uint8
+    rate = SR / 256
+    assert (bins_a[4: int(3.8 * rate)] == PITCH_CLASS[E4]).all()  # the hummed E, not the song's A
+    assert (bins_a[int(4.2 * rate): -4] == PITCH_CLASS[C4]).all()  # then the hummed C, not the song's G
+    crops = CodeCrops(segment_duration=2.0, min_segment_ratio=1.0)
+    items = [crops.load(a, {**crops.plan(a, None), "u": 0.75}), crops.load(b, crops.plan(b, None))]
+    batch = crops.collate(items)
+    assert items[0]["meta"]["start"] == pytest.approx(4.5)
+    frames = 2 * SR // 256 + 1  # what the extractor makes of a 2 s crop
+    assert batch["chroma"].shape == (2, frames, 12) and batch["codes"].shape == (2, 2, 100)
+    assert not {"melody.flac", "flac", "wav"} & set(a)  # token shards keep no audio: the chroma is carried
+    first = round(4.5 * rate)
+    assert torch.equal(batch["chroma"][0].argmax(-1), torch.from_numpy(bins_a[first:first + frames].astype(np.int64)))
+    assert (batch["chroma"][0].argmax(-1)[:-4] == PITCH_CLASS[C4]).all()
+    assert (batch["chroma"][1].argmax(-1)[4:-4] == PITCH_CLASS[G4]).all()  # song_b: its own audio's chroma
+    tail = crops.chroma_crop(a, json.loads(a["json"]), 7.0)  # past the end of the piece: the null bin 0
+    assert tail.shape == (frames,) and (tail[int(1.2 * rate):] == 0).all()
+
+    def module(hop):
+        torch.manual_seed(0)
+        return MusicGenModule(lm={"n_q": 2, "card": 64, "dim": 32, "num_heads": 4, "num_layers": 1,
+                                  "cross_attention": False},
+                              conditioner={"text": {"name": "minilm"}, "fuse": "prepend", "cfg_dropout": 0.0,
+                                           "melody": {"sample_rate": SR, "chroma_length": frames, "n_fft": 1024,
+                                                      "hop_length": hop}}, lr=1e-3, warmup_steps=1)
+    lm = module(256).eval()
+    with torch.no_grad():
+        prefix = lm.conditions(batch).prefix[:, :frames]
+        assert torch.allclose(prefix, lm.conditioner.melody(batch["chroma"]), atol=1e-6)
+        assert not torch.allclose(prefix[0], prefix[1], atol=1e-3)  # C and G crops give different prefixes
+    with pytest.raises(ConfigError, match="hop_length=256.*melody.hop_length=512"):
+        module(512).conditions(batch)

@@ -188,7 +188,10 @@ def check_crop_options(segment_duration: float | None, min_segment_ratio: float)
 class CodeCrops:
     """Decode token samples (`codes.npy`: int [K, F]) into crops of `segment_duration` seconds of frames.
 
-    Same crop rule as `AudioCrops`, in frames; padding positions hold 0 and mask False.
+    Same crop rule as `AudioCrops`, in frames; padding positions hold 0 and mask False. Samples written by
+    `tokenize --chroma` also give the chroma of the crop: the stored argmax bins from the chroma frame
+    nearest the crop start (within half a chroma hop), as many frames as the extractor makes for the
+    crop's audio (T // hop + 1), one-hot; frames past the end of the piece hold bin 0 (the null melody).
     """
 
     def __init__(self, segment_duration: float | None = 30.0, min_segment_ratio: float = 0.8,
@@ -223,7 +226,29 @@ class CodeCrops:
         x = torch.from_numpy(codes.astype(np.int64))
         info = {**meta, "key": sample.get("__key__"), "shard": sample.get("__url__"),
                 "start": round(start / frame_rate, 4)}
-        return {"x": x, "length": x.shape[-1], "text": plan["text"], "meta": info, "frame_rate": frame_rate}
+        item = {"x": x, "length": x.shape[-1], "text": plan["text"], "meta": info, "frame_rate": frame_rate}
+        if "chroma.npy" in sample:
+            item["chroma"] = self.chroma_crop(sample, meta, start / frame_rate)
+        return item
+
+    def chroma_frames(self, meta: dict, seconds: float) -> int:
+        c = meta["chroma"]
+        return int(round(seconds * c["sample_rate"])) // c["hop_length"] + 1
+
+    def chroma_crop(self, sample: dict, meta: dict, start_seconds: float) -> torch.Tensor:
+        """The crop's chroma bins, long [Fc] (see the class docstring)."""
+        c = meta.get("chroma")
+        try:
+            bins = np.load(io.BytesIO(sample["chroma.npy"]), allow_pickle=False)
+            rate = c["sample_rate"] / c["hop_length"]
+        except Exception as exc:
+            raise CorruptSample(f"{sample.get('__key__')}: unreadable chroma ({exc})", "unreadable chroma") from None
+        seconds = self.segment_duration if self.segment_duration is not None else meta["duration"]
+        first, count = int(round(start_seconds * rate)), self.chroma_frames(meta, seconds)
+        out = np.zeros(count, dtype=np.int64)
+        part = bins[first:first + count]
+        out[:len(part)] = part
+        return torch.from_numpy(out)
 
     def collate(self, items: list[dict]) -> dict:
         k = items[0]["x"].shape[0]
@@ -236,8 +261,22 @@ class CodeCrops:
         for i, it in enumerate(items):
             codes[i, :, :it["length"]] = it["x"]
             mask[i, :it["length"]] = True
-        return {"codes": codes, "mask": mask, "text": [it["text"] for it in items],
-                "meta": [it["meta"] for it in items]}
+        batch = {"codes": codes, "mask": mask, "text": [it["text"] for it in items],
+                 "meta": [it["meta"] for it in items]}
+        with_chroma = sum("chroma" in it for it in items)
+        if with_chroma:
+            settings = {json.dumps({k: v for k, v in it["meta"].get("chroma", {}).items() if k != "source"},
+                                   sort_keys=True) for it in items if "chroma" in it}
+            if with_chroma != len(items) or len(settings) != 1:
+                raise InputError("token shards mix samples with and without chroma (or with different chroma "
+                                 "hops): tokenize them all the same way (--chroma, --chroma-hop-length)")
+            frames = max(len(it["chroma"]) for it in items)
+            bins = torch.zeros(len(items), frames, dtype=torch.long)
+            for i, it in enumerate(items):
+                bins[i, :len(it["chroma"])] = it["chroma"]
+            n_chroma = int(items[0]["meta"]["chroma"].get("n_chroma", 12))
+            batch["chroma"] = torch.nn.functional.one_hot(bins.clamp(max=n_chroma - 1), n_chroma).float()
+        return batch
 
 
 def _worker() -> tuple[int, int]:

@@ -2,7 +2,8 @@
 
 Batches are either audio `{"wav", "mask", "text", "meta"}` (AudioDataModule; encoded here by a
 frozen CompressionModel under no_grad; a melody conditioner takes the chroma of `melody` [B, C, T], the
-samples' melody conditioning files, when the batch has it, else of `wav`) or tokens `{"codes", "mask", "text", "meta"}`
+samples' melody conditioning files, when the batch has it, else of `wav`; token batches of `tokenize
+--chroma` shards bring it as `chroma` [B, Fc, 12]) or tokens `{"codes", "mask", "text", "meta"}`
 (TokenDataModule, pre-tokenized shards). AdamW (betas 0.9/0.95, weight decay 0.1) with linear
 warmup + cosine decay stepped per step; gradient clipping comes from the trainer config
 (`gradient_clip_val: 1.0`); optional EMA of the LM weights (`lightning_musicgen.ema`, one update per
@@ -223,17 +224,30 @@ class MusicGenModule(LightningModule):
         mask = torch.arange(F, device=codes.device)[None, :] < frames.to(codes.device)[:, None]
         return codes, mask
 
+    def check_chroma(self, batch: dict) -> None:
+        """Token shards' chroma must be what this LM's melody conditioner would compute."""
+        melody = self.conditioner.melody.extractor
+        stored = next((m["chroma"] for m in batch.get("meta") or [] if "chroma" in m), {})
+        for key in ("sample_rate", "n_chroma", "n_fft", "hop_length"):
+            if key in stored and int(stored[key]) != int(getattr(melody, key)):
+                raise ConfigError(f"token shards hold chroma with {key}={stored[key]}, the LM's melody conditioner "
+                                  f"uses melody.{key}={getattr(melody, key)}: re-tokenize or set melody.{key}")
+
     def conditions(self, batch: dict):
-        melody = None
+        melody = chroma = None
         if self.conditioner.melody is not None:
             if "melody" in batch:
                 melody = batch["melody"]  # melody conditioning files, cropped like the audio (data/pipeline.py)
             elif "wav" in batch:
                 melody = batch["wav"]  # chroma of the training crop itself
+            elif "chroma" in batch:  # token shards written by `tokenize --chroma`
+                self.check_chroma(batch)
+                chroma = batch["chroma"]
             elif not self._warned_melody:
-                warnings.warn("melody conditioner with token batches: no waveform, training with the null melody")
+                warnings.warn("melody conditioner with token batches without chroma: training with the null "
+                              "melody (tokenize with --chroma to carry it)")
                 self._warned_melody = True
-        return self.conditioner(list(batch["text"]), melody=melody)
+        return self.conditioner(list(batch["text"]), melody=melody, chroma=chroma)
 
     # ---- steps -------------------------------------------------------------------------------
     def _shared_step(self, batch: dict, stage: str) -> torch.Tensor:
