@@ -3,8 +3,14 @@
     python benchmarks/demo_report.py --data data/demo --runs runs/demo   (the last step of `make demo`)
 
 Reads the held-out pieces (DATA/render/valid.jsonl -> DATA/render/pieces/ID.flac), the codec model folder
-(RUNS/codec-model), the text samples (RUNS/samples/*.wav) and the melody sample (RUNS/melody/generate.json
-and its wav). Writes RUNS/report.json and RUNS/report.png and prints a table.
+(RUNS/codec-model), the LM model folder (RUNS/model), the text samples (RUNS/samples/*.wav) and the melody
+sample (RUNS/melody/generate.json and its wav). Writes RUNS/report.json and RUNS/report.png (mel spectrogram
+and chroma of a held-out piece, the samples, the melody and its sample) and prints a table.
+
+Codec on the held-out pieces: SI-SNR (dB), mel distance (`codec.losses.MelDistance`) and ChromaCosine of
+the reconstruction to the original. LM: cross-entropy per codebook (nats per code) on consecutive crops of
+the held-out pieces of the training crop length, conditioned on their captions and their own chroma
+(teacher forcing, `MusicGen.lm_logits`); their sum times the frame rate is nats per second of audio.
 
 Pitch content (`lightning_musicgen.metrics.pitch`: clarity, pitch-class changes per second) and key
 confidence (`data.autocaption.KeyEstimator`: correlation of the mean chroma with the best of 24 key
@@ -27,6 +33,7 @@ import numpy as np
 import torch
 
 from lightning_musicgen.audio import read_audio, resample
+from lightning_musicgen.codec.losses import MelDistance, si_snr
 from lightning_musicgen.data.autocaption import KeyEstimator
 from lightning_musicgen.media import chroma_image, mel_image
 from lightning_musicgen.metrics import ChromaCosine
@@ -65,16 +72,56 @@ def reconstruct(codec, clip: torch.Tensor, sample_rate: int) -> torch.Tensor:
     return resample(mono(out)[None], codec.sample_rate, sample_rate)[0]
 
 
-def held_out(data: Path, count: int, seconds: float, sample_rate: int) -> list[tuple[str, torch.Tensor]]:
+def manifest_of(data: Path, count: int) -> list[dict]:
     manifest = data / "render" / "valid.jsonl"
     if not manifest.exists():
         sys.exit(f"{manifest}: no held-out manifest (run `make demo` or `lightning_musicgen demo-data` first)")
+    return [json.loads(line) for line in manifest.read_text().splitlines()[:count]]
+
+
+def held_out(data: Path, count: int, seconds: float | None, sample_rate: int) -> list[tuple[str, torch.Tensor]]:
     pieces = []
-    for line in manifest.read_text().splitlines()[:count]:
-        path = data / "render" / json.loads(line)["path"]
+    for item in manifest_of(data, count):
+        path = data / "render" / item["path"]
         wav, sr = read_audio(path, duration=seconds)
         pieces.append((str(path), resample(mono(wav)[None], sr, sample_rate)[0]))
     return pieces
+
+
+@torch.no_grad()
+def codec_figures(codec, pieces: list[torch.Tensor], recons: list[torch.Tensor], sample_rate: int) -> dict:
+    mel = MelDistance(sample_rate)
+    snr = [float(si_snr(r[None, None], p[None, None])) for p, r in zip(pieces, recons)]
+    dist = [float(mel(r[None, None], p[None, None])) for p, r in zip(pieces, recons)]
+    chroma = [chroma_cosine(r, p, sample_rate) for p, r in zip(pieces, recons)]
+    return {"si_snr_db": round(float(np.mean(snr)), 2), "mel_distance": round(float(np.mean(dist)), 3),
+            "chroma_cosine": round(float(np.mean(chroma)), 3), "frame_rate": float(codec.frame_rate),
+            "n_q": int(codec.n_q), "card": int(codec.card), "clips": len(pieces)}
+
+
+@torch.no_grad()
+def lm_figures(model_dir: Path, data: Path, count: int, crop_seconds: float, crops_per_piece: int) -> dict:
+    """Teacher-forced cross-entropy per codebook on consecutive crops of the held-out pieces."""
+    from lightning_musicgen.generation import MusicGen
+    model = MusicGen.from_pretrained(model_dir, device="cpu", dtype="float32")
+    sums, n = torch.zeros(model.lm.n_q, dtype=torch.float64), 0
+    for item in manifest_of(data, count):
+        wav, sr = read_audio(data / "render" / item["path"])
+        wav = resample(mono(wav)[None], sr, model.sample_rate)
+        length = int(crop_seconds * model.sample_rate)
+        for c in range(min(crops_per_piece, wav.shape[-1] // length)):
+            crop = wav[:, c * length:(c + 1) * length]
+            codes = model.encode(crop[None])
+            melody = crop[None] if model.has_melody else None
+            if melody is not None and model.sample_rate != model.conditioner.melody.sample_rate:
+                melody = resample(melody, model.sample_rate, model.conditioner.melody.sample_rate)
+            logits = model.lm_logits(codes, [item.get("description")], melody=melody)  # [1, K, T, card]
+            ce = torch.nn.functional.cross_entropy(logits[0].permute(0, 2, 1), codes[0], reduction="none").mean(-1)
+            sums += ce.double()
+            n += 1
+    per_q = (sums / max(n, 1)).tolist()
+    return {"ce_per_codebook": [round(v, 4) for v in per_q], "ce_sum": round(sum(per_q), 4),
+            "nats_per_second": round(sum(per_q) * model.frame_rate, 1), "crops": n, "crop_seconds": crop_seconds}
 
 
 def read_clips(paths, sample_rate: int) -> list[torch.Tensor]:
@@ -109,6 +156,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--pieces", type=int, default=8, help="held-out pieces to compare with")
     ap.add_argument("--seconds", type=float, default=8.0, help="seconds of each held-out piece")
     ap.add_argument("--noise", type=int, default=4, help="noise clips")
+    ap.add_argument("--crop-seconds", type=float, default=3.0, help="LM validation crop (the training crop)")
+    ap.add_argument("--crops-per-piece", type=int, default=8)
     args = ap.parse_args(argv)
     data, runs, sr = Path(args.data), Path(args.runs), 32000
     torch.manual_seed(0)
@@ -119,9 +168,12 @@ def main(argv=None) -> dict:
     rms = float(torch.stack([c.pow(2).mean() for _, c in pieces]).mean().sqrt())
     noise = [rms * torch.randn(int(args.seconds * sr)) for _ in range(args.noise)]
     samples = sorted((runs / "samples").glob("*.wav"))
-    report = {"pitch": {"held-out pieces": statistics([c for _, c in pieces], sr, keys),
-                        "codec reconstructions": statistics(recons, sr, keys),
-                        "noise": statistics(noise, sr, keys)}}
+    report = {"codec": codec_figures(codec, [c for _, c in pieces], recons, sr)}
+    if (runs / "model" / "config.json").exists():
+        report["lm"] = lm_figures(runs / "model", data, args.pieces, args.crop_seconds, args.crops_per_piece)
+    report["pitch"] = {"held-out pieces": statistics([c for _, c in pieces], sr, keys),
+                       "codec reconstructions": statistics(recons, sr, keys),
+                       "noise": statistics(noise, sr, keys)}
     if samples:
         report["pitch"]["text samples"] = statistics(read_clips(samples, sr), sr, keys)
     rows = [("held-out: " + Path(pieces[0][0]).stem, pieces[0][1])]
@@ -146,6 +198,14 @@ def main(argv=None) -> dict:
         rows += [("melody (held-out)", melody), ("melody sample", sample)]
     picture(runs / "report.png", rows, sr)
     (runs / "report.json").write_text(json.dumps(report, indent=2))
+    c = report["codec"]
+    print(f"codec on {c['clips']} held-out pieces: SI-SNR {c['si_snr_db']:.2f} dB, mel distance {c['mel_distance']:.3f}, "
+          f"chroma cosine {c['chroma_cosine']:.3f}")
+    if "lm" in report:
+        lm = report["lm"]
+        print(f"LM validation cross-entropy per codebook ({lm['crops']} crops of {lm['crop_seconds']:g} s): "
+              f"{', '.join(f'{v:.3f}' for v in lm['ce_per_codebook'])} nats (sum {lm['ce_sum']:.3f}, "
+              f"{lm['nats_per_second']:.0f} nats/s)")
     print(f"{'pitch content':24s} {'clarity':>8s} {'changes/s':>10s} {'key conf':>9s}")
     for name, row in report["pitch"].items():
         print(f"{name:24s} {row['clarity']:8.3f} {row['changes_per_second']:10.2f} {row['key_confidence']:9.3f}")

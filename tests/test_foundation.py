@@ -33,10 +33,12 @@ def test_unknown_verb_is_one_line_error():
 
 
 def _with_trainer(cfg: Path) -> list[str]:
-    """Model/data configs are composed with the trainer defaults, as the README shows."""
+    """Model/data configs are composed with the trainer defaults, as the README shows; the demo's
+    `*_long.yaml` overlays over the config they extend, as the Makefile's `demo-long` does."""
     if cfg.parent.name in ("trainer", "cluster"):
         return ["--config", str(cfg)]
-    return ["--config", str(ROOT / "configs/trainer/default.yaml"), "--config", str(cfg)]
+    base = ["--config", str(cfg.with_name(cfg.stem[:-len("_long")] + ".yaml"))] if cfg.stem.endswith("_long") else []
+    return ["--config", str(ROOT / "configs/trainer/default.yaml"), *base, "--config", str(cfg)]
 
 
 @pytest.fixture(scope="module")
