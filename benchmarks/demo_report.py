@@ -174,10 +174,11 @@ def main(argv=None) -> dict:
     report["pitch"] = {"held-out pieces": statistics([c for _, c in pieces], sr, keys),
                        "codec reconstructions": statistics(recons, sr, keys),
                        "noise": statistics(noise, sr, keys)}
+    sample_clips = read_clips(samples, sr)
     if samples:
-        report["pitch"]["text samples"] = statistics(read_clips(samples, sr), sr, keys)
+        report["pitch"]["text samples"] = statistics(sample_clips, sr, keys)
     rows = [("held-out: " + Path(pieces[0][0]).stem, pieces[0][1])]
-    rows += [(f"text sample: {p.stem}", c) for p, c in zip(samples, read_clips(samples, sr))]
+    rows += [(f"text sample: {p.stem}", c) for p, c in zip(samples, sample_clips)]
     melody_record = runs / "melody" / "generate.json"
     if melody_record.exists():
         record = json.loads(melody_record.read_text())
