@@ -170,8 +170,8 @@ def test_transformers_refuses_what_it_cannot_express(tmp_path, tokenizer_files):
 MINILM = {"text": {"name": "minilm"}, "cfg_dropout": 0.3}
 
 
-def _train_tiny(run_dir, codec_path, steps=2, ema_decay=0.9, accumulate=1):
-    from lightning.pytorch import Trainer
+def _train_tiny(run_dir, codec_path, steps=2, ema_decay=0.9, accumulate=1, segment_duration=None):
+    from lightning.pytorch import LightningDataModule, Trainer
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning_musicgen.lm.module import MusicGenModule
     torch.manual_seed(0)
@@ -186,7 +186,15 @@ def _train_tiny(run_dir, codec_path, steps=2, ema_decay=0.9, accumulate=1):
     trainer = Trainer(default_root_dir=run_dir, accelerator="cpu", devices=1, max_steps=steps, logger=False,
                       enable_progress_bar=False, enable_model_summary=False, callbacks=[ckpt],
                       accumulate_grad_batches=accumulate)
-    trainer.fit(module, loader)
+    if segment_duration is None:
+        trainer.fit(module, loader)
+    else:  # a datamodule with a training crop, as TokenDataModule / AudioDataModule have
+        class Crops(LightningDataModule):
+            def train_dataloader(self):
+                return loader
+        data = Crops()
+        data.segment_duration = segment_duration
+        trainer.fit(module, datamodule=data)
     return module, trainer, run_dir / "checkpoints" / "last.ckpt"
 
 
@@ -307,6 +315,29 @@ def reference_logits(folder, text_encoder=None):
     codes = torch.randint(0, model.lm.card, (len(TEXTS), model.lm.n_q, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         return model.lm_logits(codes, TEXTS)
+
+
+def test_generation_window_is_the_training_crop(tmp_path):
+    """An LM trained from scratch on 0.4 s crops records them: its checkpoint, its model folder and
+    MusicGen slide 0.4 s windows (positions past the crop were never trained); without a datamodule
+    crop, or fine-tuned from a base (init_from), the 30 s of the official models stay."""
+    from lightning_musicgen.generation import MusicGen
+    from lightning_musicgen.model_files.export import export_model_folder
+    from lightning_musicgen.model_files.read import trained_duration
+    run = tmp_path / "run"
+    save_codec(tiny_codec(), run / "codec")
+    _train_tiny(run, run / "codec", segment_duration=0.4)
+    last = run / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["segment_duration"] == 0.4
+    assert load_musicgen(last)[3]["max_duration"] == 0.4
+    folder = export_model_folder(last, tmp_path / "model")
+    assert json.loads((folder / "config.json").read_text())["max_duration"] == 0.4
+    model = MusicGen.from_pretrained(folder, device="cpu")
+    assert model.max_duration == 0.4 and model.extend_stride == pytest.approx(0.24)
+    assert trained_duration({"hyper_parameters": {"init_from": "base"}, "segment_duration": 10.0}) == 30.0
+    assert trained_duration({"hyper_parameters": {}}) == 30.0
+    _train_tiny(tmp_path / "plain", run / "codec")
+    assert load_musicgen(tmp_path / "plain" / "checkpoints" / "last.ckpt")[3]["max_duration"] == 30.0
 
 
 def test_model_folder_generates_identically_from_anywhere(tmp_path):

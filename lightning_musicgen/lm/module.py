@@ -8,7 +8,8 @@ samples' melody conditioning files, when the batch has it, else of `wav`; token 
 warmup + cosine decay stepped per step; gradient clipping comes from the trainer config
 (`gradient_clip_val: 1.0`); optional EMA of the LM weights (`lightning_musicgen.ema`, one update per
 optimizer step). Checkpoints hold the trainable state only: the configs once (resolved, in
-`hyper_parameters`), the frozen codec and text encoder as path/name + content hash (`model_files`).
+`hyper_parameters`), the frozen codec and text encoder as path/name + content hash (`model_files`),
+and the training crop (`segment_duration`, seconds; generation slides a window of that length beyond it).
 
 Logged: `train/loss`, `train/ce_q{k}`, `val/loss`, `val/ce_q{k}`, `lm/ppl_q{k}` (train),
 `val/ppl_q{k}`; throughput (`lm/tokens_per_sec`, `train/mfu`) comes from `training.throughput.AudioThroughputMonitor`
@@ -328,6 +329,9 @@ class MusicGenModule(LightningModule):
                 self._codec_reference = (base, make_reference(self.codec_checkpoint, base))
             frozen["codec"] = self._codec_reference[1]
         checkpoint["frozen"] = frozen
+        seconds = getattr(getattr(attached_trainer(self), "datamodule", None), "segment_duration", None)
+        if seconds:  # the longest window generation may use before it slides (model_files: max_duration)
+            checkpoint["segment_duration"] = float(seconds)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Resume: put this module's own (hash-checked) frozen text encoder back into the state."""

@@ -71,6 +71,14 @@ def _load_conditioner_state(conditioner, state: dict, source: str) -> None:
                          f"unexpected {unexpected[:3]})")
 
 
+def trained_duration(ckpt: dict) -> float:
+    """The longest stretch the LM of a MusicGenModule checkpoint was trained on (seconds): its training
+    crop when trained from scratch; a fine-tuned model keeps its base's 30 s (the official models')."""
+    if ckpt.get("hyper_parameters", {}).get("init_from") or not ckpt.get("segment_duration"):
+        return 30.0
+    return float(ckpt["segment_duration"])
+
+
 def _load_module_checkpoint(path: Path, ckpt: dict, load_codec_model: bool, use_ema: bool,
                             text_encoder: str | None):
     """A MusicGenModule checkpoint: configs from hyper_parameters, frozen parts from references."""
@@ -109,7 +117,7 @@ def _load_module_checkpoint(path: Path, ckpt: dict, load_codec_model: bool, use_
         meta["init_from"] = str(hp["init_from"])
     if hp.get("lora"):
         meta["lora_merged"] = dict(hp["lora"])
-    info = {"lm": lm_cfg, "conditioner": cond_cfg, "weights": weights, "max_duration": 30.0,
+    info = {"lm": lm_cfg, "conditioner": cond_cfg, "weights": weights, "max_duration": trained_duration(ckpt),
             "meta": meta, "source": str(path), "codec_reference": frozen.get("codec"),
             "text_encoder_carried": carried}
     return lm, conditioner, codec, info
