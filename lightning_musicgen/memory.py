@@ -215,7 +215,7 @@ def estimate_for_module(module, micro_batch: int, segment_seconds: float, precis
     cond_params = sum(p.numel() for p in cond.parameters())
     projection = sum(p.numel() for p in cond.parameters() if p.requires_grad)
     prefix = 0
-    if cond.melody is not None:
+    if cond.melody is not None and cond.melody.fuse == "prepend":
         prefix += cond.melody.chroma_length
     if cond.fuse == "prepend" and cond.text is not None:
         prefix += cross_tokens

@@ -20,6 +20,8 @@ def tiny_lm(**kw):
 
 def conditions(B, prefix=False, Lc=5, seed=0):
     g = torch.Generator().manual_seed(seed)
+    if prefix == "summed":  # a prefix and a time-aligned (summed) chroma of 4 frames
+        return LMConditions(prefix=torch.randn(B, 3, DIM, generator=g), summed=torch.randn(B, 4, DIM, generator=g))
     if prefix:
         return LMConditions(prefix=torch.randn(B, 3, DIM, generator=g))
     mask = torch.ones(B, Lc, dtype=torch.bool)
@@ -28,7 +30,7 @@ def conditions(B, prefix=False, Lc=5, seed=0):
 
 
 @pytest.mark.parametrize("prefix,positional,chunk", [(False, "sin", 1), (True, "sin", 1), (False, "rope", 3),
-                                                     (True, "sin_rope", 2)])
+                                                     (True, "sin_rope", 2), ("summed", "sin", 1), ("summed", "sin", 4)])
 def test_kv_cache_logits_equal_full_forward(prefix, positional, chunk):
     lm = tiny_lm(cross_attention=not prefix, positional=positional)
     B, T = 3, 9
@@ -181,6 +183,25 @@ def test_cfg_dropout_rates_and_null_conditions(minilm_text):
     assert torch.equal(mixed.prefix[0], null.prefix[0]) and torch.equal(mixed.prefix[1], full.prefix[1])
     assert not torch.equal(full.prefix[0], null.prefix[0])
     assert (null.prefix[:, 4:] == 0).all()  # null text = zeros after the chroma frames
+
+
+def test_time_aligned_melody_is_summed_not_prepended(minilm_text):
+    """melody fuse input_interpolate: the chroma reaches the LM as `summed` (no prefix), dropped melodies
+    as the null chroma; MelodyConfig names a bad fuse in one line."""
+    from lightning_musicgen.errors import ConfigError
+    from lightning_musicgen.lm.conditioners import MelodyConfig
+    minilm_text.eval()
+    provider = ConditionProvider(minilm_text, ChromaConditioner(DIM, chroma_length=4, fuse="input_interpolate"),
+                                 fuse="cross").eval()
+    wav = torch.randn(2, 1, 32000)
+    full = provider(["a", "b"], melody=wav)
+    assert full.prefix is None and full.summed.shape == (2, 4, DIM) and full.prefix_len == 0
+    null = provider.null(["a", "b"])
+    assert torch.equal(null.summed, provider.melody(provider.melody.null_chroma(2)))
+    assert not torch.equal(full.summed, null.summed) and full.cat(null).summed.shape == (4, 4, DIM)
+    with pytest.raises(ConfigError, match="melody.fuse 'sum'") as err:
+        MelodyConfig(fuse="sum")
+    assert "\n" not in str(err.value)
 
 
 def test_cross_null_condition_zeroes_cross_attention(minilm_text):

@@ -164,6 +164,10 @@ def test_transformers_refuses_what_it_cannot_express(tmp_path, tokenizer_files):
     biased = MusicGenLM(LMConfig.from_dict({**lm.config.to_dict(), "bias": True}))
     with pytest.raises(NotExpressible, match="biases"):
         musicgen_to_transformers(biased, cond, codec)
+    lm_m, cond_m, _, codec_m = tiny_musicgen(tokenizer_files, melody=True)
+    cond_m.melody.fuse = "input_interpolate"  # a time-aligned chroma: MusicGen-melody only prepends
+    with pytest.raises(NotExpressible, match="input_interpolate"):
+        musicgen_to_transformers(lm_m, cond_m, codec_m)
 
 
 # ---- our model folder and training checkpoints -------------------------------------------------

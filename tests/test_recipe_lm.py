@@ -51,12 +51,13 @@ class PrecomputedConditions(MusicGenModule):
         return LMConditions(cross=batch["cross"], cross_mask=batch["cross_mask"])
 
 
-def _their_lm(ac, pattern: str):
+def _their_lm(ac, pattern: str, interpolated: list[str] = ()):
     provider_name, kw = PATTERNS[pattern]
     provider = getattr(ac.patterns, provider_name)(K, **({"delays": kw["delays"]} if kw else {}))
     return ac.lm.LMModel(provider, ac.conditioners.ConditioningProvider({}),
                          ac.conditioners.ConditionFuser(
-                             {"cross": ["description"], "prepend": [], "sum": [], "input_interpolate": []}), n_q=K, card=CARD, dim=DIM,
+                             {"cross": ["description"], "prepend": [], "sum": [],
+                              "input_interpolate": list(interpolated)}), n_q=K, card=CARD, dim=DIM,
                          num_heads=HEADS, hidden_scale=4, norm="layer_norm", norm_first=True, bias_proj=False,
                          cross_attention=True, num_layers=LAYERS, bias_ff=False, bias_attn=False, causal=True,
                          activation="gelu", positional_embedding="sin", dropout=0.0, memory_efficient=False,
@@ -185,3 +186,26 @@ def test_weight_decay_on_all_decays_every_parameter():
     with pytest.raises(ValueError, match="weight_decay_on"):
         MusicGenModule(lm={"n_q": K, "card": CARD, "dim": DIM, "num_heads": HEADS, "num_layers": 1},
                        conditioner={"text": {"name": "minilm"}}, weight_decay_on="vectors")
+
+
+@pytest.mark.parametrize("chroma_frames", [3, 7, 40])
+def test_time_aligned_melody_equals_audiocrafts_input_interpolate(ac, chroma_frames):
+    """melody fuse `input_interpolate`: the chroma embedding stretched (nearest) over the sequence and
+    added to the token embeddings gives audiocraft's logits (its ConditionFuser op of that name)."""
+    from lightning_musicgen.lm.model import MusicGenLM
+    torch.manual_seed(0)
+    ours = MusicGenLM(n_q=K, card=CARD, dim=DIM, num_heads=HEADS, num_layers=LAYERS).eval()
+    theirs = _their_lm(ac, "delay", interpolated=["self_wav"]).eval()
+    with torch.no_grad():
+        for mine, their in _pairs(ours, theirs):
+            their.copy_(mine)
+    g = torch.Generator().manual_seed(2)
+    seq = torch.randint(0, CARD + 1, (B, K, 12), generator=g)
+    cross, chroma = torch.randn(B, COND_LEN, DIM, generator=g), torch.randn(B, chroma_frames, DIM, generator=g)
+    ones = lambda t: torch.ones(t.shape[:2], dtype=torch.bool)  # noqa: E731
+    with torch.no_grad():
+        want = theirs(seq, [], {"description": (cross, ones(cross)), "self_wav": (chroma, ones(chroma))})
+        got = ours(seq, LMConditions(cross=cross, cross_mask=ones(cross), summed=chroma))
+        plain = ours(seq, LMConditions(cross=cross, cross_mask=ones(cross)))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (got - plain).abs().max() > 1e-2  # the chroma changes the logits

@@ -160,6 +160,8 @@ def musicgen_to_transformers(lm, conditioner, codec):
     if melody_model != (conditioner.fuse == "prepend"):
         raise NotExpressible("transformers has text by cross-attention (MusicGen) or text + chroma prepended "
                              f"(MusicGen-melody); this model has fuse={conditioner.fuse!r}, melody={melody_model}")
+    if melody_model and melody.fuse != "prepend":
+        raise NotExpressible(f"melody fuse {melody.fuse!r}: transformers' MusicGen-melody prepends the chroma")
     text_cfg = text.encoder.config
     if text_cfg.model_type not in MODEL_FOR_TEXT_ENCODING_MAPPING_NAMES:
         raise NotExpressible(f"text encoder type {text_cfg.model_type!r} is not a transformers text-encoding model")

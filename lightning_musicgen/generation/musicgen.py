@@ -179,7 +179,7 @@ class MusicGen:
     def _cast(self, c: LMConditions) -> LMConditions:
         f = lambda t: None if t is None else t.to(self.device, self.dtype)  # noqa: E731
         mask = None if c.cross_mask is None else c.cross_mask.to(self.device)
-        return LMConditions(f(c.cross), mask, f(c.prefix))
+        return LMConditions(f(c.cross), mask, f(c.prefix), f(c.summed))
 
     @_dropout_off
     @torch.no_grad()

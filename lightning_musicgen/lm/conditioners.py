@@ -65,14 +65,17 @@ def _skip_init():
 @dataclass
 class LMConditions:
     """What the LM is conditioned on. `cross` [B, Lc, D] with `cross_mask` [B, Lc] (True = valid)
-    feeds cross-attention; `prefix` [B, Lp, D] is prepended to the token sequence."""
+    feeds cross-attention; `prefix` [B, Lp, D] is prepended to the token sequence; `summed`
+    [B, Ls, D] is stretched (nearest) over the sequence's steps and added to its token embeddings
+    (audiocraft's `input_interpolate`: a time-aligned chroma)."""
     cross: torch.Tensor | None = None
     cross_mask: torch.Tensor | None = None
     prefix: torch.Tensor | None = None
+    summed: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
-        t = self.cross if self.cross is not None else self.prefix
+        t = next((t for t in (self.cross, self.prefix, self.summed) if t is not None), None)
         return 0 if t is None else t.shape[0]
 
     @property
@@ -81,7 +84,7 @@ class LMConditions:
 
     def to(self, device) -> "LMConditions":
         f = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return LMConditions(f(self.cross), f(self.cross_mask), f(self.prefix))
+        return LMConditions(f(self.cross), f(self.cross_mask), f(self.prefix), f(self.summed))
 
     def cat(self, other: "LMConditions") -> "LMConditions":
         """Concatenate along the batch (e.g. conditional + null for CFG); cross lengths are padded."""
@@ -96,7 +99,8 @@ class LMConditions:
             if self.prefix.shape[1] != other.prefix.shape[1]:
                 raise ValueError(f"prefix lengths differ: {self.prefix.shape[1]} vs {other.prefix.shape[1]}")
             prefix = torch.cat([self.prefix, other.prefix])
-        return LMConditions(cross, mask, prefix)
+        summed = None if self.summed is None else torch.cat([self.summed, other.summed])
+        return LMConditions(cross, mask, prefix, summed)
 
 
 def rng_from_torch() -> np.random.Generator:
@@ -220,14 +224,22 @@ class TextConditioner(nn.Module):
         return emb * mask[..., None].to(emb.dtype), mask.bool()
 
 
+MELODY_FUSE = ("prepend", "input_interpolate")
+
+
 class ChromaConditioner(nn.Module):
     """Melody -> [B, chroma_length, dim]: argmax one-hot chroma (12 bins) of the waveform,
     repeated/truncated to `chroma_length` frames, projected to the LM width. No melody (or a
-    dropped one) is the one-hot on bin 0."""
+    dropped one) is the one-hot on bin 0. `fuse`: "prepend" (MusicGen-melody: the frames lead the
+    sequence) or "input_interpolate" (audiocraft's fuser op: stretched over the sequence's steps
+    and added to the token embeddings, so step s sees the chroma of its own time)."""
 
     def __init__(self, dim: int, sample_rate: int = 32000, n_chroma: int = 12, chroma_length: int = 235,
-                 n_fft: int = 16384, hop_length: int = 4096, project: bool | None = None):
+                 n_fft: int = 16384, hop_length: int = 4096, project: bool | None = None, fuse: str = "prepend"):
         super().__init__()
+        if fuse not in MELODY_FUSE:
+            raise ConfigError(f"melody fuse {fuse!r} is not one of {', '.join(MELODY_FUSE)}")
+        self.fuse = fuse
         self.sample_rate, self.n_chroma, self.chroma_length = sample_rate, n_chroma, chroma_length
         self.extractor = ChromaExtractor(sample_rate, n_chroma, n_fft, hop_length, argmax=True)
         project = n_chroma != dim if project is None else project
@@ -300,7 +312,7 @@ class ConditionProvider(nn.Module):
         B = len(descriptions)
         drop = self.drop_masks(B) if drop is None else drop
         device = self._device()
-        parts_prefix, cross, cross_mask = [], None, None
+        parts_prefix, cross, cross_mask, summed = [], None, None, None
         if self.melody is not None:
             if chroma is None:
                 chroma = self.melody.chroma(melody.to(device), melody_sample_rate) if melody is not None \
@@ -310,7 +322,10 @@ class ConditionProvider(nn.Module):
                 frames = max(chroma.shape[1], 1)
                 null = self.melody.null_chroma(B, device).expand(B, frames, -1)
                 chroma = torch.where(drop["melody"].to(device)[:, None, None], null, chroma.expand(B, frames, -1))
-            parts_prefix.append(self.melody(chroma))
+            if self.melody.fuse == "prepend":
+                parts_prefix.append(self.melody(chroma))
+            else:
+                summed = self.melody(chroma)
         if self.text is not None:
             emb, mask = self.text(descriptions)  # dropped rows keep the batch's text length
             keep = ~drop["text"].to(emb.device)
@@ -320,7 +335,7 @@ class ConditionProvider(nn.Module):
             else:
                 parts_prefix.append(emb)
         prefix = torch.cat([p.to(parts_prefix[0].dtype) for p in parts_prefix], dim=1) if parts_prefix else None
-        return LMConditions(cross, cross_mask, prefix)
+        return LMConditions(cross, cross_mask, prefix, summed)
 
     def null(self, descriptions_or_batch: list | int, melody: torch.Tensor | None = None) -> LMConditions:
         """The all-dropped conditions (classifier-free guidance). Pass the same descriptions as the
@@ -350,7 +365,7 @@ class TextConfig:
 
 @dataclass
 class MelodyConfig:
-    """The chroma (melody) conditioner."""
+    """The chroma (melody) conditioner (`fuse`: see `ChromaConditioner`)."""
     dim: int | None = None
     sample_rate: int = 32000
     n_chroma: int = 12
@@ -358,6 +373,11 @@ class MelodyConfig:
     n_fft: int = 16384
     hop_length: int = 4096
     project: bool | None = None
+    fuse: str = "prepend"
+
+    def __post_init__(self):
+        if self.fuse not in MELODY_FUSE:
+            raise ConfigError(f"conditioner config: melody.fuse {self.fuse!r} is not one of {', '.join(MELODY_FUSE)}")
 
 
 @dataclass

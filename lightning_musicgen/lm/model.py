@@ -6,8 +6,9 @@ step with the special token (id `card`) in front. Embedding: the sum of K tables
 card + 1 for the special token). Output: K heads -> logits `[B, K, S, card]`, where
 `logits[:, :, s]` predicts the pattern step s (that is, `seq[:, :, s]` before the shift).
 
-Conditions (`LMConditions`) enter through cross-attention (`cross`, `cross_mask`) and/or as a
-prefix prepended to the sequence (`prefix`, the melody model); prefix positions produce no logits.
+Conditions (`LMConditions`) enter through cross-attention (`cross`, `cross_mask`), as a prefix
+prepended to the sequence (`prefix`, the melody model; prefix positions produce no logits) and/or
+added to the token embeddings, stretched over the sequence's steps (`summed`, a time-aligned chroma).
 
 Generation API (used by `MusicGen`):
     cache = lm.make_cache(batch_size, max_steps, conditions)
@@ -123,6 +124,8 @@ class MusicGenLM(nn.Module):
             raise ValueError(f"expected {self.n_q} codebooks, got a sequence of shape {tuple(seq.shape)}")
         x = sum(self.emb[k](seq[:, k]) for k in range(K))
         conditions = conditions or LMConditions()
+        if conditions.summed is not None:
+            x = x + self._stretched(conditions, S, cache).to(x.dtype)
         prefix_len = 0
         if conditions.prefix is not None and (cache is None or cache.offset == 0):
             prefix_len = conditions.prefix.shape[1]
@@ -133,6 +136,22 @@ class MusicGenLM(nn.Module):
         h = self.transformer(x, cross if self.cross_attention else None, cross_mask, cache)
         h = self.out_norm(h[:, prefix_len:])
         return torch.stack([head(h) for head in self.heads], dim=1)
+
+    @staticmethod
+    def _stretched(conditions: LMConditions, S: int, cache: KVCache | None) -> torch.Tensor:
+        """`conditions.summed` stretched (nearest) over the whole sequence, the rows of this call's S
+        steps. Without a cache the call is the whole sequence (training, audiocraft's
+        `input_interpolate`); with one, the whole is what the cache was made for, so each generation
+        step adds the frame of its own time (audiocraft stretches over the current input instead)."""
+        start, total = 0, S
+        if cache is not None:
+            total = cache.layers[0].k.shape[2] - conditions.prefix_len
+            start = max(cache.offset - conditions.prefix_len, 0)
+            if start + S > total:
+                raise RuntimeError(f"KV cache overflow: {cache.offset + S} positions > cache size "
+                                   f"{cache.layers[0].k.shape[2]}")
+        cond = F.interpolate(conditions.summed.transpose(1, 2).float(), size=total, mode="nearest")
+        return cond.transpose(1, 2)[:, start: start + S]
 
     def shift_right(self, seq: torch.Tensor) -> torch.Tensor:
         """seq [B, K, S] -> the LM input: a special-token step, then seq[..., :-1]."""
