@@ -10,7 +10,8 @@ Configured by `ConditionerConfig` (with `TextConfig` / `MelodyConfig`): the YAML
 block, checkpoints and model folders; `build_condition_provider(config)` builds the module.
 
 A dropped text is an all-zero embedding with an all-False mask; a dropped melody is the chroma
-one-hot on bin 0 (the convention of the official melody model in transformers).
+one-hot on bin 0 (the convention of the official melody model in transformers), or all zeros for a
+time-aligned chroma (`MelodyConfig.fuse = "input_interpolate"`).
 """
 from __future__ import annotations
 
@@ -229,10 +230,12 @@ MELODY_FUSE = ("prepend", "input_interpolate")
 
 class ChromaConditioner(nn.Module):
     """Melody -> [B, chroma_length, dim]: argmax one-hot chroma (12 bins) of the waveform,
-    repeated/truncated to `chroma_length` frames, projected to the LM width. No melody (or a
-    dropped one) is the one-hot on bin 0. `fuse`: "prepend" (MusicGen-melody: the frames lead the
-    sequence) or "input_interpolate" (audiocraft's fuser op: stretched over the sequence's steps
-    and added to the token embeddings, so step s sees the chroma of its own time)."""
+    repeated/truncated to `chroma_length` frames, projected to the LM width. `fuse`: "prepend"
+    (MusicGen-melody: the frames lead the sequence) or "input_interpolate" (audiocraft's fuser op:
+    stretched over the sequence's steps and added to the token embeddings, so step s sees the chroma
+    of its own time). No melody (or a dropped one) is the one-hot on bin 0 under "prepend" (the
+    official melody model's convention) and the all-zero chroma under "input_interpolate": there each
+    step sees its own frame, and a one-hot on bin 0 would read as the note C."""
 
     def __init__(self, dim: int, sample_rate: int = 32000, n_chroma: int = 12, chroma_length: int = 235,
                  n_fft: int = 16384, hop_length: int = 4096, project: bool | None = None, fuse: str = "prepend"):
@@ -247,7 +250,8 @@ class ChromaConditioner(nn.Module):
 
     def null_chroma(self, batch_size: int, device=None) -> torch.Tensor:
         chroma = torch.zeros(batch_size, 1, self.n_chroma, device=device)
-        chroma[:, :, 0] = 1
+        if self.fuse == "prepend":  # transformers' MusicGen-melody convention
+            chroma[:, :, 0] = 1
         return chroma
 
     def chroma(self, wav: torch.Tensor, sample_rate: int | None = None) -> torch.Tensor:
