@@ -41,7 +41,7 @@ test: $(VENV)/.stamp-dev slurm-up
 
 # The demo, step by step; each step is skipped when its output exists (delete it to redo).
 FIT := $(PY) -m lightning_musicgen fit --config configs/trainer/default.yaml
-MINUTES ?= 20
+MINUTES ?= 40
 CODEC_CONFIGS ?= configs/demo/codec.yaml
 LM_CONFIGS ?= configs/demo/musicgen.yaml
 
@@ -69,10 +69,16 @@ $(RUNS)/model/config.json: $(RUNS)/musicgen/last.ckpt
 	rm -rf $(RUNS)/model
 	$(PY) -m lightning_musicgen export --ckpt $(RUNS)/musicgen/last.ckpt --out $(RUNS)/model
 
+# Sampling (benchmarks/RESULTS.md): text samples at MusicGen's temperature 1, top-k 50 (at 0.6 this LM holds one note);
+# melody samples at 0.6 with a stronger guidance (CFG 5 against the null melody: closer to the melody).
 SAMPLING = --seed 0 --temperature $(TEMPERATURE) --top-k $(TOP_K) --cfg-coef $(CFG)
-TEMPERATURE ?= 0.6
-TOP_K ?= 20
+MELODY_SAMPLING = --seed 0 --temperature $(MELODY_TEMPERATURE) --top-k $(MELODY_TOP_K) --cfg-coef $(MELODY_CFG)
+TEMPERATURE ?= 1.0
+TOP_K ?= 50
 CFG ?= 3
+MELODY_TEMPERATURE ?= 0.6
+MELODY_TOP_K ?= 20
+MELODY_CFG ?= 5
 
 $(RUNS)/samples/generate.json: $(RUNS)/model/config.json
 	$(PY) -m lightning_musicgen generate --model $(RUNS)/model --duration 8 $(SAMPLING) \
@@ -82,10 +88,11 @@ $(RUNS)/samples/generate.json: $(RUNS)/model/config.json
 # The same model conditioned on the melody of a held-out piece (the first of the validation split).
 $(RUNS)/melody/generate.json: $(RUNS)/model/config.json
 	piece=$$($(PY) -c "import json; print(json.loads(open('$(DEMO)/render/valid.jsonl').readline())['path'])") && \
-	$(PY) -m lightning_musicgen generate --model $(RUNS)/model --duration 3 $(SAMPLING) \
+	$(PY) -m lightning_musicgen generate --model $(RUNS)/model --duration 3 $(MELODY_SAMPLING) \
 	  --melody $(DEMO)/render/$$piece --text "A Baroque chorale by J.S. Bach" --out $(RUNS)/melody
 
-# Pitch content of the samples next to held-out pieces, their reconstructions and noise; melody following.
+# Pitch content of the samples next to held-out pieces, their reconstructions and noise; melody following
+# (the melody sample, and a sample for each of the first 6 held-out melodies with the same settings).
 $(RUNS)/report.json: $(RUNS)/samples/generate.json $(RUNS)/melody/generate.json
 	$(PY) benchmarks/demo_report.py --data $(DEMO) --runs $(RUNS)
 

@@ -78,13 +78,14 @@ def token_shards(tmp_path_factory):
     return root, [tune(np.random.default_rng(100 + i), 6) for i in range(2)]  # held-out tunes of 3 s
 
 
-def melody_module() -> MusicGenModule:
+def melody_module(fuse: str = "prepend") -> MusicGenModule:
     torch.manual_seed(0)
     frames = 3 * SR // HOP + 1  # the chroma frames of a 3 s crop
     return MusicGenModule(lm={"n_q": 1, "card": 12, "dim": 64, "num_heads": 4, "num_layers": 2,
                               "cross_attention": False, "positional": "sin"},
                           conditioner={"text": None, "fuse": "prepend", "cfg_dropout": 0.1,
-                                       "melody": {"sample_rate": SR, "chroma_length": frames, "hop_length": HOP}},
+                                       "melody": {"sample_rate": SR, "chroma_length": frames, "hop_length": HOP,
+                                                  "fuse": fuse}},
                           lr=3e-3, warmup_steps=20, min_lr_ratio=0.1)
 
 
@@ -94,12 +95,14 @@ def sample_for(module, melody: np.ndarray) -> torch.Tensor:
     return wav[0, 0]
 
 
-def test_a_trained_melody_lm_follows_a_held_out_melody(token_shards, tmp_path):
+@pytest.mark.parametrize("fuse", ["prepend", "input_interpolate"])
+def test_a_trained_melody_lm_follows_a_held_out_melody(token_shards, tmp_path, fuse):
+    """prepend: MusicGen-melody's chroma in front of the sequence; input_interpolate: the time-aligned chroma."""
     root, (melody, other) = token_shards
     melody_t, other_t = torch.from_numpy(melody), torch.from_numpy(other)
-    untrained = melody_module()
+    untrained = melody_module(fuse)
     before = cosine(sample_for(untrained, melody), melody_t)
-    module = melody_module()
+    module = melody_module(fuse)
     data = TokenDataModule(root / "tokens" / "train", root / "tokens" / "valid", segment_duration=3.0,
                            min_segment_ratio=1.0, batch_size=16, num_workers=0, epoch_steps=500, drop_desc_p=0.0)
     Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, max_steps=500, logger=False,
