@@ -126,6 +126,14 @@ def lm_figures(model_dir: Path, data: Path, count: int, crop_seconds: float, cro
             "nats_per_second": round(sum(per_q) * model.frame_rate, 1), "crops": n, "crop_seconds": crop_seconds}
 
 
+def following(sample: torch.Tensor, melody: torch.Tensor, others: list[torch.Tensor], codec,
+              sample_rate: int) -> tuple[float, float, float]:
+    """(sample, unrelated pieces (mean), codec reconstruction): ChromaCosine of each to `melody`."""
+    unrelated = float(np.mean([chroma_cosine(o, melody, sample_rate) for o in others]))
+    ceiling = chroma_cosine(reconstruct(codec, melody, sample_rate), melody, sample_rate)
+    return chroma_cosine(sample, melody, sample_rate), unrelated, ceiling
+
+
 @torch.no_grad()
 def melody_following(model_dir: Path, codec, pieces: list[tuple[str, torch.Tensor]], record: dict,
                      sample_rate: int) -> dict:
@@ -143,9 +151,8 @@ def melody_following(model_dir: Path, codec, pieces: list[tuple[str, torch.Tenso
                              cfg_coef=record["cfg_coef"], top_k=record["top_k"], top_p=record["top_p"],
                              temperature=record["temperature"], seed=record["seed"])
         sample = resample(mono(wav[0])[None], model.sample_rate, sample_rate)[0][:length]
-        unrelated = float(np.mean([chroma_cosine(o, melody, sample_rate) for j, (_, o) in enumerate(melodies) if j != i]))
-        ceiling = chroma_cosine(reconstruct(codec, melody, sample_rate), melody, sample_rate)
-        score = chroma_cosine(sample, melody, sample_rate)
+        others = [o for j, (_, o) in enumerate(melodies) if j != i]
+        score, unrelated, ceiling = following(sample, melody, others, codec, sample_rate)
         rows.append({"melody": path, "sample_vs_melody": round(score, 3), "unrelated_pieces_vs_melody": round(unrelated, 3),
                      "codec_reconstruction_vs_melody": round(ceiling, 3),
                      "fraction": round((score - unrelated) / max(ceiling - unrelated, 1e-6), 3)})
@@ -220,9 +227,7 @@ def main(argv=None) -> dict:
         melody, msr = read_audio(record["melody"], duration=sample.shape[-1] / sr)
         melody = resample(mono(melody)[None], msr, sr)[0]
         others = [c[: sample.shape[-1]] for p, c in pieces if Path(p).resolve() != Path(record["melody"]).resolve()]
-        unrelated = float(np.mean([chroma_cosine(o, melody, sr) for o in others]))
-        ceiling = chroma_cosine(reconstruct(codec, melody, sr), melody, sr)
-        score = chroma_cosine(sample, melody, sr)
+        score, unrelated, ceiling = following(sample, melody, others, codec, sr)
         half_way = (unrelated + ceiling) / 2
         report["melody"] = {"melody": record["melody"], "sample": str(melody_wav), "seconds": sample.shape[-1] / sr,
                             "sample_vs_melody": round(score, 3), "unrelated_pieces_vs_melody": round(unrelated, 3),

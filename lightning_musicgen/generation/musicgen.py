@@ -177,9 +177,7 @@ class MusicGen:
 
     # ---- conditions ------------------------------------------------------------------------
     def _cast(self, c: LMConditions) -> LMConditions:
-        f = lambda t: None if t is None else t.to(self.device, self.dtype)  # noqa: E731
-        mask = None if c.cross_mask is None else c.cross_mask.to(self.device)
-        return LMConditions(f(c.cross), mask, f(c.prefix), f(c.summed))
+        return c.to(self.device, self.dtype)
 
     @_dropout_off
     @torch.no_grad()

@@ -83,8 +83,9 @@ class LMConditions:
     def prefix_len(self) -> int:
         return 0 if self.prefix is None else self.prefix.shape[1]
 
-    def to(self, device) -> "LMConditions":
-        f = lambda t: None if t is None else t.to(device)  # noqa: E731
+    def to(self, device, dtype=None) -> "LMConditions":
+        """On `device`; the float tensors also in `dtype` when given (the mask stays bool)."""
+        f = lambda t: None if t is None else t.to(device, dtype if t.is_floating_point() else None)  # noqa: E731
         return LMConditions(f(self.cross), f(self.cross_mask), f(self.prefix), f(self.summed))
 
     def cat(self, other: "LMConditions") -> "LMConditions":
